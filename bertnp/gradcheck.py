@@ -1,0 +1,161 @@
+"""Numerical gradients, the referee of every backward pass (tests, lessons and grading use it).
+
+The field's convention (CS231n, llm.c):
+
+* centered differences ``(f(x + h) - f(x - h)) / 2h`` in float64 with h = 1e-5 -- error O(h^2);
+* a tensor output is turned into a scalar with a *random* upstream gradient, ``L = sum(out * dout)``
+  (an all-ones dout hides mistakes: LayerNorm's and softmax's gradients sum to zero along a row, so
+  their errors cancel against ones);
+* relative error ``max |a - n| / max(1e-8, |a| + |n|)`` elementwise: about 1e-8 or less is a
+  correct smooth layer, above 1e-2 is a bug.
+
+Noise floor: finite differences carry ~1e-11 absolute noise at h = 1e-5, so an entry whose true
+gradient is ~0 shows a large *relative* error for no fault of the backward. ``rel_error`` accepts a
+``floor``: entries where both gradients are below it count as matching. Use it only for that.
+
+Example (what a student runs)::
+
+    from bertnp.gradcheck import check_layer
+    from bertnp.ops.layernorm import layernorm_forward, layernorm_backward
+    errors = check_layer(layernorm_forward, layernorm_backward,
+                         dict(x=x, gamma=g, beta=b), wrt=("x", "gamma", "beta"), eps=1e-5)
+    # {'x': 2.1e-10, 'gamma': 8.3e-12, 'beta': 4.0e-12}  -- you should see errors around 1e-8 or less
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bertnp import backend
+
+
+def rel_error(analytic, numeric, floor: float = 0.0) -> float:
+    """Largest elementwise relative error ``|a - n| / max(1e-8, |a| + |n|)``.
+
+    Entries where both ``|a|`` and ``|n|`` are below ``floor`` are treated as matching (the
+    finite-difference noise floor, see the module docstring)."""
+    a = np.asarray(backend.to_host(analytic), dtype=np.float64)
+    n = np.asarray(backend.to_host(numeric), dtype=np.float64)
+    if a.shape != n.shape:
+        raise ValueError(f"analytic gradient has shape {a.shape} but numeric has {n.shape}")
+    if a.size == 0:
+        return 0.0
+    err = np.abs(a - n) / np.maximum(1e-8, np.abs(a) + np.abs(n))
+    if floor > 0:
+        err = np.where((np.abs(a) < floor) & (np.abs(n) < floor), 0.0, err)
+    return float(err.max())
+
+
+def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5):
+    """Gradient of the scalar ``f()`` with respect to array ``x`` by centered differences.
+
+    ``x`` is perturbed in place one entry at a time (and restored), so ``f`` must read ``x``.
+    Works on either backend; the result has ``x``'s shape and lives on the host."""
+    x_host = backend.to_host(x)
+    if x_host.dtype != np.float64:
+        raise TypeError(f"x must be float64 for a gradient check, got {x_host.dtype}")
+    grad = np.zeros(x_host.shape, dtype=np.float64)
+    flat_x = x.reshape(-1)  # a view on x: writing to it perturbs x
+    if getattr(flat_x, "base", None) is None and flat_x is not x and x.size > 1:
+        raise ValueError("x must be contiguous so that it can be perturbed in place")
+    flat_grad = grad.reshape(-1)
+    for i in range(flat_x.size):
+        saved = float(flat_x[i])
+        flat_x[i] = saved + h
+        f_plus = float(f())
+        flat_x[i] = saved - h
+        f_minus = float(f())
+        flat_x[i] = saved
+        flat_grad[i] = (f_plus - f_minus) / (2.0 * h)
+    return grad
+
+
+def _scalar(out, dout) -> float:
+    """L = sum(out * dout): the scalar whose gradient with respect to out is dout."""
+    xp = backend.xp()
+    return float((xp.asarray(out) * dout).sum())
+
+
+def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, object],
+                wrt: Sequence[str], grad_names: Sequence[str] | None = None, *, h: float = 1e-5,
+                seed: int = 0, floor: float = 0.0, **params) -> dict:
+    """Compare ``backward`` with finite differences of ``forward`` for each input named in ``wrt``.
+
+    * ``forward(**inputs, **params) -> (out, cache)``; ``params`` are non-differentiable
+      settings (eps, num_heads, a dropout seed ...).
+    * ``backward(dout, cache)`` returns the gradients as a dict keyed by input name, or as a
+      tuple whose entries are named by ``grad_names`` (default: ``wrt`` in order).
+    * The upstream gradient ``dout`` is standard normal (seeded), shaped like ``out``.
+
+    Returns ``{name: relative error}``. Inputs must be float64 arrays of the active backend.
+    """
+    xp = backend.xp()
+    inputs = dict(inputs)
+    for name in wrt:
+        if name not in inputs:
+            raise ValueError(f"wrt names {name!r}, which is not among the inputs {sorted(inputs)}")
+        dtype = getattr(inputs[name], "dtype", None)
+        if dtype is None or dtype != np.float64:
+            raise TypeError(f"input {name!r} must be a float64 array for a gradient check, got {dtype}")
+
+    out, cache = forward(**inputs, **params)
+    dout = backend.to_device(np.random.default_rng(seed).standard_normal(np.shape(out)))
+    grads = backward(dout, cache)
+    if not isinstance(grads, Mapping):
+        if not isinstance(grads, tuple):
+            grads = (grads,)
+        names = list(grad_names) if grad_names is not None else list(wrt)
+        if len(names) > len(grads):
+            raise ValueError(f"backward returned {len(grads)} gradients but {len(names)} names were given")
+        grads = dict(zip(names, grads))
+
+    def loss() -> float:
+        new_out, _ = forward(**inputs, **params)
+        return _scalar(new_out, dout)
+
+    errors = {}
+    for name in wrt:
+        if name not in grads or grads[name] is None:
+            raise ValueError(f"backward returned no gradient for {name!r}")
+        numeric = numerical_gradient(loss, inputs[name], h=h)
+        errors[name] = rel_error(grads[name], numeric, floor=floor)
+    del xp
+    return errors
+
+
+def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None = None, *,
+                h: float = 1e-5, floor: float = 0.0, max_entries: int | None = None,
+                seed: int = 0) -> dict:
+    """Finite-difference check of a whole model's ``backward()`` against ``model(**inputs).loss``.
+
+    The model must be float64 and deterministic (``model.eval()``, or dropout seeded). For each
+    parameter tensor in ``names`` (default: all of ``model.state_dict()``) compares every entry, or
+    ``max_entries`` randomly chosen ones. Returns ``{name: relative error}``.
+    """
+    params = model.parameters()
+    names = list(names) if names is not None else list(params)
+    model.zero_grad()
+    model(**inputs)
+    grads = {k: backend.to_host(v) for k, v in model.backward().items()}
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name in names:
+        if name not in params:
+            raise ValueError(f"unknown parameter {name!r}")
+        p = params[name]
+        flat = p.reshape(-1)
+        idx = np.arange(flat.size)
+        if max_entries is not None and flat.size > max_entries:
+            idx = np.sort(rng.choice(flat.size, size=max_entries, replace=False))
+        numeric = np.empty(idx.size)
+        for j, i in enumerate(idx):
+            saved = float(flat[i])
+            flat[i] = saved + h
+            f_plus = float(model(**inputs).loss)
+            flat[i] = saved - h
+            f_minus = float(model(**inputs).loss)
+            flat[i] = saved
+            numeric[j] = (f_plus - f_minus) / (2 * h)
+        errors[name] = rel_error(grads[name].reshape(-1)[idx], numeric, floor=floor)
+    return errors

@@ -1,0 +1,48 @@
+"""Embedding lookup: ``out[..., :] = table[ids[...], :]``.
+
+The backward is a scatter-add: every occurrence of an id adds its upstream gradient to that id's
+row. ``dtable[ids] += dout`` would be wrong -- with repeated ids NumPy applies the += only once --
+so we use :func:`bertnp.backend.scatter_add` (``np.add.at`` / ``cupyx.scatter_add``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from bertnp import backend
+from bertnp.ops._checks import require_float, require_int
+
+
+class EmbeddingCache(NamedTuple):
+    ids: object          # (...)  integer ids that were looked up
+    table_shape: tuple   # (V, C)
+    dtype: object
+
+
+def embedding_forward(ids, table, check_range: bool = True):
+    """ids: (...) int, table: (V, C) -> out: (..., C). Returns (out, cache).
+
+    ``check_range`` verifies 0 <= ids < V (it reads the ids' min and max, which on a GPU waits for
+    the device; the model validates its inputs on the host and passes False).
+    """
+    require_int("ids", ids)
+    require_float("table", table)
+    if table.ndim != 2:
+        raise ValueError(f"table must be 2-D (num_embeddings, dim), got shape {tuple(table.shape)}")
+    if check_range and ids.size:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= table.shape[0]:
+            raise ValueError(
+                f"ids must lie in [0, {table.shape[0]}) for a table of {table.shape[0]} rows; "
+                f"got values from {low} to {high}")
+    out = table[ids]                                   # fancy indexing: (...) -> (..., C), a copy
+    return out, EmbeddingCache(ids, tuple(table.shape), table.dtype)
+
+
+def embedding_backward(dout, cache: EmbeddingCache):
+    """dout: (..., C) -> dtable: (V, C)."""
+    xp = backend.xp()
+    ids, (vocab, dim), dtype = cache
+    dtable = xp.zeros((vocab, dim), dtype=dtype)
+    # out[n] = table[ids[n]], so each row n sends dout[n] back to row ids[n]; repeats accumulate.
+    backend.scatter_add(dtable, ids.reshape(-1), dout.reshape(-1, dim))   # (..., C) -> (N, C)
+    return dtable

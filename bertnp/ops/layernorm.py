@@ -1,0 +1,60 @@
+"""Layer normalization over the last axis (Ba, Kiros & Hinton 2016), as BERT uses it.
+
+    mean = x.mean(-1);  var = ((x - mean)**2).mean(-1)     # population variance (divide by C)
+    xhat = (x - mean) / sqrt(var + eps)                    # eps inside the square root
+    out  = gamma * xhat + beta
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from bertnp import backend
+from bertnp.ops._checks import require_float, require_same_dtype, require_shape
+
+
+class LayerNormCache(NamedTuple):
+    xhat: object   # (..., C) the normalised input
+    rstd: object   # (..., 1) 1 / sqrt(var + eps), the per-row statistic the backward needs
+    gamma: object  # (C,)
+
+
+def layernorm_forward(x, gamma, beta, eps: float = 1e-12):
+    """x: (..., C), gamma: (C,), beta: (C,) -> out: (..., C). Returns (out, cache)."""
+    xp = backend.xp()
+    require_float("x", x)
+    require_float("gamma", gamma)
+    require_float("beta", beta)
+    channels = x.shape[-1]
+    require_shape("gamma", gamma, (channels,))
+    require_shape("beta", beta, (channels,))
+    require_same_dtype([("x", x), ("gamma", gamma), ("beta", beta)])
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+
+    mean = x.mean(axis=-1, keepdims=True)              # (..., C) -> (..., 1)
+    xmu = x - mean                                     # (..., C)
+    var = (xmu * xmu).mean(axis=-1, keepdims=True)     # (..., 1) population variance
+    rstd = 1.0 / xp.sqrt(var + eps)                    # (..., 1)
+    xhat = xmu * rstd                                  # (..., C)
+    out = xhat * gamma + beta                          # (..., C)
+    return out, LayerNormCache(xhat, rstd, gamma)
+
+
+def layernorm_backward(dout, cache: LayerNormCache):
+    """dout: (..., C) -> (dx (..., C), dgamma (C,), dbeta (C,))."""
+    xhat, rstd, gamma = cache
+    channels = xhat.shape[-1]
+    dout2d = dout.reshape(-1, channels)                # (..., C) -> (N, C)
+    xhat2d = xhat.reshape(-1, channels)                # (..., C) -> (N, C)
+    # out = gamma * xhat + beta: beta's gradient sums dout over rows, gamma's weights it by xhat.
+    dbeta = dout2d.sum(axis=0)                         # (C,)
+    dgamma = (dout2d * xhat2d).sum(axis=0)             # (C,)
+    # through the scale: dL/dxhat = dout * gamma.
+    dxhat = dout * gamma                               # (..., C)
+    # xhat = (x - mean) * rstd, and mean and rstd depend on every x of the row. Differentiating
+    # gives dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)): the mean term removes
+    # the component along the all-ones direction, the xhat term the component along xhat.
+    dxhat_mean = dxhat.mean(axis=-1, keepdims=True)                 # (..., 1)
+    dxhat_xhat_mean = (dxhat * xhat).mean(axis=-1, keepdims=True)  # (..., 1)
+    dx = (dxhat - dxhat_mean - xhat * dxhat_xhat_mean) * rstd       # (..., C)
+    return dx, dgamma, dbeta

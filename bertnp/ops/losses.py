@@ -1,0 +1,66 @@
+"""Softmax cross-entropy with ``ignore_index`` (PyTorch's ``F.cross_entropy`` with mean reduction).
+
+    loss = mean over rows n with target[n] != ignore_index of  logsumexp(z[n]) - z[n, target[n]]
+
+Rows whose target is ``ignore_index`` (-100: "not predicted") contribute nothing, not to the sum and
+not to the count -- averaging over all rows would let padding dilute the loss (a known bug of d2l's
+BERT). If every row is ignored the loss is 0 with a zero gradient, not 0/0 = NaN.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from bertnp import backend
+from bertnp.ops._checks import require_float, require_int
+
+
+class CrossEntropyCache(NamedTuple):
+    probs: object       # (N, C) softmax of the logits
+    targets: object     # (N,) targets with ignored rows replaced by 0 (a safe index)
+    valid: object       # (N,) 1.0 for counted rows, 0.0 for ignored ones (logits' dtype)
+    count: object      # () number of counted rows, at least 1 (so an all-ignored batch divides by 1)
+
+
+def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range: bool = True):
+    """logits: (N, C), targets: (N,) int -> loss: () mean over non-ignored rows. Returns (loss, cache)."""
+    xp = backend.xp()
+    require_float("logits", logits)
+    require_int("targets", targets)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (N, num_classes), got shape {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"targets has shape {tuple(targets.shape)}, expected ({logits.shape[0]},) to match logits")
+    num_classes = logits.shape[1]
+    valid_bool = targets != ignore_index                          # (N,)
+    if check_range and targets.size:
+        bad = valid_bool & ((targets < 0) | (targets >= num_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"targets must be in [0, {num_classes}) or equal ignore_index={ignore_index}; "
+                f"got {int(targets[bad][0])}")
+    safe_targets = xp.where(valid_bool, targets, 0)               # (N,) an in-range index everywhere
+    valid = valid_bool.astype(logits.dtype)                       # (N,) 1.0 / 0.0
+
+    shifted = logits - logits.max(axis=1, keepdims=True)          # (N, C), max 0: exp cannot overflow
+    exp = xp.exp(shifted)                                         # (N, C)
+    sum_exp = exp.sum(axis=1)                                     # (N,), >= 1
+    rows = xp.arange(logits.shape[0])
+    # -log softmax(z)[t] = log sum exp(z - max) - (z[t] - max)
+    nll = xp.log(sum_exp) - shifted[rows, safe_targets]           # (N,)
+    count = xp.maximum(valid.sum(), 1.0)                          # () counted rows, at least 1
+    loss = (nll * valid).sum() / count                            # ()
+    probs = exp / sum_exp[:, None]                                # (N, C)
+    return loss, CrossEntropyCache(probs, safe_targets, valid, count)
+
+
+def cross_entropy_backward(dloss, cache: CrossEntropyCache):
+    """dloss: () upstream gradient of the scalar loss -> dlogits: (N, C)."""
+    xp = backend.xp()
+    probs, targets, valid, count = cache
+    # d nll[n] / d z[n, c] = softmax(z[n])[c] - [c == target[n]]  (softmax minus one-hot),
+    dlogits = probs.copy()                                        # (N, C)
+    dlogits[xp.arange(probs.shape[0]), targets] -= 1.0
+    # and the mean over counted rows scales each counted row by 1/count, ignored rows by 0.
+    dlogits *= (valid * (dloss / count))[:, None]
+    return dlogits

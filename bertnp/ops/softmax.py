@@ -1,0 +1,49 @@
+"""Softmax over the last axis, with an optional additive mask (BERT's attention padding mask).
+
+    p = exp(s + m - max) / sum(exp(s + m - max))
+
+Subtracting the row maximum changes nothing mathematically (softmax is shift-invariant) but keeps
+``exp`` from overflowing, so logits of +-1e4 are fine. BERT masks padding keys by adding a large
+negative number (the dtype's minimum) to their scores, which gives them probability exactly 0.
+A row whose every key is masked gets a uniform distribution (as in Hugging Face), never NaN.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from bertnp import backend
+from bertnp.ops._checks import require_float
+
+
+class SoftmaxCache(NamedTuple):
+    probs: object   # (..., K) the output: the backward is written in terms of it
+
+
+def softmax_forward(scores, additive_mask=None):
+    """scores: (..., K), additive_mask: broadcastable to scores or None -> probs: (..., K)."""
+    xp = backend.xp()
+    require_float("scores", scores)
+    if additive_mask is not None:
+        require_float("additive_mask", additive_mask)
+        try:
+            xp.broadcast_shapes(tuple(additive_mask.shape), tuple(scores.shape))
+        except ValueError:
+            raise ValueError(
+                f"additive_mask of shape {tuple(additive_mask.shape)} does not broadcast to "
+                f"scores of shape {tuple(scores.shape)}") from None
+        scores = scores + additive_mask                       # (..., K), a new array
+    row_max = scores.max(axis=-1, keepdims=True)              # (..., 1)
+    # a row of -inf (possible only with an infinite mask) has no finite max: shift by 0 instead.
+    row_max = xp.where(xp.isfinite(row_max), row_max, 0)
+    probs = xp.exp(scores - row_max)                          # (..., K), all in [0, 1]
+    total = probs.sum(axis=-1, keepdims=True)                 # (..., 1), >= 1 unless all -inf
+    probs /= xp.where(total > 0, total, 1)                    # all -inf rows stay 0, never NaN
+    return probs, SoftmaxCache(probs)
+
+
+def softmax_backward(dprobs, cache: SoftmaxCache):
+    """dprobs: (..., K) -> dscores: (..., K). (The mask is a constant: it has no gradient.)"""
+    probs = cache.probs
+    # Jacobian dp_i/ds_j = p_i (delta_ij - p_j), so ds = p * (dp - sum_j dp_j p_j) row by row.
+    dot = (dprobs * probs).sum(axis=-1, keepdims=True)       # (..., 1)
+    return probs * (dprobs - dot)
