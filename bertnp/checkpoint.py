@@ -102,3 +102,89 @@ def read_json(path) -> dict:
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------- whole directories
+
+def atomic_directory(path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` to fill a fresh temporary folder, then rename it to ``path``.
+
+    A checkpoint is several files (model, optimizer, trainer state) that must belong together:
+    each file written atomically is not enough, since a crash between two files would mix an old
+    optimizer with a new model. The folder appears under its final name only once every file in
+    it is complete and on disk; a crash before that leaves a ``.name.*.tmp`` folder (removed
+    here on errors, ignored by readers) and the previous checkpoints untouched. An existing
+    ``path`` is replaced (moved aside first, then deleted).
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        for child in tmp.rglob("*"):          # every byte on disk before the folder is published
+            if child.is_file():
+                with open(child, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old.{os.getpid()}.tmp"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _fsync_dir(path) -> None:
+    """Flush a folder's entries (the rename) to disk where the OS allows it (POSIX)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+def save_optimizer(path, optimizer) -> Path:
+    """Write an optimizer's ``state_dict()`` to one safetensors file, atomically.
+
+    Tensors are stored as ``exp_avg/<name>`` and ``exp_avg_sq/<name>``; the step count and the
+    hyperparameters go into the file's metadata as JSON (no pickle anywhere)."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for key in ("exp_avg", "exp_avg_sq"):
+        for name, array in state[key].items():
+            tensors[f"{key}/{name}"] = array
+    meta = {"format": "bertnp-optimizer",
+            "state": json.dumps({k: v for k, v in state.items() if k not in ("exp_avg", "exp_avg_sq")})}
+    return save_tensors(path, tensors, metadata=meta)
+
+
+def load_optimizer(path, optimizer) -> None:
+    """Restore an optimizer from :func:`save_optimizer`'s file (errors name the file)."""
+    path = Path(path)
+    tensors = load_tensors(path)
+    meta = tensors_metadata(path)
+    try:
+        state = json.loads(meta["state"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a bertnp optimizer file (no valid 'state' metadata)") from exc
+    for key in ("exp_avg", "exp_avg_sq"):
+        state[key] = {name[len(key) + 1:]: array for name, array in tensors.items()
+                      if name.startswith(key + "/")}
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
