@@ -1,9 +1,37 @@
-"""bertnp: BERT pretraining (masked LM + next-sentence prediction) written from scratch in NumPy."""
+"""bertnp: BERT pretraining (masked LM + next-sentence prediction) written from scratch in NumPy.
+
+    import bertnp as bn
+    cfg = bn.BertConfig.preset("mini", vocab_size=8000)
+    model = bn.BertForPreTraining(cfg, seed=0, dtype="float32")
+    out = model(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                labels=labels, next_sentence_label=nsp)
+    grads = model.backward()
+"""
 from bertnp import backend
 from bertnp.backend import get_backend, set_backend
+from bertnp.config import BertConfig
+from bertnp.model import (BertForPreTraining, BertForSequenceClassification, BertModel,
+                          BaseModelOutput, PreTrainingOutput, SequenceClassifierOutput)
 
 __version__ = "0.1.0"
 
 backend.default_backend_from_env()
 
-__all__ = ["backend", "get_backend", "set_backend", "__version__"]
+__all__ = [
+    "backend", "get_backend", "set_backend", "__version__",
+    "BertConfig", "BertModel", "BertForPreTraining", "BertForSequenceClassification",
+    "BaseModelOutput", "PreTrainingOutput", "SequenceClassifierOutput",
+]
+
+
+def __getattr__(name):
+    """Import the heavier or optional parts only when first used (tokenizer, data, optimizer ...)."""
+    lazy = {
+        "BertTokenizer": "bertnp.tokenizer", "BasicTokenizer": "bertnp.tokenizer",
+        "WordpieceTokenizer": "bertnp.tokenizer", "train_wordpiece": "bertnp.wordpiece_trainer",
+        "AdamW": "bertnp.optim",
+    }
+    if name in lazy:
+        import importlib
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'bertnp' has no attribute {name!r}")

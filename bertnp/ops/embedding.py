@@ -16,10 +16,14 @@ class EmbeddingCache(NamedTuple):
     ids: object          # (...)  integer ids that were looked up
     table_shape: tuple   # (V, C)
     dtype: object
+    padding_idx: int | None   # a row that receives no gradient from the lookup (PyTorch's padding_idx)
 
 
-def embedding_forward(ids, table, check_range: bool = True):
+def embedding_forward(ids, table, check_range: bool = True, padding_idx: int | None = None):
     """ids: (...) int, table: (V, C) -> out: (..., C). Returns (out, cache).
+
+    ``padding_idx`` (as in ``torch.nn.Embedding``, which Hugging Face's BERT uses for the word
+    embeddings with the [PAD] id): that row's lookups send no gradient back, so [PAD] stays put.
 
     ``check_range`` verifies 0 <= ids < V (it reads the ids' min and max, which on a GPU waits for
     the device; the model validates its inputs on the host and passes False).
@@ -35,14 +39,16 @@ def embedding_forward(ids, table, check_range: bool = True):
                 f"ids must lie in [0, {table.shape[0]}) for a table of {table.shape[0]} rows; "
                 f"got values from {low} to {high}")
     out = table[ids]                                   # fancy indexing: (...) -> (..., C), a copy
-    return out, EmbeddingCache(ids, tuple(table.shape), table.dtype)
+    return out, EmbeddingCache(ids, tuple(table.shape), table.dtype, padding_idx)
 
 
 def embedding_backward(dout, cache: EmbeddingCache):
     """dout: (..., C) -> dtable: (V, C)."""
     xp = backend.xp()
-    ids, (vocab, dim), dtype = cache
+    ids, (vocab, dim), dtype, padding_idx = cache
     dtable = xp.zeros((vocab, dim), dtype=dtype)
     # out[n] = table[ids[n]], so each row n sends dout[n] back to row ids[n]; repeats accumulate.
     backend.scatter_add(dtable, ids.reshape(-1), dout.reshape(-1, dim))   # (..., C) -> (N, C)
+    if padding_idx is not None:
+        dtable[padding_idx] = 0.0      # the padding row is frozen (torch.nn.Embedding semantics)
     return dtable
