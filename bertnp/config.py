@@ -46,7 +46,7 @@ class BertConfig:
     pad_token_id: int = 0
     classifier_dropout: float | None = None
     # kept so a config round-trips through HF; not used by the math
-    extra: dict = field(default_factory=dict, repr=False)
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         self.validate()
