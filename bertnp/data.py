@@ -236,21 +236,30 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
     """
     unk = tokenizer.unk_token_id
     forbidden = _forbidden_in_text(tokenizer)
+    # bertnp.tokenizer.BertTokenizer has this cache built in (shared across calls); for any
+    # other tokenizer with tokenize / convert_tokens_to_ids we keep our own.
+    encode = getattr(tokenizer, "encode_words_cached", None)
     cache: dict[str, list[int]] = {}
+
+    def encode_with_own_cache(sentence: str) -> list[int]:
+        ids: list[int] = []
+        for chunk in sentence.split(" "):
+            if not chunk:
+                continue
+            piece = cache.get(chunk)
+            if piece is None:
+                piece = cache[chunk] = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(chunk))
+            ids.extend(piece)
+        return ids
+
+    encode = encode or encode_with_own_cache
     out: list[list[list[int]]] = []
     for doc in documents:
         doc_ids: list[list[int]] = []
         for sentence in doc:
-            ids: list[int] = []
-            for chunk in sentence.split(" "):
-                if not chunk:
-                    continue
-                piece = cache.get(chunk)
-                if piece is None:
-                    piece = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(chunk))
-                    piece = [unk if i in forbidden else int(i) for i in piece]
-                    cache[chunk] = piece
-                ids.extend(piece)
+            ids = encode(sentence)
+            if any(i in forbidden for i in ids):
+                ids = [unk if i in forbidden else i for i in ids]
             if ids:
                 doc_ids.append(ids)
         if doc_ids:
@@ -749,11 +758,13 @@ class PretrainingDataset:
                 "random_token_excludes_special": self.random_token_excludes_special, "seed": self.seed}
 
     def fingerprint(self) -> str:
-        """CRC-32 of the pairs and options: the same corpus, tokenizer and options give the same
-        value, so a checkpoint can tell that it is resumed on the same data."""
+        """CRC-32 of the tokenized corpus, the pairs and the options: the same corpus, tokenizer
+        and options give the same value, so a checkpoint can tell it is resumed on the same data."""
         if self._fingerprint is None:
             crc = zlib.crc32(json.dumps(self.options(), sort_keys=True).encode())
             crc = zlib.crc32(np.array([self.vocab.size, len(self.instances)], dtype=np.int64).tobytes(), crc)
+            for doc in self.documents:
+                crc = zlib.crc32(np.asarray([len(s) for s in doc] + sum(doc, []), dtype=np.int32).tobytes(), crc)
             for x in self.instances:
                 crc = zlib.crc32(np.asarray(x.tokens, dtype=np.int32).tobytes(), crc)
                 crc = zlib.crc32(b"\x01" if x.is_random_next else b"\x00", crc)

@@ -140,11 +140,15 @@ def test_empty_corpus_and_bad_format(tmp_path):
 # ------------------------------------------------------------------ tokenizing
 
 
-def test_tokenize_documents_matches_whole_line_and_guards_specials(tok):
-    docs = [["The unbreakable word, rethinking it!", "  ", "...and [SEP] to [MASK] it."], ["", "?"], []]
+@pytest.mark.parametrize("which", ["fixture", "stand-in"])
+def test_tokenize_documents_matches_whole_line_and_guards_specials(tok, which):
+    # "fixture": the real BertTokenizer when present (its own encode_words_cached);
+    # "stand-in": a tokenizer without that method (data.py's own word cache).
+    tok = tok if which == "fixture" else MiniTokenizer(synthetic_vocab())
+    docs = [["The unbreakable word,  rethinking it!", "  ", "...and [SEP] to [MASK] it."], ["", "?"], []]
     ids = tokenize_documents(docs, tok)
-    whole = [tok.convert_tokens_to_ids(tok.tokenize(s)) for s in docs[0][:1]]
-    assert ids[0][0] == whole[0]  # word-cached tokenizing == tokenizing the whole line
+    whole = tok.convert_tokens_to_ids(tok.tokenize(docs[0][0]))
+    assert ids[0][0] == whole and len(whole) == 11 # word-cached tokenizing == the whole line
     assert len(ids) == 2 and len(ids[0]) == 2  # empty sentence and empty document dropped
     # a literal special token in the text becomes [UNK]: text cannot forge a [SEP] or a [MASK]
     assert tok.sep_token_id not in ids[0][1] and tok.mask_token_id not in ids[0][1]
