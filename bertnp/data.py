@@ -95,7 +95,8 @@ def split_sentences(text: str) -> list[str]:
         it) when whitespace and then an upper-case letter or digit (optionally behind an opening
         quote or bracket) follow;
       * except after an abbreviation (``Mr.``, ``Dr.``, ``e.g.``, ``etc.``... see
-        ``_ABBREVIATIONS``) or a single capital letter other than ``I`` (an initial).
+        ``_ABBREVIATIONS``), a single capital letter other than ``I`` (an initial), or a number
+        that starts the sentence (a list item: ``2. Performance of...``).
     Whitespace inside a sentence is collapsed to single spaces; empty sentences are dropped.
 
     >>> split_sentences('He said, "Stop." Then Mr. Smith left.  It was 5 p.m. when')
@@ -112,6 +113,8 @@ def split_sentences(text: str) -> list[str]:
                 # the word right before the full stop, without opening quotes / brackets
                 word = paragraph[start : m.start(1)].rsplit(" ", 1)[-1].lstrip("\"'(\u2018\u201c[")
                 if word.lower() in _ABBREVIATIONS or (len(word) == 1 and word.isupper() and word != "I"):
+                    continue
+                if word.isdigit() and paragraph[start:m.start(1)].strip() == word:
                     continue
             sentences.append(paragraph[start : m.end(2)])
             start = m.end()

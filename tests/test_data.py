@@ -79,6 +79,8 @@ def test_split_sentences_rules():
     ]
     assert split_sentences('He said, "Stop." Then he left.') == ['He said, "Stop."', "Then he left."]
     assert split_sentences(" \n\n ") == []
+    assert split_sentences("1. Non-interactive. Born in 1980. Then 2. More.") == [
+        "1. Non-interactive.", "Born in 1980.", "Then 2.", "More."]  # a list number only at the start
 
 
 def test_bert_format_documents():

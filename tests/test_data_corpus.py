@@ -41,13 +41,14 @@ def test_bundled_corpus_files_and_split(train_docs, heldout_docs):
     packed = train.stat().st_size + heldout.stat().st_size
     assert 3e6 <= raw <= 10e6 and packed <= 3e6
     # the numbers bertnp/corpus/README.md states
-    assert (len(train_docs), sum(map(len, train_docs))) == (1155, 36853)
-    assert (len(heldout_docs), sum(map(len, heldout_docs))) == (60, 1752)
+    assert (len(train_docs), sum(map(len, train_docs))) == (1180, 49698)
+    assert (len(heldout_docs), sum(map(len, heldout_docs))) == (62, 2585)
     # held-out documents are whole documents that are not in the training split
     train_set = {tuple(d) for d in train_docs}
     assert not any(tuple(d) in train_set for d in heldout_docs)
     assert train_docs[0][0] == "In the beginning God created the heavens and the earth."
     assert any(s.startswith("CYNIC, n.") for d in train_docs for s in d)  # the Devil's Dictionary
+    assert any(s.startswith("baroque, adj.") for d in train_docs for s in d)  # the Jargon File
     with pytest.raises(ValueError, match="split"):
         bundled_corpus("test")
 

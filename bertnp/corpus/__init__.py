@@ -4,8 +4,9 @@
     from bertnp.data import read_corpus
     docs = read_corpus(bundled_corpus("train"))      # list of documents, each a list of sentences
 
-``train``: 1,155 documents (World English Bible chapters + The Devil's Dictionary by letter);
-``heldout``: 60 other documents (every 20th in source order). Provenance, licence, sizes and how
+``train``: 1,180 documents (World English Bible chapters; The Devil's Dictionary and the Jargon
+File's lexicon, one document per initial letter); ``heldout``: 62 other documents (every 20th
+in source order). Provenance, licence, sizes and how
 to rebuild it (``scripts/build_corpus.py``): README.md in this folder.
 """
 
