@@ -1,0 +1,113 @@
+"""A strict stand-in for CuPy, so the CuPy code path is exercised on a CPU-only machine.
+
+Arrays are ``StrictArray`` (a NumPy subclass) and the namespace ``STRICT`` wraps NumPy so that
+everything created through it is a StrictArray. Like CuPy arrays, StrictArrays
+
+* refuse NumPy *functions* called on them directly (``np.sum(a)``, ``np.where(a, ...)``): code must
+  go through the backend's ``xp`` -- that is exactly the call that breaks on a real GPU when
+  someone writes ``np.`` in an operation;
+* refuse to be mixed with plain host arrays in arithmetic (``a + np.ones(3)``), as CuPy raises
+  ``TypeError: Unsupported type <class 'numpy.ndarray'>``;
+* offer ``.get()`` to copy to the host, and reductions return 0-d arrays, not Python scalars.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import scipy.special
+
+_state = threading.local()
+
+
+def _allowed() -> bool:
+    return getattr(_state, "depth", 0) > 0
+
+
+class StrictArray(np.ndarray):
+    """A host array that behaves like a device array with respect to NumPy's namespace."""
+
+    def __array_function__(self, func, types, args, kwargs):
+        if not _allowed():
+            raise TypeError(f"numpy.{func.__name__}() called directly on a device array: "
+                            "use the backend's xp instead")
+        return super().__array_function__(func, types, args, kwargs)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        outs = kwargs.get("out", ())
+        for operand in inputs + tuple(outs):
+            if type(operand) is np.ndarray and operand.ndim > 0:
+                raise TypeError(f"{ufunc.__name__}: cannot mix a device array with a host "
+                                f"numpy.ndarray of shape {operand.shape}")
+        base_inputs = tuple(x.view(np.ndarray) if isinstance(x, StrictArray) else x for x in inputs)
+        if outs:
+            kwargs["out"] = tuple(x.view(np.ndarray) if isinstance(x, StrictArray) else x for x in outs)
+        result = getattr(ufunc, method)(*base_inputs, **kwargs)
+        if outs:
+            return outs[0] if len(outs) == 1 else outs
+        return _wrap(result)
+
+    def get(self):
+        """Copy to the host, as cupy.ndarray.get() does."""
+        return np.array(self.view(np.ndarray))
+
+
+def _wrap(result):
+    if isinstance(result, tuple):
+        return tuple(_wrap(r) for r in result)
+    if isinstance(result, list):
+        return [_wrap(r) for r in result]
+    if isinstance(result, np.ndarray) and not isinstance(result, StrictArray):
+        return result.view(StrictArray)
+    if isinstance(result, np.generic):
+        return np.asarray(result).view(StrictArray)
+    return result
+
+
+class _Call:
+    """A NumPy callable run with the strict check lifted, its outputs made StrictArrays."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        _state.depth = getattr(_state, "depth", 0) + 1
+        try:
+            return _wrap(self._fn(*args, **kwargs))
+        finally:
+            _state.depth -= 1
+
+    def __getattr__(self, name):       # ufunc methods: xp.add.at, xp.maximum.reduce ...
+        attr = getattr(self._fn, name)
+        return _Call(attr) if callable(attr) else attr
+
+
+class _Generator:
+    def __init__(self, gen):
+        self._gen = gen
+
+    def __getattr__(self, name):
+        return _Call(getattr(self._gen, name))
+
+
+class _Random:
+    def default_rng(self, seed=None):
+        return _Generator(np.random.default_rng(seed))
+
+
+class StrictNamespace:
+    """The array module that bertnp.backend hands out while the strict backend is active."""
+    ndarray = StrictArray
+    random = _Random()
+    erf = _Call(scipy.special.erf)      # what cupyx.scipy.special.erf provides on the GPU
+
+    def __getattr__(self, name):
+        attr = getattr(np, name)
+        if isinstance(attr, type) and issubclass(attr, np.generic):
+            return attr                  # dtypes: xp.float32 etc.
+        if isinstance(attr, (type(np), float, int)) or attr is None:
+            return attr
+        return _Call(attr) if callable(attr) else attr
+
+
+STRICT = StrictNamespace()

@@ -1,0 +1,171 @@
+"""The backend: selection, errors, host/device moves -- and the proof that the operations and the
+model never call NumPy directly on model arrays, so the CuPy path cannot silently break on a
+CPU-only machine (run under a strict stand-in for CuPy, and a lint over the source)."""
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertnp as bn
+from bertnp import backend
+from bertnp import ops
+from strict_xp import STRICT, StrictArray
+
+PACKAGE = Path(bn.__file__).parent
+
+
+# ----------------------------------------------------------------------------- selection
+
+def test_set_and_get_backend():
+    assert bn.get_backend() == "numpy" and backend.xp() is np
+    with pytest.raises(ValueError, match="unknown backend 'torch'"):
+        bn.set_backend("torch")
+    with pytest.raises(TypeError, match="backend name"):
+        bn.set_backend(3)
+    assert bn.get_backend() == "numpy"
+
+
+def test_cupy_request_without_gpu_says_what_is_missing():
+    if backend.is_available("cupy"):
+        pytest.skip("a GPU is available here: the missing-CuPy error cannot be shown")
+    with pytest.raises(RuntimeError, match="(CuPy|cupy|GPU|CUDA)"):
+        bn.set_backend("cupy")
+    assert bn.get_backend() == "numpy"
+
+
+def test_environment_variable_selects_backend(monkeypatch):
+    monkeypatch.setenv("BERTNP_BACKEND", "numpy")
+    backend.default_backend_from_env()
+    assert bn.get_backend() == "numpy"
+    monkeypatch.setenv("BERTNP_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="nonsense"):
+        backend.default_backend_from_env()
+
+
+def test_host_device_helpers():
+    a = np.arange(6.0).reshape(2, 3)
+    assert backend.to_device(a) is a                       # NumPy on NumPy: no copy
+    assert backend.to_host(a) is a
+    with backend.using(STRICT, "strict"):
+        d = backend.to_device(a)
+        assert isinstance(d, StrictArray) and backend.is_device_array(d)
+        h = backend.to_host(d)
+        assert type(h) is np.ndarray and np.array_equal(h, a)
+
+
+def test_scatter_add_handles_repeated_indices():
+    target = np.zeros((3, 2))
+    backend.scatter_add(target, np.array([0, 2, 0]), np.ones((3, 2)))
+    np.testing.assert_array_equal(target[:, 0], [2, 0, 1])
+
+
+def test_seeded_generators_are_reproducible():
+    a = backend.rng(backend.seed_from(1, 2, 3)).random(5)
+    b = backend.rng(backend.seed_from(1, 2, 3)).random(5)
+    c = backend.rng(backend.seed_from(1, 2, 4)).random(5)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ----------------------------------------------------------------------------- the strict stand-in works
+
+def test_strict_stand_in_catches_direct_numpy_calls():
+    with backend.using(STRICT, "strict"):
+        x = STRICT.ones((2, 3))
+        with pytest.raises(TypeError, match="called directly"):
+            np.sum(x)
+        with pytest.raises(TypeError, match="mix a device array with a host"):
+            x + np.ones(3)
+        assert isinstance(STRICT.exp(x) + 1.0, StrictArray)
+        assert isinstance(x.sum(), StrictArray)             # reductions stay on the "device"
+
+
+# ----------------------------------------------------------------------------- ops and model under the stand-in
+
+def _strict(array):
+    return STRICT.asarray(array)
+
+
+def test_every_op_runs_forward_and_backward_on_strict_arrays():
+    r = np.random.default_rng(0)
+    with backend.using(STRICT, "strict"):
+        S = lambda *shape: _strict(r.standard_normal(shape).astype(np.float32))  # noqa: E731
+        x = S(2, 5, 6)
+        cases = [
+            (ops.linear_forward, ops.linear_backward, (x, S(4, 6), S(4)), {}),
+            (ops.layernorm_forward, ops.layernorm_backward, (x, S(6), S(6)), dict(eps=1e-12)),
+            (ops.gelu_forward, ops.gelu_backward, (x,), {}),
+            (ops.gelu_forward, ops.gelu_backward, (x,), dict(approximate="tanh")),
+            (ops.tanh_forward, ops.tanh_backward, (x,), {}),
+            (ops.relu_forward, ops.relu_backward, (x,), {}),
+            (ops.softmax_forward, ops.softmax_backward, (x, _strict(np.zeros((2, 1, 6), np.float32))), {}),
+            (ops.dropout_forward, ops.dropout_backward, (x, 0.1), dict(rng=3)),
+            (ops.embedding_forward, ops.embedding_backward, (_strict(np.array([[0, 3, 3]])), S(4, 6)), {}),
+            (ops.attention_forward, ops.attention_backward,
+             (x, S(6, 6), S(6), S(6, 6), S(6), S(6, 6), S(6), 2),
+             dict(additive_mask=_strict(np.zeros((2, 1, 1, 5), np.float32)), dropout_p=0.1, rng=1, training=True)),
+        ]
+        for forward, backward_fn, args, kwargs in cases:
+            out, cache = forward(*args, **kwargs)
+            assert isinstance(out, StrictArray), forward.__name__
+            grads = backward_fn(_strict(np.ones(out.shape, np.float32)), cache)
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            for g in grads:
+                assert g is None or isinstance(g, StrictArray), forward.__name__
+        loss, cache = ops.cross_entropy_forward(S(4, 7), _strict(np.array([1, -100, 6, 0])), check_range=False)
+        assert isinstance(loss, StrictArray)
+        assert isinstance(ops.cross_entropy_backward(_strict(np.float32(1.0)), cache), StrictArray)
+
+
+def test_model_and_optimizer_run_on_strict_arrays():
+    """The whole training step -- model forward with dropout, backward, AdamW -- never touches
+    NumPy directly with model arrays."""
+    cfg = bn.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=12, max_position_embeddings=10)
+    r = np.random.default_rng(0)
+    batch = dict(input_ids=r.integers(1, 40, (2, 6)), attention_mask=np.array([[1] * 6, [1] * 4 + [0] * 2]),
+                 token_type_ids=np.zeros((2, 6), dtype=int),
+                 labels=np.where(r.random((2, 6)) < 0.4, r.integers(1, 40, (2, 6)), -100),
+                 next_sentence_label=np.array([0, 1]))
+    with backend.using(STRICT, "strict"):
+        model = bn.BertForPreTraining(cfg, seed=0).train()
+        assert all(isinstance(p, StrictArray) for p in model.parameters().values())
+        out = model(**batch)
+        assert isinstance(out.loss, StrictArray) and np.isfinite(float(out.loss))
+        grads = model.backward()
+        assert all(isinstance(g, StrictArray) for g in grads.values())
+        opt = bn.AdamW(model, lr=1e-3)
+        opt.step()
+        model.zero_grad()
+        assert all(isinstance(p, StrictArray) for p in model.parameters().values())
+        clf = bn.BertForSequenceClassification(cfg, num_labels=3, seed=0)
+        o = clf(input_ids=batch["input_ids"], labels=np.array([0, 2]))
+        clf.backward()
+        assert isinstance(o.logits, StrictArray)
+
+
+# ----------------------------------------------------------------------------- lint
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_ops_never_import_numpy_or_scipy():
+    """Operations get their array module from bertnp.backend, never NumPy itself."""
+    for path in sorted((PACKAGE / "ops").glob("*.py")):
+        for module in _imports(path):
+            assert module.split(".")[0] not in ("numpy", "scipy", "cupy", "cupyx"), \
+                f"{path.name} imports {module}: use bertnp.backend.xp() instead"
+
+
+def test_only_backend_imports_cupy():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "backend.py":
+            continue
+        for module in _imports(path):
+            assert module.split(".")[0] not in ("cupy", "cupyx"), f"{path} imports {module}"
