@@ -689,6 +689,13 @@ class PretrainingDataset:
     * ``masking="static"`` (Google's): each of the ``dupe_factor`` copies is masked once, inline,
       in Google's order of random draws; every epoch sees the same masks.
 
+    NSP balance: Google flips a fair coin for every chunk of two or more sentences, but a chunk
+    of one sentence is always a random next and a random next "puts back" the unused sentences
+    (making more chunks), so a little over half of all labels are 1 (about 0.56 on the bundled
+    corpus). Pairs are fixed for the life of the dataset (as in Hugging Face's NSP dataset);
+    ``dupe_factor > 1`` adds more, differently cut pairs. With static masking, ``instance()``
+    returns the stored object itself: treat it as read-only.
+
     Options are validated; a bad value raises ValueError naming the argument.
     """
 
@@ -699,8 +706,12 @@ class PretrainingDataset:
         _check_options(max_seq_length, short_seq_prob, masked_lm_prob, max_predictions_per_seq, dupe_factor)
         if masking not in ("dynamic", "static"):
             raise ValueError(f"masking must be 'dynamic' or 'static', got {masking!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        for name, flag in (("whole_word_mask", whole_word_mask),
+                           ("random_token_excludes_special", random_token_excludes_special)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.tokenizer = tokenizer
         self.vocab = MaskingVocab(tokenizer, random_token_excludes_special)
         self.max_seq_length = int(max_seq_length)
@@ -808,6 +819,8 @@ class PretrainingLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.pad_to = pad_to
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.seed = dataset.seed if seed is None else int(seed)
         self.epoch = 0
         self.index = 0  # position in the epoch's order (instances already served)
