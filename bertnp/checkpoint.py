@@ -27,6 +27,7 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600 files: give the usual permissions
         write(tmp)
         with open(tmp, "rb+") as handle:   # make sure the bytes are on disk before the rename
             os.fsync(handle.fileno())
@@ -38,6 +39,12 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_tensors(path, tensors: Mapping[str, object], metadata: Mapping[str, str] | None = None) -> Path:
@@ -122,6 +129,7 @@ def atomic_directory(path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())     # mkdtemp makes 0700 folders
         write(tmp)
         for child in tmp.rglob("*"):          # every byte on disk before the folder is published
             if child.is_file():

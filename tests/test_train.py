@@ -1,0 +1,314 @@
+"""The training loop: parity with PyTorch's trajectory, overfitting one batch, exact resume, atomic
+checkpoints, the NaN guard, metrics/figure/final model. Tiny models and a tiny corpus: fast."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertnp import checkpoint
+from bertnp.config import BertConfig
+from bertnp.model import BertForPreTraining
+from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm
+from bertnp.train import (NonFiniteLossError, TrainConfig, Trainer, fill_mask, latest_checkpoint,
+                          next_sentence_probability)
+
+FIXTURE = Path(__file__).resolve().parent / "reference" / "adamw_trajectory_f64.npz"
+
+WORDS = ("the a one old young red blue green small big king queen man woman dog cat bird horse house "
+         "river city tree stone saw found took gave loved built crossed left near under over by with "
+         "and but then so").split()
+
+
+# ----------------------------------------------------------------------------- a tiny world
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """A 14-document corpus in BERT's format, its vocab.txt and a tiny model config.json."""
+    root = tmp_path_factory.mktemp("world")
+    rng = np.random.default_rng(0)
+    docs = []
+    for _ in range(14):
+        sentences = []
+        for _ in range(int(rng.integers(4, 9))):
+            n = int(rng.integers(4, 9))
+            words = [WORDS[int(i)] for i in rng.integers(0, len(WORDS), size=n)]
+            sentences.append(" ".join(words).capitalize() + ".")
+        docs.append("\n".join(sentences))
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS) + "\n",
+                     encoding="utf-8")
+    config = root / "config.json"
+    BertConfig(vocab_size=len(WORDS) + 7, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=24, max_position_embeddings=32).to_json_file(config)
+    return {"corpus": str(corpus), "vocab": str(vocab), "config": str(config), "root": root}
+
+
+def tiny_config(world, out, **kw) -> TrainConfig:
+    options = dict(corpus=[world["corpus"]], vocab=world["vocab"], model_config=world["config"],
+                   max_seq_length=24, batch_size=4, steps=8, lr=5e-3, warmup=2, out_dir=str(out),
+                   eval_every=4, eval_batches=2, checkpoint_every=4, log_every=2, progress=False, seed=3)
+    options.update(kw)
+    return TrainConfig(**options)
+
+
+def quiet(*_):
+    pass
+
+
+# ----------------------------------------------------------------------------- parity with PyTorch
+
+def test_trajectory_matches_torch_adamw_fixture():
+    """12 steps of bn.AdamW + schedule + clipping on the fixture's float64 model (dropout off)
+    follow torch.optim.AdamW on HF's BertForPreTraining: losses <= 1e-8 relative, same weights."""
+    ref = np.load(FIXTURE)
+    cfg = BertConfig.from_dict(json.loads(str(ref["config_json"])))
+    names = [k[len("param/"):] for k in ref.files if k.startswith("param/")]
+    model = BertForPreTraining(cfg, dtype="float64").eval()
+    model.load_state_dict({n: ref[f"param/{n}"] for n in names})
+    schedule = json.loads(str(ref["schedule_json"]))
+    opt = AdamW(model, lr=schedule["lr"], betas=tuple(schedule["betas"]), eps=schedule["eps"],
+                weight_decay=schedule["weight_decay"])
+    sched = LinearWarmupDecay(opt, schedule["warmup_steps"], schedule["total_steps"])
+    batch = {k: ref[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "next_sentence_label")}
+    losses, norms, lrs = [], [], []
+    for _ in range(schedule["total_steps"]):
+        model.zero_grad()
+        out = model(**batch)
+        losses.append(float(out.loss))
+        model.backward()
+        norms.append(clip_grad_norm(model.grads, schedule["clip_grad_norm"]))
+        lrs.append(opt.lr)
+        opt.step()
+        sched.step()
+    final_loss = float(model(**batch).loss)
+
+    rel = np.abs(np.array(losses) - ref["losses"]) / np.abs(ref["losses"])
+    assert rel.max() <= 1e-8, rel.max()
+    assert abs(final_loss - float(ref["final_loss"])) / float(ref["final_loss"]) <= 1e-8
+    assert losses[1] == losses[0]                                  # the first update has lr 0
+    np.testing.assert_allclose(norms, ref["grad_norms"], rtol=1e-8)
+    np.testing.assert_allclose(lrs, ref["lrs"], rtol=1e-15)
+    params = model.parameters()
+    for n in names:   # weights ~0.02-1; moments: same state as torch's
+        np.testing.assert_allclose(params[n], ref[f"final/{n}"], rtol=0, atol=1e-12, err_msg=n)
+        np.testing.assert_allclose(opt.exp_avg[n], ref[f"exp_avg/{n}"], rtol=1e-6, atol=1e-14, err_msg=n)
+        np.testing.assert_allclose(opt.exp_avg_sq[n], ref[f"exp_avg_sq/{n}"], rtol=1e-6, atol=1e-18, err_msg=n)
+    moved = max(float(np.abs(params[n] - ref[f"param/{n}"]).max()) for n in names)
+    assert moved > 1e-3                                            # the comparison is not vacuous
+
+
+# ----------------------------------------------------------------------------- overfit one batch
+
+def test_tiny_model_memorises_one_batch():
+    """A tiny model drives MLM accuracy on one fixed batch to ~1 (and NSP to 1) in a few hundred steps."""
+    t0 = time.perf_counter()
+    cfg = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=16,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    B, T = 8, 16
+    ids = rng.integers(5, 40, size=(B, T))
+    labels = np.full((B, T), -100)
+    for b in range(B):
+        pos = rng.choice(np.arange(1, T), size=3, replace=False)
+        labels[b, pos] = ids[b, pos]
+        ids[b, pos] = 4                                            # [MASK]
+    batch = dict(input_ids=ids, attention_mask=np.ones((B, T), dtype=np.int64),
+                 token_type_ids=(np.arange(T) >= T // 2).astype(np.int64)[None].repeat(B, 0),
+                 labels=labels, next_sentence_label=rng.integers(0, 2, size=B))
+    opt = AdamW(model, lr=3e-3, weight_decay=0.0)
+    sched = LinearWarmupDecay(opt, warmup_steps=20, total_steps=10_000)
+    first = None
+    for step in range(400):
+        model.zero_grad()
+        out = model(**batch)
+        first = float(out.loss) if first is None else first
+        model.backward()
+        clip_grad_norm(model.grads, 1.0)
+        opt.step()
+        sched.step()
+        acc = float((out.prediction_logits.argmax(-1) == labels[labels != -100]).mean())
+        if acc == 1.0 and step > 50:
+            break
+    nsp_acc = float((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).mean())
+    assert acc >= 0.95, (step, acc)
+    assert nsp_acc == 1.0
+    assert float(out.loss) < 0.2 * first
+    assert time.perf_counter() - t0 < 30
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_is_bit_identical(tiny_world, tmp_path):
+    """8 steps straight == 4 steps, a fresh process-like restart with --resume, 4 more (dropout on)."""
+    straight = Trainer(tiny_config(tiny_world, tmp_path / "straight", dropout=0.1), log=quiet)
+    straight.train()
+
+    first = Trainer(tiny_config(tiny_world, tmp_path / "paused", dropout=0.1), log=quiet)
+    summary = first.train(stop_at=4)
+    assert summary["step"] == 4 and not summary["complete"] and "model_dir" not in summary
+    del first
+    resumed = Trainer(tiny_config(tiny_world, tmp_path / "paused", resume=True), log=quiet)
+    assert resumed.step == 4 and resumed.model.forward_count > 0
+    resumed.train()
+
+    a, b = straight.model.parameters(), resumed.model.parameters()
+    assert a.keys() == b.keys()
+    for n in a:
+        assert np.array_equal(a[n], b[n]), n
+        assert np.array_equal(straight.optimizer.exp_avg_sq[n], resumed.optimizer.exp_avg_sq[n]), n
+    assert straight.model.forward_count == resumed.model.forward_count
+    assert straight.loader.state_dict() == resumed.loader.state_dict()
+
+    def losses(run):
+        recs = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["split"], r["step"], r["loss"]) for r in recs]
+    assert losses("straight") == losses("paused")                   # the log is continued, not restarted
+
+
+def test_resume_needs_a_checkpoint_and_fresh_runs_need_an_empty_folder(tiny_world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(tiny_config(tiny_world, tmp_path / "none", resume=True), log=quiet)
+    Trainer(tiny_config(tiny_world, tmp_path / "run", steps=2), log=quiet).train()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(tiny_config(tiny_world, tmp_path / "run", steps=2), log=quiet)
+    Trainer(tiny_config(tiny_world, tmp_path / "run", steps=2, overwrite=True), log=quiet)
+
+
+# ----------------------------------------------------------------------------- atomic checkpoints
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_world, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=8), log=quiet)
+    trainer.train(stop_at=4)
+    good = latest_checkpoint(tmp_path / "run")
+    assert good.name == "step-000004"
+    before = checkpoint.load_tensors(good / "model.safetensors")
+    trainer.train_step()
+
+    import safetensors.numpy as stnp
+    real_save = stnp.save_file
+
+    def crash_halfway(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) // 2])          # half the bytes are on disk...
+        raise OSError("simulated crash: disk pulled out")          # ...when the process dies
+
+    monkeypatch.setattr(stnp, "save_file", crash_halfway)
+    with pytest.raises(OSError, match="simulated crash"):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+
+    ckdir = tmp_path / "run" / "checkpoints"
+    assert latest_checkpoint(tmp_path / "run") == good
+    assert checkpoint.read_json(ckdir / "latest.json")["dir"] == "step-000004"
+    assert not [p for p in ckdir.iterdir() if p.name.startswith(".")]        # no half-written leftovers
+    after = checkpoint.load_tensors(good / "model.safetensors")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+    # a hard kill leaves a temporary folder behind: readers ignore it, and resume works
+    (ckdir / ".step-000006.abc.tmp").mkdir()
+    (ckdir / ".step-000006.abc.tmp" / "model.safetensors").write_bytes(b"\x00" * 10)
+    resumed = Trainer(tiny_config(tiny_world, tmp_path / "run", resume=True), log=quiet)
+    assert resumed.step == 4
+
+
+def test_atomic_write_of_one_file_keeps_the_old_file(tmp_path):
+    path = checkpoint.write_json(tmp_path / "state.json", {"step": 1})
+
+    def half_then_crash(tmp):
+        Path(tmp).write_text('{"step": 2, "trunc', encoding="utf-8")
+        raise KeyboardInterrupt                                     # killed mid-write
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write(path, half_then_crash)
+    assert checkpoint.read_json(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+# ----------------------------------------------------------------------------- NaN guard
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path):
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=8), log=quiet)
+    trainer.train(stop_at=4)
+    good = latest_checkpoint(tmp_path / "run")
+    name = "bert.encoder.layer.0.attention.output.dense.weight"
+    trainer.model.parameters()[name][0, 0] = np.nan                  # something went badly wrong
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5.*step-000004"):
+        trainer.train()
+    assert trainer.step == 4
+    assert latest_checkpoint(tmp_path / "run") == good
+    weights = checkpoint.load_tensors(good / "model.safetensors")
+    assert all(np.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "run" / "model").exists()                # no "final" model from a broken run
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_outputs_metrics_figure_and_hf_layout(tiny_world, tmp_path):
+    summary = Trainer(tiny_config(tiny_world, tmp_path / "run"), log=quiet).train()
+    out = tmp_path / "run"
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["split"] == "train"]
+    ev = [r for r in recs if r["split"] == "eval"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8] and [r["step"] for r in ev] == [4, 8]
+    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "lr", "grad_norm", "tokens_per_s"):
+        assert math.isfinite(train[-1][key]), key
+    assert 0 <= ev[-1]["mlm_acc"] <= 1 and 0 <= ev[-1]["baseline_mlm_acc"] <= 1
+    pytest.importorskip("matplotlib")
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    model_dir = Path(summary["model_dir"])
+    assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in model_dir.iterdir()}
+    assert len(list((out / "checkpoints").glob("step-*"))) == 2              # keep_checkpoints
+    model = BertForPreTraining.from_pretrained(model_dir)
+    ref = checkpoint.load_tensors(latest_checkpoint(out) / "model.safetensors")
+    assert all(np.array_equal(model.parameters()[k], ref[k]) for k in ref)
+
+    from bertnp.tokenizer import BertTokenizer
+    tok = BertTokenizer.from_pretrained(model_dir)
+    preds = fill_mask(model, tok, "The old [MASK] saw the river.", top_k=3)
+    assert len(preds) == 1 and len(preds[0]) == 3 and all(0 <= p <= 1 for _, p in preds[0])
+    assert 0 <= next_sentence_probability(model, tok, "The king.", "The dog.") <= 1
+
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    hf = transformers.BertForPreTraining.from_pretrained(str(model_dir)).eval()
+    ids = np.array([[2, 10, 11, 4, 12, 3]])
+    with torch.no_grad():
+        hf_out = hf(input_ids=torch.from_numpy(ids))
+    ours = model(input_ids=ids)
+    np.testing.assert_allclose(ours.prediction_logits, hf_out.prediction_logits.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.seq_relationship_logits, hf_out.seq_relationship_logits.numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_time_budget_sets_the_number_of_steps(tiny_world, tmp_path):
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=None, time_budget=1.0), log=quiet)
+    assert trainer.config.steps >= 1
+    assert trainer.model.forward_count == 0 and trainer.loader.state_dict()["index"] == 0   # probe undone
+    assert not any(g.any() for g in trainer.model.grads.values())
+    saved = checkpoint.read_json(tmp_path / "run" / "run.json")
+    assert saved["steps"] == trainer.config.steps                  # resume uses the same schedule
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(steps=None), "steps or time_budget"), (dict(batch_size=0), "batch_size"),
+    (dict(lr=-1.0), "lr"), (dict(max_seq_length=4), "max_seq_length"), (dict(dropout=1.0), "dropout"),
+    (dict(max_seq_length=64), "max_position_embeddings"),
+])
+def test_bad_options(tiny_world, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(tiny_config(tiny_world, tmp_path / "run", **kw), log=quiet)
+
+
+def test_missing_corpus_is_named(tiny_world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        Trainer(tiny_config(tiny_world, tmp_path / "run", corpus=[str(tmp_path / "nope.txt")]), log=quiet)
