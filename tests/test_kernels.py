@@ -1,0 +1,969 @@
+"""The CUDA kernels (kernels/*.cu, bertnp/kernels.py), checked in three ways.
+
+1. Compilation, on any machine with the CUDA toolkit (no GPU needed): every .cu file through
+   ``nvcc -cubin -arch=sm_90`` (ptxas included, warnings are errors), and through NVRTC -- the
+   compiler cupy.RawModule really uses, which lacks nvcc's implicit headers -- when a libnvrtc is
+   found. Skipped, saying so, where the tool is missing.
+
+2. CPU emulation (always runs): each kernel's per-thread / per-warp / per-block algorithm is
+   transcribed into NumPy float32 array code -- the same strided loops, the same __shfl_xor_sync
+   butterfly (lane i combines with lane i ^ off), the same online-softmax (max, sum) recurrence and
+   its -inf guards, the same two-stage column sums -- and plugged in where bertnp.kernels would
+   launch the real kernel. So the wrappers' whole Python side (mask plans, launch configurations,
+   caches, the loss on the device) runs for real, each launch's arguments are checked against the
+   kernel's C signature (count, pointer dtypes, np.int32 / np.int64 / np.float32 scalars), and the
+   results are compared with the NumPy reference ops: |x - ref| <= atol + rtol |ref|, rtol 1e-5.
+   This checks the math of the blocked and online algorithms, not CUDA syntax or the hardware.
+
+3. GPU (skipped without CuPy and a GPU): every kernel and version against the NumPy reference in
+   float32, on the same awkward shapes (C = 129, 771; rows 1, 3, 97; vocabularies 1003 and 30522;
+   all-ignored rows; fully masked attention rows), plus a no-host-synchronisation check.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertnp as bn
+from bertnp import backend, kernels, ops
+
+RTOL = 1e-5
+F32 = np.float32
+NEG_INF = F32(-np.inf)
+SOURCES = kernels.kernel_sources()
+
+
+def assert_close(got, ref, atol, what):
+    got = np.asarray(backend.to_host(got), dtype=np.float64)
+    ref = np.asarray(backend.to_host(ref), dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    err = np.abs(got - ref)
+    bad = ~(err <= atol + RTOL * np.abs(ref))          # NaN counts as bad
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.size} entries off, worst |x-ref| = "
+                           f"{np.nanmax(err)} (atol {atol}, rtol {RTOL})")
+
+
+# ============================================================================ 1. compilation
+
+def _nvcc():
+    found = shutil.which("nvcc")
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if not found and home and Path(home, "bin", "nvcc").is_file():
+            found = str(Path(home, "bin", "nvcc"))
+    return found
+
+
+NVCC_ARGS = ["-std=c++17", "-cubin", "-arch=sm_90", "-Xptxas", "-warn-spills,-warn-lmem-usage",
+             "--Werror", "all-warnings"]
+
+
+def test_every_kernel_compiles_with_nvcc(tmp_path):
+    """One nvcc call per file, run in parallel (each takes well under a second)."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (no CUDA toolkit on PATH, $CUDA_HOME or /usr/local/cuda): "
+                    "cannot compile-check kernels/*.cu here")
+
+    def compile_one(item):
+        name, path = item
+        cmd = [nvcc, *NVCC_ARGS, str(path), "-o", str(tmp_path / f"{name}.cubin")]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        return name, done.returncode, done.stdout + done.stderr
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        results = list(pool.map(compile_one, SOURCES.items()))
+    failed = {name: log for name, rc, log in results if rc != 0}
+    assert not failed, "nvcc failed:\n" + "\n".join(f"--- {n}.cu\n{log}" for n, log in failed.items())
+
+
+def _find_nvrtc():
+    """libnvrtc: $BERTNP_NVRTC, the system's, or a pip-installed nvidia-cuda-nvrtc wheel."""
+    candidates = [os.environ.get("BERTNP_NVRTC", "")]
+    candidates.append(ctypes.util.find_library("nvrtc") or "")
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home:
+            candidates += sorted(glob.glob(str(Path(home, "lib64", "libnvrtc.so*"))))
+    for entry in sys.path:
+        for sub in ("nvidia/cuda_nvrtc/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"):
+            candidates += sorted(glob.glob(str(Path(entry, sub, "libnvrtc.so*"))))
+    for path in candidates:
+        if path and "builtins" not in path:
+            try:
+                return ctypes.CDLL(path), path
+            except OSError:
+                continue
+    return None, None
+
+
+def test_every_kernel_compiles_with_nvrtc():
+    """NVRTC is what cupy.RawModule uses: no implicit <cuda_runtime.h>, no <math.h> macros
+    (INFINITY, M_SQRT1_2), so a file can pass nvcc and still fail here."""
+    lib, path = _find_nvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (set BERTNP_NVRTC=/path/to/libnvrtc.so, or pip install "
+                    "nvidia-cuda-nvrtc-cu12): cannot run the NVRTC compile check")
+    failures = {}
+    for name, src in SOURCES.items():
+        prog = ctypes.c_void_p()
+        assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.read_bytes(), f"{name}.cu".encode(),
+                                      0, None, None) == 0
+        opts = [*kernels.COMPILE_OPTIONS, "-arch=compute_90"]
+        argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        rc = lib.nvrtcCompileProgram(prog, len(opts), argv)
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        if rc != 0:
+            failures[name] = log.value.decode(errors="replace")
+    assert not failures, f"NVRTC ({path}) failed:\n" + "\n".join(f"--- {n}\n{l}" for n, l in failures.items())
+
+
+# ============================================================================ sources and lookup
+
+_KERNEL_RE = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)', re.S)
+
+
+def _signatures():
+    """{kernel: [(c_type, param_name), ...]} parsed from the .cu files."""
+    table = {}
+    for path in SOURCES.values():
+        for name, params in _KERNEL_RE.findall(path.read_text()):
+            parsed = []
+            for param in params.split(","):
+                tokens = param.replace("*", "* ").split()
+                tokens = [t for t in tokens if t != "const"]
+                ctype = " ".join(tokens[:-1]).replace(" *", "*")
+                parsed.append((ctype, tokens[-1]))
+            table[name] = parsed
+    return table
+
+
+SIGNATURES = _signatures()
+
+
+def test_sources_found_and_documented():
+    assert set(kernels.KERNEL_NAMES) <= set(SOURCES), sorted(SOURCES)
+    for name, path in SOURCES.items():
+        text = path.read_text()
+        assert text.startswith("/*"), f"{name}.cu must open with its explanatory comment"
+        header = text.split("*/", 1)[0]
+        assert "Versions" in header and "Launch" in header, f"{name}.cu: header names versions and launch"
+        for kernel in _KERNEL_RE.findall(text):
+            version = re.search(r"_v(\d)$", kernel[0])
+            if version:
+                assert f"v{version.group(1)}" in header, f"{name}.cu: header does not describe {kernel[0]}"
+
+
+def test_kernel_dir_override(tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.KERNELS_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=kernels.KERNELS_DIR_ENV):
+        kernels.kernel_dir()
+    for name, path in SOURCES.items():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    assert kernels.kernel_sources()["layernorm"] == tmp_path / "layernorm.cu"
+
+
+# ============================================================================ 2. CPU emulation
+# ---- the building blocks of the kernels, as NumPy array code (float32 throughout)
+
+def lanes_view(x, n_threads, fill):
+    """(R, K) -> (R, S, n_threads): what thread t reads at iteration s of its strided loop
+    ``for (k = t; k < K; k += n_threads)``, i.e. x[:, s * n_threads + t]; padded with the
+    reduction's identity past K (adding 0 or taking max with -inf changes nothing)."""
+    R, K = x.shape
+    S = max(1, -(-K // n_threads))
+    padded = np.full((R, S * n_threads), fill, dtype=x.dtype)
+    padded[:, :K] = x
+    return padded.reshape(R, S, n_threads)
+
+
+def strided_reduce(x, n_threads, op, init):
+    """Every thread's sequential loop over its strided elements, in the kernel's order."""
+    view = lanes_view(x, n_threads, init)
+    acc = np.full((x.shape[0], n_threads), init, dtype=x.dtype)
+    for s in range(view.shape[1]):
+        acc = op(acc, view[:, s, :])
+    return acc
+
+
+LANE = np.arange(32)
+
+
+def shfl_xor_tree(v, op):
+    """The __shfl_xor_sync butterfly over the last axis (32 lanes): v = op(v, v[lane ^ off])."""
+    for off in (16, 8, 4, 2, 1):
+        v = op(v, v[..., LANE ^ off])
+    return v
+
+
+def row_reduce(x, per_warp, op, init):
+    """A row reduction as v1 (one thread: a sequential loop) or v2 (a warp: strided + butterfly)."""
+    if not per_warp:
+        return strided_reduce(x, 1, op, init)[:, 0]
+    return shfl_xor_tree(strided_reduce(x, 32, op, init), op)[:, 0]
+
+
+def online_update(m, d, v):
+    """online_update() of the .cu files, elementwise: add value v to the running (max m, sum d)."""
+    with np.errstate(all="ignore"):                    # both branches are computed, one is kept
+        new_max = v > m
+        d = np.where(new_max, d * np.exp(m - v) + F32(1), np.where(v > NEG_INF, d + np.exp(v - m), d))
+        return np.where(new_max, v, m), d.astype(F32)
+
+
+def online_combine(m, d, m2, d2):
+    """online_combine(): merge two (max, sum) pairs; a pair with m = -inf contributes 0."""
+    with np.errstate(all="ignore"):
+        mn = np.maximum(m, m2)
+        a = np.where(m == NEG_INF, F32(0), d * np.exp(m - mn))
+        b = np.where(m2 == NEG_INF, F32(0), d2 * np.exp(m2 - mn))
+        return mn, (a + b).astype(F32)
+
+
+def pair_tree(m, d):
+    for off in (16, 8, 4, 2, 1):
+        m, d = online_combine(m, d, m[..., LANE ^ off], d[..., LANE ^ off])
+    return m, d
+
+
+def online_rows(x, n_threads):
+    """One pass of online softmax by a warp (32) or a block (n_threads, via shared memory)."""
+    R = x.shape[0]
+    view = lanes_view(x, n_threads, NEG_INF)
+    m = np.full((R, n_threads), NEG_INF, dtype=F32)
+    d = np.zeros((R, n_threads), dtype=F32)
+    for s in range(view.shape[1]):
+        m, d = online_update(m, d, view[:, s, :])
+    m, d = pair_tree(m.reshape(R, -1, 32), d.reshape(R, -1, 32))   # within each warp
+    m, d = m[..., 0], d[..., 0]                                      # lane 0 of each warp
+    if n_threads == 32:
+        return m[:, 0], d[:, 0]
+    nwarps = n_threads // 32                                         # warp 0 reads shared memory
+    mw = np.full((R, 32), NEG_INF, dtype=F32)
+    dw = np.zeros((R, 32), dtype=F32)
+    mw[:, :nwarps], dw[:, :nwarps] = m, d
+    mw, dw = pair_tree(mw, dw)
+    return mw[:, 0], dw[:, 0]
+
+
+def finite_or_zero(m):
+    return np.where(np.abs(m) < np.inf, m, F32(0)).astype(F32)
+
+
+def _cu_constants(name):
+    """The float literals #defined in a .cu file, as the compiler rounds them (float32)."""
+    found = re.findall(r"#define (\w+) ([0-9.eE+-]+)f\b", SOURCES[name].read_text())
+    return {key: F32(float(value)) for key, value in found}
+
+
+GELU_C = _cu_constants("gelu")
+
+# ---- the kernels, emulated. Each takes (grid, block, args by C parameter name) and writes its
+# ---- outputs into the arrays the wrapper passed, exactly as the launch would.
+
+
+def _store(out, values):
+    flat = out.reshape(-1)
+    assert np.shares_memory(flat, out), "kernel outputs must be contiguous"
+    flat[...] = np.asarray(values, dtype=out.dtype).reshape(-1)
+
+
+def _check_rows(grid, block, rows, per_warp):
+    per_block = block[0] // 32 if per_warp else block[0]
+    assert block[0] % 32 == 0 and block[0] <= 1024
+    assert grid[0] * per_block >= rows, "the grid does not reach every row"
+    assert (grid[0] - 1) * per_block < max(rows, 1), "a whole block with no row"
+
+
+def _mask_rows(a, rows, K):
+    if a["mask"] is kernels._NULL:
+        return np.zeros((rows, K), F32)
+    base = (np.arange(rows) // int(a["rows_per_batch"])) * int(a["mask_stride"])   # the kernel's index
+    return a["mask"].reshape(-1)[base[:, None] + np.arange(K)]
+
+
+def emu_softmax_forward(version):
+    def run(grid, block, a):
+        rows, K = int(a["rows"]), int(a["K"])
+        _check_rows(grid, block, rows, per_warp=version > 1)
+        v = a["scores"].reshape(rows, K) + _mask_rows(a, rows, K)
+        if version in (1, 2):
+            shift = finite_or_zero(row_reduce(v, version == 2, np.maximum, NEG_INF))
+            e = np.exp(v - shift[:, None])
+            total = row_reduce(e, version == 2, np.add, F32(0))
+            probs = e / np.where(total > 0, total, F32(1))[:, None]
+        else:
+            m, d = online_rows(v, 32)
+            with np.errstate(all="ignore"):
+                probs = np.exp(v - finite_or_zero(m)[:, None]) / np.where(d > 0, d, F32(1))[:, None]
+        _store(a["probs"], probs)
+    return run
+
+
+def emu_softmax_backward(version):
+    def run(grid, block, a):
+        rows, K = int(a["rows"]), int(a["K"])
+        _check_rows(grid, block, rows, per_warp=version > 1)
+        dp, p = a["dprobs"].reshape(rows, K), a["probs"].reshape(rows, K)
+        dot = row_reduce(dp * p, version == 2, np.add, F32(0))
+        _store(a["dscores"], p * (dp - dot[:, None]))
+    return run
+
+
+def emu_layernorm_forward(version):
+    def run(grid, block, a):
+        rows, C, eps = int(a["rows"]), int(a["C"]), a["eps"]
+        _check_rows(grid, block, rows, per_warp=version > 1)
+        x, warp = a["x"].reshape(rows, C), version == 2
+        mean = row_reduce(x, warp, np.add, F32(0)) / F32(C)
+        dev = x - mean[:, None]
+        r = F32(1) / np.sqrt(row_reduce(dev * dev, warp, np.add, F32(0)) / F32(C) + eps)
+        xhat = dev * r[:, None]
+        _store(a["rstd"], r)
+        _store(a["xhat"], xhat)
+        _store(a["out"], xhat * a["gamma"] + a["beta"])
+    return run
+
+
+def emu_layernorm_dx(version):
+    def run(grid, block, a):
+        rows, C = int(a["rows"]), int(a["C"])
+        _check_rows(grid, block, rows, per_warp=version > 1)
+        g, h, warp = a["dout"].reshape(rows, C), a["xhat"].reshape(rows, C), version == 2
+        dh = g * a["gamma"]
+        mean1 = row_reduce(dh, warp, np.add, F32(0)) / F32(C)
+        mean2 = row_reduce(dh * h, warp, np.add, F32(0)) / F32(C)
+        _store(a["dx"], (dh - mean1[:, None] - h * mean2[:, None]) * a["rstd"].reshape(rows, 1))
+    return run
+
+
+def _column_sums(x):
+    """A thread per column summing rows in order (vectorised across columns)."""
+    acc = np.zeros(x.shape[1], dtype=F32)
+    for r in range(x.shape[0]):
+        acc = acc + x[r]
+    return acc
+
+
+def emu_param_grad_v1(grid, block, a):
+    rows, C = int(a["rows"]), int(a["C"])
+    assert grid[0] * block[0] >= C
+    g, h = a["dout"].reshape(rows, C), a["xhat"].reshape(rows, C)
+    _store(a["dgamma"], _column_sums(g * h))
+    _store(a["dbeta"], _column_sums(g))
+
+
+def emu_param_grad_partial(grid, block, a):
+    rows, C, per_chunk = int(a["rows"]), int(a["C"]), int(a["rows_per_chunk"])
+    n_chunks = grid[1]
+    assert grid[0] * block[0] >= C and n_chunks * per_chunk >= rows and n_chunks <= 65535
+    assert (n_chunks - 1) * per_chunk < rows, "an empty chunk"
+    g, h = a["dout"].reshape(rows, C), a["xhat"].reshape(rows, C)
+    partial = np.zeros((n_chunks, 2, C), F32)
+    for k in range(n_chunks):
+        sl = slice(k * per_chunk, min((k + 1) * per_chunk, rows))
+        partial[k, 0], partial[k, 1] = _column_sums(g[sl] * h[sl]), _column_sums(g[sl])
+    _store(a["partial"], partial)
+
+
+def emu_param_grad_finalize(grid, block, a):
+    n_chunks, C = int(a["n_chunks"]), int(a["C"])
+    partial = a["partial"].reshape(n_chunks, 2, C)
+    _store(a["dgamma"], _column_sums(partial[:, 0]))
+    _store(a["dbeta"], _column_sums(partial[:, 1]))
+
+
+def _gelu(x, approximate):
+    c = GELU_C
+    if approximate == 0:
+        from scipy.special import erf
+        return x * (F32(0.5) * (F32(1) + erf(x * c["SQRT_HALF"]).astype(F32)))
+    return x * (F32(0.5) * (F32(1) + np.tanh(c["SQRT_2_OVER_PI"] * (x + c["GELU_COEF"] * (x * x * x)))))
+
+
+def _gelu_grad(x, dout, approximate):
+    c = GELU_C
+    if approximate == 0:
+        from scipy.special import erf
+        cdf = F32(0.5) * (F32(1) + erf(x * c["SQRT_HALF"]).astype(F32))
+        return dout * (cdf + x * (c["INV_SQRT_2PI"] * np.exp(F32(-0.5) * x * x)))
+    x2 = x * x
+    t = np.tanh(c["SQRT_2_OVER_PI"] * (x + c["GELU_COEF"] * x2 * x))
+    du = c["SQRT_2_OVER_PI"] * (F32(1) + F32(3) * c["GELU_COEF"] * x2)
+    return dout * (F32(0.5) * (F32(1) + t) + F32(0.5) * x * (F32(1) - t * t) * du)
+
+
+def _check_elementwise(grid, block, n, version):
+    threads = grid[0] * block[0]
+    assert grid[0] >= 1 and block[0] <= 1024 and grid[0] <= kernels.GRID_CAP
+    if version == 2:                       # the n % 4 leftovers need that many threads
+        assert n - 4 * (n // 4) <= threads
+
+
+def emu_gelu(backward, version):
+    def run(grid, block, a):
+        n = int(a["n"])
+        _check_elementwise(grid, block, n, version)
+        x = a["x"].reshape(-1)
+        if backward:
+            _store(a["dx"], _gelu_grad(x, a["dout"].reshape(-1), int(a["approximate"])))
+        else:
+            _store(a["out"], _gelu(x, int(a["approximate"])))
+    return run
+
+
+def emu_cross_entropy_forward(version):
+    def run(grid, block, a):
+        N, V = int(a["N"]), int(a["V"])
+        z = a["logits"].reshape(N, V)
+        if version == 1:
+            _check_rows(grid, block, N, per_warp=False)
+            M = row_reduce(z, False, np.maximum, NEG_INF)
+            D = row_reduce(np.exp(z - M[:, None]).astype(np.float64), False, np.add, 0.0).astype(F32)
+        else:
+            assert grid[0] == N and block[0] % 32 == 0 and block[0] <= 1024
+            M, D = online_rows(z, block[0])
+        _store(a["probs"], np.exp(z - M[:, None]) / D[:, None])
+        t = a["targets"].copy()
+        t[t == a["ignore_index"]] = 0                                   # the safe index
+        ok = (t >= 0) & (t < V)
+        zt = z[np.arange(N), np.where(ok, t, 0)]
+        _store(a["nll"], np.where(ok, np.log(D) - (zt - M), F32(np.nan)))
+    return run
+
+
+def emu_cross_entropy_backward(version):
+    def run(grid, block, a):
+        N, V = int(a["N"]), int(a["V"])
+        if version == 1:
+            _check_elementwise(grid, block, N * V, 1)
+        else:
+            assert grid[0] == N
+        dl = a["dloss_value"] if a["dloss_ptr"] is kernels._NULL else a["dloss_ptr"].reshape(-1)[0]
+        g = dl / a["count"].reshape(-1)[0]
+        p = a["probs"].reshape(N, V)
+        onehot = (np.arange(V)[None, :] == a["safe_targets"][:, None]).astype(F32)
+        _store(a["dlogits"], (p - onehot) * (a["valid"] * g)[:, None])
+    return run
+
+
+def emu_adamw(version):
+    def run(grid, block, a):
+        n = int(a["n"])
+        _check_elementwise(grid, block, n, version)
+        p, g, m, v = (a[k].reshape(-1) for k in ("p", "g", "m", "v"))
+        if int(a["variant"]) == 0:                    # torch.optim.AdamW, in the kernel's order
+            p2 = p * a["decay"]
+            m2 = m + a["omb1"] * (g - m)
+            v2 = v * a["beta2"] + a["omb2"] * (g * g)
+            denom = np.sqrt(v2) / a["bc2_sqrt"] + a["eps"]
+            p2 = p2 + (-a["step_size"]) * (m2 / denom)
+        else:                                         # Google's AdamWeightDecayOptimizer
+            m2 = a["beta1"] * m + a["omb1"] * g
+            v2 = a["beta2"] * v + a["omb2"] * (g * g)
+            p2 = p - a["lr"] * (m2 / (np.sqrt(v2) + a["eps"]) + a["weight_decay"] * p)
+        _store(a["p"], p2)
+        _store(a["m"], m2)
+        _store(a["v"], v2)
+    return run
+
+
+EMULATORS = {
+    **{f"softmax_forward_v{v}": emu_softmax_forward(v) for v in (1, 2, 3)},
+    **{f"softmax_backward_v{v}": emu_softmax_backward(v) for v in (1, 2)},
+    **{f"layernorm_forward_v{v}": emu_layernorm_forward(v) for v in (1, 2)},
+    **{f"layernorm_backward_dx_v{v}": emu_layernorm_dx(v) for v in (1, 2)},
+    "layernorm_param_grad_v1": emu_param_grad_v1,
+    "layernorm_param_grad_partial": emu_param_grad_partial,
+    "layernorm_param_grad_finalize": emu_param_grad_finalize,
+    **{f"gelu_forward_v{v}": emu_gelu(False, v) for v in (1, 2)},
+    **{f"gelu_backward_v{v}": emu_gelu(True, v) for v in (1, 2)},
+    **{f"cross_entropy_forward_v{v}": emu_cross_entropy_forward(v) for v in (1, 2)},
+    **{f"cross_entropy_backward_v{v}": emu_cross_entropy_backward(v) for v in (1, 2)},
+    **{f"adamw_v{v}": emu_adamw(v) for v in (1, 2)},
+}
+
+_SCALARS = {"int": np.int32, "long long": np.int64, "float": np.float32}
+_POINTERS = {"float*": np.float32, "long long*": np.int64}
+
+
+class EmulatedKernel:
+    """Stands in for a cupy.RawKernel: checks the launch against the C signature, then emulates."""
+    launched: list = []
+
+    def __init__(self, module, name):
+        assert name in SIGNATURES, f"{module}.cu has no kernel {name}"
+        assert SOURCES[module].read_text().count(f" {name}(") == 1, f"{name} is not in {module}.cu"
+        self.name = name
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        params = SIGNATURES[self.name]
+        assert len(args) == len(params), f"{self.name}: {len(args)} arguments for {len(params)} parameters"
+        named = {}
+        for (ctype, pname), value in zip(params, args):
+            if ctype in _POINTERS:
+                if value is kernels._NULL:
+                    assert pname in ("mask", "dloss_ptr"), f"{self.name}: NULL passed for {pname}"
+                else:
+                    assert isinstance(value, np.ndarray) and value.dtype == _POINTERS[ctype], \
+                        f"{self.name}: {pname} must be a {_POINTERS[ctype].__name__} array"
+                    assert value.flags.c_contiguous, f"{self.name}: {pname} not contiguous"
+            else:
+                assert type(value) is _SCALARS[ctype], \
+                    f"{self.name}: {pname} ({ctype}) passed as {type(value).__name__}"
+            named[pname] = value
+        EmulatedKernel.launched.append(self.name)
+        EMULATORS[self.name](grid, block, named)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Run bertnp.kernels' kernel path on NumPy arrays, with every launch emulated."""
+    monkeypatch.setattr(kernels, "kernels_active",
+                        lambda *arrays: all(getattr(a, "dtype", None) == np.float32 for a in arrays))
+    monkeypatch.setattr(kernels, "_function", lambda module, name: EmulatedKernel(module, name))
+    EmulatedKernel.launched = []
+    return EmulatedKernel.launched
+
+
+# ---- the cases (shared with the GPU tests below)
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def softmax_case(kind):
+    """(scores, additive_mask) in float32; HF's (B, 1, 1, T) mask of float32's minimum."""
+    rng = _rng(1)
+    big = np.finfo(np.float32).min
+    if kind == "hf_mask":          # B=3, nh=2, T=5 queries, K=129 keys; batch 1 fully padded
+        attn = (rng.random((3, 129)) < 0.7).astype(np.float32)
+        attn[1] = 0
+        return (4 * rng.standard_normal((3, 2, 5, 129))).astype(F32), ((1 - attn) * big).reshape(3, 1, 1, 129)
+    if kind == "one_mask_row":     # one mask row broadcast over the batch; K = 771
+        mask = np.where(rng.random(771) < 0.2, big, 0).astype(F32).reshape(1, 1, 1, 771)
+        return rng.standard_normal((2, 3, 1, 771)).astype(F32), mask
+    if kind == "inf_mask":         # an infinite mask: a row of -inf becomes all zeros, not NaN
+        mask = np.where(rng.random((2, 33)) < 0.5, -np.inf, 0).astype(F32)
+        mask[0] = -np.inf
+        return rng.standard_normal((2, 33)).astype(F32), mask
+    if kind == "no_mask":          # 97 rows of 1 key, and one row of 3
+        return rng.standard_normal((97, 1)).astype(F32), None
+    if kind == "other_broadcast":  # a (B, 1, T, K) mask: not a per-key row, goes to the reference
+        return rng.standard_normal((2, 3, 4, 7)).astype(F32), rng.standard_normal((2, 1, 4, 7)).astype(F32)
+    raise KeyError(kind)
+
+
+SOFTMAX_CASES = ["hf_mask", "one_mask_row", "inf_mask", "no_mask", "other_broadcast"]
+LAYERNORM_SHAPES = [(1, 129), (3, 771), (97, 129), (2, 3, 771), (5, 1)]
+GELU_SHAPES = [(1,), (3,), (97, 129), (5, 771), (1003,)]
+CE_CASES = [(1, 1003, "mixed"), (3, 30522, "mixed"), (97, 1003, "mixed"), (4, 1003, "all_ignored"),
+            (5, 30522, "none_ignored")]
+ADAMW_SHAPES = [(1,), (3,), (97,), (129, 7), (1003,)]
+
+
+def layernorm_case(shape):
+    rng = _rng(2)
+    C = shape[-1]
+    x = (3 * rng.standard_normal(shape) + 1.5).astype(F32)
+    return x, (1 + 0.1 * rng.standard_normal(C)).astype(F32), (0.1 * rng.standard_normal(C)).astype(F32)
+
+
+def ce_case(N, V, pattern):
+    rng = _rng(3)
+    logits = (3 * rng.standard_normal((N, V))).astype(F32)
+    targets = rng.integers(0, V, N)
+    if pattern == "mixed":
+        targets[rng.random(N) < 0.4] = -100
+        targets[0] = -100 if N > 1 else targets[0]
+    elif pattern == "all_ignored":
+        targets[:] = -100
+    return logits, targets
+
+
+# ---- the tests
+
+SOFTMAX_ATOL = 1e-6          # probabilities <= 1
+SOFTMAX_BWD_ATOL = 2e-6      # p * (dp - dot): cancellation when dp ~ dot (5e-7 seen in emulation)
+LAYERNORM_ATOL = 5e-6        # out, xhat, dx (O(1) values; mean of up to 771 values in float32)
+LAYERNORM_PARAM_ATOL = 3e-5  # dgamma, dbeta: sums over up to 97 rows
+GELU_ATOL = 1e-6
+CE_LOSS_ATOL = 1e-5          # loss ~ ln(V) ~ 10
+CE_PROB_ATOL = 1e-8          # probabilities ~ 1/V (3e-5 for 30522)
+ADAMW_ATOL = 1e-6            # parameters O(1) after 10 steps of lr 1e-3
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("kind", SOFTMAX_CASES)
+def test_softmax_emulated(emulated, kind, version):
+    scores, mask = softmax_case(kind)
+    probs, cache = kernels.softmax_forward(scores, mask, version=version)
+    ref, ref_cache = ops.softmax_forward(scores, mask)
+    assert type(cache) is type(ref_cache)
+    assert_close(probs, ref, SOFTMAX_ATOL, f"softmax v{version} {kind}")
+    if kind == "hf_mask":                    # the fully padded batch element: uniform rows (HF)
+        np.testing.assert_allclose(probs[1], 1 / 129, rtol=1e-6)
+    if kind == "inf_mask":
+        assert not np.isnan(probs).any() and (probs[0] == 0).all()
+    if kind != "other_broadcast":
+        assert emulated and emulated[-1] == f"softmax_forward_v{version}"
+    dprobs = _rng(4).standard_normal(scores.shape).astype(F32)
+    for bwd in (1, 2):
+        got = kernels.softmax_backward(dprobs, cache, version=bwd)
+        assert_close(got, ops.softmax_backward(dprobs, ref_cache), SOFTMAX_BWD_ATOL,
+                     f"softmax bwd v{bwd} {kind}")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("shape", LAYERNORM_SHAPES)
+def test_layernorm_emulated(emulated, shape, version):
+    x, gamma, beta = layernorm_case(shape)
+    out, cache = kernels.layernorm_forward(x, gamma, beta, 1e-12, version=version)
+    ref, ref_cache = ops.layernorm_forward(x, gamma, beta, 1e-12)
+    assert type(cache) is type(ref_cache) and cache.rstd.shape == ref_cache.rstd.shape
+    assert_close(out, ref, LAYERNORM_ATOL, "layernorm out")
+    assert_close(cache.xhat, ref_cache.xhat, LAYERNORM_ATOL, "layernorm xhat")
+    assert_close(cache.rstd, ref_cache.rstd, LAYERNORM_ATOL, "layernorm rstd")
+    dout = _rng(5).standard_normal(shape).astype(F32)
+    ref_grads = ops.layernorm_backward(dout, ref_cache)
+    for param_version in (1, 2):
+        grads = kernels.layernorm_backward(dout, cache, version=version, param_version=param_version)
+        assert_close(grads[0], ref_grads[0], LAYERNORM_ATOL, "layernorm dx")
+        assert_close(grads[1], ref_grads[1], LAYERNORM_PARAM_ATOL, "layernorm dgamma")
+        assert_close(grads[2], ref_grads[2], LAYERNORM_PARAM_ATOL, "layernorm dbeta")
+    assert "layernorm_param_grad_partial" in emulated and "layernorm_param_grad_v1" in emulated
+
+
+def test_layernorm_chunked_param_grads_many_rows(emulated):
+    """2500 rows: the two-stage dgamma/dbeta reduction uses several chunks of more than 32 rows."""
+    x, gamma, beta = layernorm_case((2500, 40))
+    assert kernels.param_grad_chunks(2500) == (32, 79)
+    assert kernels.param_grad_chunks(10 ** 6)[1] <= 1024
+    _, cache = kernels.layernorm_forward(x, gamma, beta)
+    dout = _rng(6).standard_normal(x.shape).astype(F32)
+    grads = kernels.layernorm_backward(dout, cache)
+    ref = ops.layernorm_backward(dout, ops.layernorm_forward(x, gamma, beta)[1])
+    assert_close(grads[1], ref[1], 1e-3, "dgamma over 2500 rows")
+    assert_close(grads[2], ref[2], 1e-3, "dbeta over 2500 rows")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", GELU_SHAPES)
+def test_gelu_emulated(emulated, shape, approximate, version):
+    x = (3 * _rng(7).standard_normal(shape)).astype(F32)
+    out, cache = kernels.gelu_forward(x, approximate, version=version)
+    ref, ref_cache = ops.gelu_forward(x, approximate)
+    assert type(cache) is type(ref_cache) and cache.approximate == approximate
+    assert_close(out, ref, GELU_ATOL, f"gelu {approximate} v{version}")
+    dout = _rng(8).standard_normal(shape).astype(F32)
+    assert_close(kernels.gelu_backward(dout, cache, version=version),
+                 ops.gelu_backward(dout, ref_cache), GELU_ATOL, f"gelu bwd {approximate} v{version}")
+    assert emulated == [f"gelu_forward_v{version}", f"gelu_backward_v{version}"]
+
+
+def test_gelu_misaligned_view_takes_the_scalar_kernel(emulated):
+    x = (3 * _rng(9).standard_normal(1004)).astype(F32)[1:]     # 4 bytes past an aligned start
+    out, _ = kernels.gelu_forward(x, version=2)
+    assert emulated == ["gelu_forward_v1"]
+    assert_close(out, ops.gelu_forward(x)[0], GELU_ATOL, "gelu misaligned")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("N,V,pattern", CE_CASES)
+def test_cross_entropy_emulated(emulated, N, V, pattern, version):
+    logits, targets = ce_case(N, V, pattern)
+    loss, cache = kernels.cross_entropy_forward(logits, targets, version=version)
+    ref_loss, ref_cache = ops.cross_entropy_forward(logits, targets)
+    assert type(cache) is type(ref_cache)
+    assert_close(loss, ref_loss, CE_LOSS_ATOL, "cross-entropy loss")
+    assert_close(cache.probs, ref_cache.probs, CE_PROB_ATOL, "cross-entropy probs")
+    np.testing.assert_array_equal(cache.targets, ref_cache.targets)
+    np.testing.assert_array_equal(cache.valid, ref_cache.valid)
+    assert_close(cache.count, ref_cache.count, 0, "count")
+    if pattern == "all_ignored":
+        assert float(loss) == 0.0
+    ref_dlogits = ops.cross_entropy_backward(1.0, ref_cache)
+    for bwd in (1, 2):
+        for dloss in (1.0, np.asarray(1.0, dtype=F32)):     # a host number, or a 0-d array (by pointer)
+            got = kernels.cross_entropy_backward(dloss, cache, version=bwd)
+            assert_close(got, ref_dlogits, CE_PROB_ATOL, f"cross-entropy dlogits v{bwd}")
+    got = kernels.cross_entropy_backward(0.5, cache)
+    assert_close(got, ops.cross_entropy_backward(0.5, ref_cache), CE_PROB_ATOL, "dlogits, dloss 0.5")
+
+
+def test_cross_entropy_bad_targets(emulated):
+    logits, targets = ce_case(4, 1003, "none_ignored")
+    targets[2] = 1003
+    with pytest.raises(ValueError, match="targets must be in"):
+        kernels.cross_entropy_forward(logits, targets)
+    loss, _ = kernels.cross_entropy_forward(logits, targets, check_range=False)
+    assert np.isnan(loss), "an out-of-range target must poison the loss, not read out of bounds"
+    loss, _ = kernels.cross_entropy_forward(logits, targets.astype(np.int32), ignore_index=1003)
+    ref, _ = ops.cross_entropy_forward(logits, targets.astype(np.int32), ignore_index=1003)
+    assert_close(loss, ref, CE_LOSS_ATOL, "custom ignore_index")
+
+
+def _torch_adamw_trajectory(params, grads, steps, **hp):
+    """torch.optim.AdamW (single-tensor path) in float32: parameters, exp_avg, exp_avg_sq."""
+    torch = pytest.importorskip("torch")
+    tensors = [torch.tensor(p.copy()) for p in params]
+    opt = torch.optim.AdamW(tensors, foreach=False, **hp)
+    for t in range(steps):
+        for tensor, g in zip(tensors, grads[t]):
+            tensor.grad = torch.tensor(g)
+        opt.step()
+    return ([t.detach().numpy() for t in tensors],
+            [opt.state[t]["exp_avg"].numpy() for t in tensors],
+            [opt.state[t]["exp_avg_sq"].numpy() for t in tensors])
+
+
+def _adamw_inputs(steps):
+    rng = _rng(10)
+    params = [rng.standard_normal(s).astype(F32) for s in ADAMW_SHAPES]
+    grads = [[(0.1 * rng.standard_normal(s)).astype(F32) for s in ADAMW_SHAPES] for _ in range(steps)]
+    return params, grads
+
+
+def _run_adamw(step_fn, params, grads, steps, **hp):
+    params = [p.copy() for p in params]
+    ms = [p * 0 for p in params]
+    vs = [p * 0 for p in params]
+    for t in range(steps):
+        for p, g, m, v in zip(params, grads[t], ms, vs):
+            step_fn(p, g, m, v, step=t + 1, **hp)
+    return params, ms, vs
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_adamw_emulated_matches_torch(emulated, version):
+    """The kernel's float32 arithmetic, step by step, against torch.optim.AdamW in float32."""
+    steps = 10
+    params, grads = _adamw_inputs(steps)
+    want = _torch_adamw_trajectory(params, grads, steps, lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
+                                   weight_decay=0.01)
+    got = _run_adamw(lambda *a, **k: kernels.adamw_step(*a, version=version, **k), params, grads, steps,
+                     lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01)
+    # the states too: a 1 - b2 rounded on the device (1.3e-5 off) hides in p but not in v.
+    # exp_avg atol: a few ulp of the gradients (0.1 scale), for entries of m near 0
+    for what, got_list, want_list, atol in zip(("param", "exp_avg", "exp_avg_sq"), got, want,
+                                               (ADAMW_ATOL, 3e-8, 1e-12)):
+        for g, w, s in zip(got_list, want_list, ADAMW_SHAPES):
+            assert_close(g, w, atol, f"adamw v{version} {what} {s}")
+    assert set(emulated) == {f"adamw_v{version}"}
+
+
+def test_adamw_google_variant_emulated(emulated):
+    """correct_bias=False: Google BERT's optimizer, against its formula in float64."""
+    steps = 10
+    params, grads = _adamw_inputs(steps)
+    hp = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01)
+    got, _, _ = _run_adamw(lambda *a, **k: kernels.adamw_step(*a, correct_bias=False, **k), params,
+                           grads, steps, **hp)
+    for i, p0 in enumerate(params):                   # optimization.py, transcribed
+        p, m, v = p0.astype(np.float64), 0.0, 0.0
+        for t in range(steps):
+            g = grads[t][i].astype(np.float64)
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            p = p - 1e-3 * (m / (np.sqrt(v) + 1e-6) + 0.01 * p)
+        assert_close(got[i], p, ADAMW_ATOL, "adamw google")
+    # and the two variants really differ within a few steps
+    torch_like, _, _ = _run_adamw(kernels.adamw_step, params, grads, steps, **hp)
+    assert np.abs(torch_like[2] - got[2]).max() > 1e-4
+
+
+def test_adamw_reference_matches_bertnp_optimizer():
+    """adamw_step_reference (the kernel's fallback) and bertnp.optim.AdamW agree, both variants."""
+    from bertnp.optim import AdamW
+    rng = _rng(11)
+    for correct_bias in (True, False):
+        params = {"w": rng.standard_normal((5, 7)), "b": rng.standard_normal(7)}
+        grads = {n: np.zeros_like(p) for n, p in params.items()}
+        mine = {n: p.copy() for n, p in params.items()}
+        m = {n: np.zeros_like(p) for n, p in params.items()}
+        v = {n: np.zeros_like(p) for n, p in params.items()}
+        opt = AdamW(params, lr=1e-2, weight_decay=0.1, correct_bias=correct_bias, grads=grads,
+                    no_decay=lambda name: name == "b")
+        for t in range(1, 6):
+            for n in params:
+                grads[n][...] = rng.standard_normal(params[n].shape)
+                kernels.adamw_step_reference(mine[n], grads[n], m[n], v[n], lr=1e-2, step=t, eps=1e-6,
+                                             weight_decay=opt.weight_decay_of(n), correct_bias=correct_bias)
+            opt.step()
+        for n in params:
+            np.testing.assert_allclose(mine[n], params[n], rtol=1e-12, atol=1e-14)
+
+
+def test_launch_configurations():
+    for rows in (1, 3, 7, 8, 9, 97, 128, 129, 10 ** 6 + 3):
+        for per_warp in (False, True):
+            grid, block = kernels.rows_launch(rows, per_warp)
+            _check_rows(grid, block, rows, per_warp)
+    for n in (1, 3, 4, 5, 97, 771, 1003, 10 ** 9 + 3):
+        for version in (1, 2):
+            grid, block = kernels.elementwise_launch(n, vectorized=version == 2)
+            _check_elementwise(grid, block, n, version)
+    assert kernels.cross_entropy_block(30522) % 32 == 0
+
+
+def test_wrappers_fall_back_to_the_reference_on_numpy():
+    """Off CuPy (and for float64) each wrapper IS the reference: same values, same cache types."""
+    rng = _rng(12)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((3, 129)).astype(dtype)
+        g, b = np.ones(129, dtype), np.zeros(129, dtype)
+        np.testing.assert_array_equal(kernels.layernorm_forward(x, g, b)[0], ops.layernorm_forward(x, g, b)[0])
+        np.testing.assert_array_equal(kernels.gelu_forward(x)[0], ops.gelu_forward(x)[0])
+        np.testing.assert_array_equal(kernels.softmax_forward(x)[0], ops.softmax_forward(x)[0])
+        t = rng.integers(0, 129, 3)
+        np.testing.assert_array_equal(kernels.cross_entropy_forward(x, t)[0], ops.cross_entropy_forward(x, t)[0])
+    table = kernels.ops(False)
+    assert table.layernorm_forward is ops.layernorm_forward and not table.use_kernels
+    assert kernels.ops(True).layernorm_forward is kernels.layernorm_forward
+    with pytest.raises(ValueError, match="version"):
+        kernels._version("gelu", 7)
+    with pytest.raises(ValueError, match="step"):
+        kernels.adamw_step(x[0].copy(), x[0], x[0].copy(), x[0].copy(), lr=1e-3, step=0)
+
+
+# ============================================================================ 3. GPU
+
+gpu = pytest.mark.gpu
+
+
+def _cupy():
+    from conftest import cupy_or_skip
+    cupy_or_skip()
+    return backend.xp()
+
+
+def _dev(a):
+    return None if a is None else backend.to_device(a)
+
+
+@gpu
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("kind", SOFTMAX_CASES)
+def test_gpu_softmax(kind, version):
+    scores, mask = softmax_case(kind)
+    ref, ref_cache = ops.softmax_forward(scores, mask)
+    dprobs = _rng(4).standard_normal(scores.shape).astype(F32)
+    ref_d = ops.softmax_backward(dprobs, ref_cache)
+    _cupy()
+    probs, cache = kernels.softmax_forward(_dev(scores), _dev(mask), version=version)
+    assert_close(probs, ref, SOFTMAX_ATOL, f"GPU softmax v{version} {kind}")
+    for bwd in (1, 2):
+        assert_close(kernels.softmax_backward(_dev(dprobs), cache, version=bwd), ref_d, SOFTMAX_BWD_ATOL,
+                     f"GPU softmax bwd v{bwd} {kind}")
+
+
+@gpu
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("shape", LAYERNORM_SHAPES + [(2500, 40)])
+def test_gpu_layernorm(shape, version):
+    x, gamma, beta = layernorm_case(shape)
+    ref, ref_cache = ops.layernorm_forward(x, gamma, beta, 1e-12)
+    dout = _rng(5).standard_normal(shape).astype(F32)
+    ref_grads = ops.layernorm_backward(dout, ref_cache)
+    _cupy()
+    out, cache = kernels.layernorm_forward(_dev(x), _dev(gamma), _dev(beta), 1e-12, version=version)
+    assert_close(out, ref, LAYERNORM_ATOL, "GPU layernorm out")
+    assert_close(cache.xhat, ref_cache.xhat, LAYERNORM_ATOL, "GPU layernorm xhat")
+    assert_close(cache.rstd, ref_cache.rstd, LAYERNORM_ATOL, "GPU layernorm rstd")
+    param_atol = LAYERNORM_PARAM_ATOL if shape[0] < 1000 else 1e-3
+    for param_version in (1, 2):
+        grads = kernels.layernorm_backward(_dev(dout), cache, version=version, param_version=param_version)
+        assert_close(grads[0], ref_grads[0], LAYERNORM_ATOL, "GPU layernorm dx")
+        assert_close(grads[1], ref_grads[1], param_atol, "GPU layernorm dgamma")
+        assert_close(grads[2], ref_grads[2], param_atol, "GPU layernorm dbeta")
+
+
+@gpu
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", GELU_SHAPES)
+def test_gpu_gelu(shape, approximate, version):
+    x = (3 * _rng(7).standard_normal(shape)).astype(F32)
+    ref, ref_cache = ops.gelu_forward(x, approximate)
+    dout = _rng(8).standard_normal(shape).astype(F32)
+    ref_d = ops.gelu_backward(dout, ref_cache)
+    _cupy()
+    out, cache = kernels.gelu_forward(_dev(x), approximate, version=version)
+    assert_close(out, ref, GELU_ATOL, f"GPU gelu {approximate} v{version}")
+    assert_close(kernels.gelu_backward(_dev(dout), cache, version=version), ref_d, GELU_ATOL,
+                 f"GPU gelu bwd {approximate} v{version}")
+
+
+@gpu
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("N,V,pattern", CE_CASES)
+def test_gpu_cross_entropy(N, V, pattern, version):
+    logits, targets = ce_case(N, V, pattern)
+    ref_loss, ref_cache = ops.cross_entropy_forward(logits, targets)
+    ref_d = ops.cross_entropy_backward(1.0, ref_cache)
+    xp = _cupy()
+    loss, cache = kernels.cross_entropy_forward(_dev(logits), _dev(targets), version=version)
+    assert_close(loss, ref_loss, CE_LOSS_ATOL, f"GPU cross-entropy loss v{version}")
+    assert_close(cache.probs, ref_cache.probs, CE_PROB_ATOL, f"GPU cross-entropy probs v{version}")
+    for bwd in (1, 2):
+        for dloss in (1.0, xp.asarray(1.0, dtype=xp.float32)):
+            assert_close(kernels.cross_entropy_backward(dloss, cache, version=bwd), ref_d, CE_PROB_ATOL,
+                         f"GPU cross-entropy dlogits v{bwd}")
+
+
+@gpu
+@pytest.mark.parametrize("correct_bias", [True, False])
+@pytest.mark.parametrize("version", [1, 2])
+def test_gpu_adamw(version, correct_bias):
+    steps = 10
+    params, grads = _adamw_inputs(steps)
+    hp = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, correct_bias=correct_bias)
+    want = _run_adamw(kernels.adamw_step_reference, [p.astype(np.float64) for p in params],
+                      [[g.astype(np.float64) for g in gs] for gs in grads], steps, **hp)
+    _cupy()
+    got = _run_adamw(lambda *a, **k: kernels.adamw_step(*a, version=version, **k),
+                     [_dev(p) for p in params], [[_dev(g) for g in gs] for gs in grads], steps, **hp)
+    for what, got_list, want_list, atol in zip(("param", "exp_avg", "exp_avg_sq"), got, want,
+                                               (ADAMW_ATOL, 3e-8, 1e-12)):
+        for g, w, s in zip(got_list, want_list, ADAMW_SHAPES):
+            assert_close(g, w, atol, f"GPU adamw v{version} correct_bias={correct_bias} {what} {s}")
+
+
+@gpu
+def test_gpu_every_kernel_compiles_and_no_wrapper_synchronises():
+    """cupyx.allow_synchronize(False) makes any device->host wait raise: the wrappers have none
+    (cross_entropy_forward with check_range=False)."""
+    xp = _cupy()
+    assert len(kernels.compile_all()) == len(SIGNATURES)
+    import cupyx
+    if not hasattr(cupyx, "allow_synchronize"):
+        pytest.skip("this CuPy has no cupyx.allow_synchronize")
+    x, gamma, beta = (_dev(a) for a in layernorm_case((7, 129)))
+    scores, mask = (_dev(a) for a in softmax_case("hf_mask"))
+    logits, targets = (_dev(a) for a in ce_case(5, 1003, "mixed"))
+    p, g, m, v = (xp.ones(1003, dtype=xp.float32) for _ in range(4))
+    with cupyx.allow_synchronize(False):
+        out, cache = kernels.layernorm_forward(x, gamma, beta)
+        kernels.layernorm_backward(out, cache)
+        out, cache = kernels.gelu_forward(x)
+        kernels.gelu_backward(out, cache)
+        probs, cache = kernels.softmax_forward(scores, mask)
+        kernels.softmax_backward(probs, cache)
+        loss, cache = kernels.cross_entropy_forward(logits, targets, check_range=False)
+        kernels.cross_entropy_backward(loss, cache)
+        kernels.adamw_step(p, g, m, v, lr=1e-3, step=1, weight_decay=0.01)
+    backend.synchronize()
