@@ -167,6 +167,24 @@ def test_sources_found_and_documented():
                 assert f"v{version.group(1)}" in header, f"{name}.cu: header does not describe {kernel[0]}"
 
 
+def test_setup_cfg_ships_the_kernels():
+    """setup.cfg lists packages by hand (find: cannot see kernels/ mapped to bertnp.cuda_kernels):
+    every bertnp subpackage must be listed, and the .cu files must go into the wheel."""
+    import configparser
+    root = Path(kernels.__file__).resolve().parents[1]
+    if not (root / "setup.cfg").is_file():
+        pytest.skip("not a source checkout (no setup.cfg beside bertnp/)")
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = {p.strip() for p in cfg["options"]["packages"].replace("\n", ",").split(",") if p.strip()}
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "bertnp").rglob("__init__.py")}
+    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [options] packages in setup.cfg"
+    assert "bertnp.cuda_kernels" in listed
+    assert "bertnp.cuda_kernels = kernels" in cfg["options"]["package_dir"]
+    assert "*.cu" in cfg["options.package_data"]["bertnp.cuda_kernels"]
+    assert kernels.PACKAGE_DATA_DIR == "cuda_kernels"
+
+
 def test_kernel_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.KERNELS_DIR_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=kernels.KERNELS_DIR_ENV):
