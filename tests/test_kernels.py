@@ -985,3 +985,52 @@ def test_gpu_every_kernel_compiles_and_no_wrapper_synchronises():
         kernels.cross_entropy_backward(loss, cache)
         kernels.adamw_step(p, g, m, v, lr=1e-3, step=1, weight_decay=0.01)
     backend.synchronize()
+
+
+def _bench_module():
+    import importlib.util
+    path = Path(kernels.__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    if not path.is_file():
+        pytest.skip("not a source checkout (no benchmarks/bench_gpu.py)")
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_gpu_dry_run_on_cpu(monkeypatch):
+    """benchmarks/bench_gpu.py end to end on the NumPy backend at tiny sizes (wall-clock timing
+    instead of CUDA events): every case is built and checked, and a training step runs. Only the
+    timing and the kernels themselves differ on a GPU."""
+    import time
+    bench = _bench_module()
+
+    def wall_time(fn, n_repeat, n_warmup=1):
+        fn()
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    monkeypatch.setattr(bench, "gpu_time", wall_time)
+    args = bench.parse_args(["--batch", "2", "--seq", "9", "--preds", "2", "--hidden", "24", "--heads", "3",
+                             "--intermediate", "40", "--vocab", "99", "--repeat", "1", "--preset", "tiny"])
+    info = {"peak_gbs": 1.0}
+    rows = bench.run_kernel_benchmarks(np, args, info)
+    assert rows and all(r["check"] in ("ok", "reference") for r in rows), [r for r in rows if r["check"] != "ok"]
+    cfg = bn.BertConfig.preset("tiny", vocab_size=99)
+    batch = bench.make_batch(cfg, 2, 9, 2)
+    result = bench.bench_training_step(bench.default_model_factory(cfg, False), batch, steps=1, warmup=0)
+    assert np.isfinite(result["loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("masked_only", [False, True])
+def test_bench_gpu_torch_side_on_cpu(masked_only):
+    """The PyTorch baseline of bench_gpu.py (HF BertForPreTraining, eager), run on the CPU."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    bench = _bench_module()
+    cfg = bn.BertConfig.preset("tiny", vocab_size=99)
+    out = bench.bench_torch(cfg, bench.make_batch(cfg, 2, 9, 2), steps=1, warmup=0,
+                            masked_only=masked_only, device="cpu")
+    assert np.isfinite(out["loss"]) and out["s_per_step"] > 0
