@@ -488,6 +488,13 @@ class _BertBase:
             config = BertConfig.from_dict(data)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{config_path}: {exc}") from exc
+        # variants bertnp does not compute: refuse them rather than give silently wrong outputs
+        kind = data.get("position_embedding_type", "absolute")
+        if kind != "absolute":
+            raise ValueError(f"{config_path}: position_embedding_type {kind!r} is not supported "
+                             "(bertnp implements BERT's learned absolute positions only)")
+        if data.get("is_decoder") or data.get("add_cross_attention"):
+            raise ValueError(f"{config_path}: decoder / cross-attention BERT variants are not supported")
         return directory, data, config
 
     @staticmethod
@@ -510,10 +517,17 @@ class _BertBase:
                            or k.startswith(self.prefix + "encoder")] if self.prefix else \
             [k for k in missing if k.startswith(("embeddings", "encoder"))]
         if encoder_missing:
-            raise ValueError(f"{path_label}: missing encoder tensors {', '.join(encoder_missing[:5])}")
+            raise ValueError(f"{path_label}: missing encoder tensors {', '.join(encoder_missing[:5])}"
+                             + (f" (and {len(encoder_missing) - 5} more)" if len(encoder_missing) > 5 else "")
+                             + (f"; the file's tensors are named like {result['unexpected_keys'][0]!r}"
+                                if result["unexpected_keys"] else ""))
         if missing:
             warnings.warn(f"{path_label}: newly initialised (not in the checkpoint): {', '.join(missing)}",
                           stacklevel=3)
+        unused = result["unexpected_keys"]
+        if unused:     # e.g. the MLM/NSP heads when a pretraining checkpoint starts a classifier
+            warnings.warn(f"{path_label}: not used by {type(self).__name__}: {', '.join(unused[:8])}"
+                          + (f" (and {len(unused) - 8} more)" if len(unused) > 8 else ""), stacklevel=3)
 
     @classmethod
     def from_pretrained(cls, directory, dtype="float32", **kwargs):
@@ -695,9 +709,16 @@ class BertForSequenceClassification(_BertBase):
         self._loss_parts = None
 
     def _extra_config(self) -> dict:
+        """num_labels, id2label and label2id for config.json: the config's own label names when
+        it has one for every class (fine-tuning sets them), else HF's ``LABEL_i``."""
+        given = self.config.extra.get("id2label") or {}
+        names = [given.get(str(i), given.get(i)) if isinstance(given, dict) else None
+                 for i in range(self.num_labels)]
+        if any(n is None for n in names) or len(set(map(str, names))) != self.num_labels:
+            names = [f"LABEL_{i}" for i in range(self.num_labels)]
         return {"num_labels": self.num_labels,
-                "id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)},
-                "label2id": {f"LABEL_{i}": i for i in range(self.num_labels)}}
+                "id2label": {str(i): str(n) for i, n in enumerate(names)},
+                "label2id": {str(n): i for i, n in enumerate(names)}}
 
     @classmethod
     def _new_from_config(cls, config, data, dtype, num_labels=None, **kwargs):
