@@ -19,6 +19,11 @@ Reference: bertnp/ops/layernorm.py (layernorm_forward / layernorm_backward).
                (mean and rstd depend on every x of the row: the mean term removes dxhat's component
                 along the all-ones direction, the xhat term its component along xhat.)
 
+Rounding: dxhat = dout * gamma is written __fmul_rn (a multiply the compiler may not fuse into the
+following subtraction). With a fused multiply-add, dxhat - mean(dxhat) would keep the product's
+rounding error, which is not 0 where the reference's is (exactly, for C = 1), and rstd (up to
+1/sqrt(eps) = 1e6) multiplies whatever is left.
+
 Versions:
   forward v1   one thread per row, sequential loops (uncoalesced: neighbouring threads are C apart).
   forward v2   one warp per row: lane l takes channels l, l+32, ...; sums by __shfl_xor_sync
@@ -98,10 +103,10 @@ extern "C" __global__ void layernorm_backward_dx_v1(float* dx, const float* dout
     const float* g = dout + row * C;
     const float* h = xhat + row * C;
     float s1 = 0.0f, s2 = 0.0f;                                // sum dxhat, sum dxhat * xhat
-    for (int c = 0; c < C; c++) { float dh = g[c] * gamma[c]; s1 += dh; s2 += dh * h[c]; }
+    for (int c = 0; c < C; c++) { float dh = __fmul_rn(g[c], gamma[c]); s1 += dh; s2 += dh * h[c]; }
     float mean1 = s1 / C, mean2 = s2 / C, r = rstd[row];
     for (int c = 0; c < C; c++)
-        dx[row * C + c] = (g[c] * gamma[c] - mean1 - h[c] * mean2) * r;
+        dx[row * C + c] = (__fmul_rn(g[c], gamma[c]) - mean1 - h[c] * mean2) * r;
 }
 
 extern "C" __global__ void layernorm_backward_dx_v2(float* dx, const float* dout, const float* xhat,
@@ -113,10 +118,10 @@ extern "C" __global__ void layernorm_backward_dx_v2(float* dx, const float* dout
     const float* g = dout + row * C;
     const float* h = xhat + row * C;
     float s1 = 0.0f, s2 = 0.0f;
-    for (int c = lane; c < C; c += WARP) { float dh = g[c] * gamma[c]; s1 += dh; s2 += dh * h[c]; }
+    for (int c = lane; c < C; c += WARP) { float dh = __fmul_rn(g[c], gamma[c]); s1 += dh; s2 += dh * h[c]; }
     float mean1 = warp_sum(s1) / C, mean2 = warp_sum(s2) / C, r = rstd[row];
     for (int c = lane; c < C; c += WARP)
-        dx[row * C + c] = (g[c] * gamma[c] - mean1 - h[c] * mean2) * r;
+        dx[row * C + c] = (__fmul_rn(g[c], gamma[c]) - mean1 - h[c] * mean2) * r;
 }
 
 // ---------------------------------------------------------------------------------------- backward: dgamma, dbeta
