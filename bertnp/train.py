@@ -47,10 +47,11 @@ from bertnp import backend, checkpoint
 from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm, scale_grads
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "pretrain", "evaluate_model",
-           "fill_mask", "next_sentence_probability", "unigram_baseline", "latest_checkpoint"]
+           "unigram_baseline", "latest_checkpoint"]
 
 IGNORE_INDEX = -100
 STATE_VERSION = 1
+OVERTIME = 1.25     # a time-budget run stops at 1.25 x its budget even if the step estimate was too low
 
 
 class NonFiniteLossError(RuntimeError):
@@ -424,6 +425,7 @@ class Trainer:
         self.train_time = 0.0
         self.last_eval: dict | None = None
         self.last_checkpoint: Path | None = None
+        self.truncated = False                    # stopped by the time budget's hard limit
         if c.steps is None:
             self._estimate_steps()
         self.schedule = LinearWarmupDecay(self.optimizer, c.warmup_steps(c.steps), c.steps)
@@ -643,8 +645,19 @@ class Trainer:
                     if bar is not None:
                         bar.write(f"step {self.step}: held-out loss {ev['loss']:.3f}  MLM acc {ev['mlm_acc']:.3f}"
                                   f"  NSP acc {ev['nsp_acc']:.3f}")
-                if self.step % c.checkpoint_every == 0 or last:
+                over = c.time_budget is not None and self.train_time > OVERTIME * c.time_budget
+                if over and not last:
+                    self.log(f"note: the time budget ({c.time_budget:.0f} s) is exceeded by "
+                             f"{100 * (OVERTIME - 1):.0f}% (a busy or slower machine): stopping at step "
+                             f"{self.step} of {c.steps}")
+                    self.truncated = True
+                    if self.eval_batches and self.step % c.eval_every:
+                        ev = self.evaluate()
+                        self._write_metrics({"split": "eval", "step": self.step, **ev})
+                if self.step % c.checkpoint_every == 0 or last or self.truncated:
                     self.save_checkpoint()
+                if self.truncated:
+                    break
         finally:
             if bar is not None:
                 bar.close()
@@ -654,8 +667,9 @@ class Trainer:
                    "eval": self.last_eval, "baseline_mlm_acc": self.baseline_acc,
                    "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                    "metrics": str(self.metrics_path), "figure": str(self.out / "training.png")}
-        if self.step >= c.steps:
+        if self.step >= c.steps or self.truncated:
             summary["model_dir"] = str(self.save_final())
+        summary["truncated"] = self.truncated
         return summary
 
     def _window_record(self, w: Counter, lr: float) -> dict:
@@ -683,45 +697,3 @@ def pretrain(config: TrainConfig | None = None, log: Callable = print, **options
     elif options:
         config = dataclasses.replace(config, **options)
     return Trainer(config, log=log).train()
-
-
-# ============================================================================ using a trained model
-
-def _encode_for_model(tokenizer, text: str, text_pair: str | None, max_length: int):
-    enc = tokenizer(text, text_pair, max_length=max_length, truncation=True)
-    return {k: np.asarray([enc[k]], dtype=np.int64) for k in ("input_ids", "token_type_ids", "attention_mask")}
-
-
-def _softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """Top-k (token, probability) for each ``[MASK]`` in ``text``, in order of appearance."""
-    if tokenizer.mask_token not in text:
-        raise ValueError(f"text must contain {tokenizer.mask_token}: {text!r}")
-    max_len = model.config.max_position_embeddings
-    inputs = _encode_for_model(tokenizer, text, None, max_len)
-    positions = np.flatnonzero(inputs["input_ids"][0] == tokenizer.mask_token_id)
-    if positions.size == 0:
-        raise ValueError(f"{tokenizer.mask_token} was truncated away: the text is too long")
-    model.eval()
-    out = model(**inputs)
-    logits = backend.to_host(out.prediction_logits)[0, positions].astype(np.float64)   # (M, V)
-    probs = _softmax(logits)
-    result = []
-    for row in probs:
-        top = np.argsort(-row)[:top_k]
-        result.append([(tokenizer.ids_to_tokens[int(i)], float(row[i])) for i in top])
-    return result
-
-
-def next_sentence_probability(model, tokenizer, text_a: str, text_b: str) -> float:
-    """Probability that ``text_b`` follows ``text_a`` (NSP label 0 = IsNext)."""
-    inputs = _encode_for_model(tokenizer, text_a, text_b, model.config.max_position_embeddings)
-    model.eval()
-    out = model(**inputs)
-    logits = backend.to_host(out.seq_relationship_logits)[0].astype(np.float64)   # (2,)
-    return float(_softmax(logits)[0])

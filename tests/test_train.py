@@ -14,8 +14,8 @@ from bertnp import checkpoint
 from bertnp.config import BertConfig
 from bertnp.model import BertForPreTraining
 from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from bertnp.train import (NonFiniteLossError, TrainConfig, Trainer, fill_mask, latest_checkpoint,
-                          next_sentence_probability)
+from bertnp.inference import fill_mask, next_sentence_probability
+from bertnp.train import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "adamw_trajectory_f64.npz"
 
@@ -275,7 +275,7 @@ def test_outputs_metrics_figure_and_hf_layout(tiny_world, tmp_path):
     from bertnp.tokenizer import BertTokenizer
     tok = BertTokenizer.from_pretrained(model_dir)
     preds = fill_mask(model, tok, "The old [MASK] saw the river.", top_k=3)
-    assert len(preds) == 1 and len(preds[0]) == 3 and all(0 <= p <= 1 for _, p in preds[0])
+    assert len(preds) == 1 and len(preds[0]) == 3 and all(0 <= p["score"] <= 1 for p in preds[0])
     assert 0 <= next_sentence_probability(model, tok, "The king.", "The dog.") <= 1
 
     transformers = pytest.importorskip("transformers")
@@ -312,3 +312,15 @@ def test_bad_options(tiny_world, tmp_path, kw, match):
 def test_missing_corpus_is_named(tiny_world, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         Trainer(tiny_config(tiny_world, tmp_path / "run", corpus=[str(tmp_path / "nope.txt")]), log=quiet)
+
+
+def test_time_budget_is_a_hard_limit_on_a_busy_machine(tiny_world, tmp_path):
+    """If the steps estimated from the budget take far longer (a busy machine), the run stops at
+    1.25 x the budget, with a checkpoint and a final model, and says so."""
+    notes = []
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=50, time_budget=1e-4), log=notes.append)
+    summary = trainer.train()
+    assert summary["truncated"] and summary["step"] < 50
+    assert any("exceeded" in n for n in notes)
+    assert latest_checkpoint(tmp_path / "run").name == f"step-{summary['step']:06d}"
+    assert (Path(summary["model_dir"]) / "model.safetensors").is_file()
