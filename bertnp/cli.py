@@ -6,6 +6,7 @@
     bertnp fill-mask --model runs/mini/model "The [MASK] of the king."
     bertnp nsp --model runs/mini/model "He went home." "He slept."
     bertnp eval --model runs/mini/model                 held-out MLM / NSP accuracy
+    bertnp finetune --model runs/demo/model --train task.tsv   sequence classification (finetune.py)
     bertnp demo                                         the ~10-minute demo (make demo)
 
 Every command has ``--help``. Errors are one line, ``bertnp: error: ...``, exit status 2.
@@ -214,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    # ---- finetune (bertnp/finetune.py defines its options and runs it)
+    from bertnp.finetune import add_finetune_parser
+    add_finetune_parser(sub)
     return parser
 
 

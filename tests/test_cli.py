@@ -63,7 +63,7 @@ def assert_one_line_error(code, err, *fragments):
 # ----------------------------------------------------------------------------- help
 
 @pytest.mark.parametrize("command", [[], ["pretrain"], ["tokenizer"], ["tokenizer", "train"], ["fill-mask"],
-                                     ["nsp"], ["eval"], ["demo"]])
+                                     ["nsp"], ["eval"], ["demo"], ["finetune"]])
 def test_help_on_every_command(capsys, command):
     code, out, _ = run_cli(capsys, command + ["--help"])
     assert code == 0
@@ -74,7 +74,7 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "bertnp", "--help"], capture_output=True, text=True,
                             timeout=120, env={**os.environ, "BERTNP_BACKEND": "numpy"})
     assert result.returncode == 0, result.stderr
-    for command in ("pretrain", "tokenizer", "fill-mask", "nsp", "eval", "demo"):
+    for command in ("pretrain", "tokenizer", "fill-mask", "nsp", "eval", "demo", "finetune"):
         assert command in result.stdout
 
 
