@@ -243,10 +243,12 @@ class AdamW:
 def global_grad_norm(grads: Mapping) -> float:
     """``sqrt(sum over all tensors of sum(g * g))`` as a Python float (inf/nan if any entry is)."""
     xp = backend.xp()
-    total = 0.0
+    total = None
     for g in grads.values():
         flat = g.reshape(-1)                              # a view of a contiguous array
-        total += float(xp.vdot(flat, flat).real)          # sum(g * g) without a temporary
+        sq = xp.vdot(flat, flat)                          # sum(g * g) without a temporary
+        total = sq if total is None else total + sq       # stays on the device: one sync below
+    total = float(total) if total is not None else 0.0
     return math.sqrt(total) if math.isfinite(total) else total
 
 
