@@ -103,11 +103,15 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
     # scores = q_scaled @ k^T: again a matmul pair.
     dq_scaled = dscores @ k                                       # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dk = dscores.swapaxes(-1, -2) @ q                             # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-    dq = dq_scaled * scale                                        # q_scaled = q * scale
 
-    # reassemble (3, B, nh, T, hs) -> (B, T, 3, nh, hs) -> (B, T, 3C): the inverse of the forward's reshape.
-    dqkv = xp.stack([dq, dk, dv], axis=0)                         # (3, B, nh, T, hs)
-    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(batch, seq_len, 3 * channels)   # (B, T, 3C)
+    # reassemble into the fused projection's output layout (B, T, 3, nh, hs) = (B, T, 3C): write each
+    # gradient through the same transposed view the forward read q, k, v from (one copy each).
+    dqkv = xp.empty((batch, seq_len, 3, num_heads, head_size), dtype=dout.dtype)   # (B, T, 3, nh, hs)
+    dqkv_heads = dqkv.transpose(2, 0, 3, 1, 4)                    # (3, B, nh, T, hs), a view
+    xp.multiply(dq_scaled, scale, out=dqkv_heads[0])              # dq = dq_scaled * scale (q_scaled = q * scale)
+    dqkv_heads[1] = dk
+    dqkv_heads[2] = dv
+    dqkv = dqkv.reshape(batch, seq_len, 3 * channels)             # (B, T, 3, nh, hs) -> (B, T, 3C), a view
     dx, dqkv_weight, dqkv_bias = linear_backward(dqkv, qkv_cache)  # (B, T, C), (3C, C), (3C,)
     c = channels
     # the stacked weight's gradient splits back into the three projections' (views, no copies).

@@ -26,8 +26,10 @@ def dropout_forward(x, p: float, rng=None, training: bool = True):
         raise ValueError("rng (a generator or an int seed) is required when training with p > 0")
     if isinstance(rng, int):
         rng = backend.rng(rng)
-    keep = rng.random(x.shape, dtype=x.dtype) >= p        # (...) True with probability 1 - p
-    scale = keep * x.dtype.type(1.0 / (1.0 - p))          # (...) in x's dtype
+    xp = backend.xp()
+    scale = rng.random(x.shape, dtype=x.dtype)            # (...) uniform in [0, 1); the buffer becomes scale
+    keep = scale >= p                                     # (...) True with probability 1 - p
+    xp.multiply(keep, x.dtype.type(1.0 / (1.0 - p)), out=scale)   # (...) 0 or 1/(1-p), in x's dtype
     return x * scale, DropoutCache(scale)
 
 

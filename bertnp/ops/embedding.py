@@ -42,13 +42,23 @@ def embedding_forward(ids, table, check_range: bool = True, padding_idx: int | N
     return out, EmbeddingCache(ids, tuple(table.shape), table.dtype, padding_idx)
 
 
-def embedding_backward(dout, cache: EmbeddingCache):
-    """dout: (..., C) -> dtable: (V, C)."""
+def embedding_backward(dout, cache: EmbeddingCache, out=None):
+    """dout: (..., C) -> dtable: (V, C).
+
+    ``out``: a (V, C) array to add the gradient into, in place (the model passes its accumulated
+    gradient, so no (V, C) table of zeros is made and added each step); it is returned."""
     xp = backend.xp()
     ids, (vocab, dim), dtype, padding_idx = cache
-    dtable = xp.zeros((vocab, dim), dtype=dtype)
+    if out is None:
+        dtable = xp.zeros((vocab, dim), dtype=dtype)
+    else:
+        if tuple(out.shape) != (vocab, dim) or out.dtype != dtype:
+            raise ValueError(f"out must be a ({vocab}, {dim}) array of {dtype}, got {tuple(out.shape)} {out.dtype}")
+        dtable = out
+    if padding_idx is not None:
+        frozen = dtable[padding_idx].copy()    # (C,) what the padding row holds before this lookup's share
     # out[n] = table[ids[n]], so each row n sends dout[n] back to row ids[n]; repeats accumulate.
     backend.scatter_add(dtable, ids.reshape(-1), dout.reshape(-1, dim))   # (..., C) -> (N, C)
     if padding_idx is not None:
-        dtable[padding_idx] = 0.0      # the padding row is frozen (torch.nn.Embedding semantics)
+        dtable[padding_idx] = frozen   # the padding row gets nothing from the lookup (torch.nn.Embedding)
     return dtable

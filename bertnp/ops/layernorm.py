@@ -32,29 +32,36 @@ def layernorm_forward(x, gamma, beta, eps: float = 1e-12):
         raise ValueError(f"eps must be positive, got {eps}")
 
     mean = x.mean(axis=-1, keepdims=True)              # (..., C) -> (..., 1)
-    xmu = x - mean                                     # (..., C)
-    var = (xmu * xmu).mean(axis=-1, keepdims=True)     # (..., 1) population variance
+    xhat = x - mean                                    # (..., C) x - mean, normalised in place below
+    out = xp.multiply(xhat, xhat)                      # (..., C) (x - mean)^2; the buffer becomes out
+    var = out.mean(axis=-1, keepdims=True)             # (..., 1) population variance
     rstd = 1.0 / xp.sqrt(var + eps)                    # (..., 1)
-    xhat = xmu * rstd                                  # (..., C)
-    out = xhat * gamma + beta                          # (..., C)
+    xhat *= rstd                                       # (..., C) xhat = (x - mean) * rstd
+    xp.multiply(xhat, gamma, out=out)                  # (..., C)
+    out += beta                                        # out = gamma * xhat + beta
     return out, LayerNormCache(xhat, rstd, gamma)
 
 
 def layernorm_backward(dout, cache: LayerNormCache):
     """dout: (..., C) -> (dx (..., C), dgamma (C,), dbeta (C,))."""
+    xp = backend.xp()
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
     dout2d = dout.reshape(-1, channels)                # (..., C) -> (N, C)
-    xhat2d = xhat.reshape(-1, channels)                # (..., C) -> (N, C)
     # out = gamma * xhat + beta: beta's gradient sums dout over rows, gamma's weights it by xhat.
     dbeta = dout2d.sum(axis=0)                         # (C,)
-    dgamma = (dout2d * xhat2d).sum(axis=0)             # (C,)
-    # through the scale: dL/dxhat = dout * gamma.
-    dxhat = dout * gamma                               # (..., C)
+    scratch = dout * xhat                              # (..., C), reused below
+    dgamma = scratch.reshape(-1, channels).sum(axis=0)  # (C,)
+    # through the scale: dL/dxhat = dout * gamma (this buffer becomes dx).
+    dx = dout * gamma                                  # (..., C) dxhat
     # xhat = (x - mean) * rstd, and mean and rstd depend on every x of the row. Differentiating
     # gives dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)): the mean term removes
     # the component along the all-ones direction, the xhat term the component along xhat.
-    dxhat_mean = dxhat.mean(axis=-1, keepdims=True)                 # (..., 1)
-    dxhat_xhat_mean = (dxhat * xhat).mean(axis=-1, keepdims=True)  # (..., 1)
-    dx = (dxhat - dxhat_mean - xhat * dxhat_xhat_mean) * rstd       # (..., C)
+    dxhat_mean = dx.mean(axis=-1, keepdims=True)                     # (..., 1)
+    xp.multiply(dx, xhat, out=scratch)
+    dxhat_xhat_mean = scratch.mean(axis=-1, keepdims=True)           # (..., 1)
+    xp.multiply(xhat, dxhat_xhat_mean, out=scratch)                  # (..., C)
+    dx -= dxhat_mean
+    dx -= scratch
+    dx *= rstd                                                       # (..., C)
     return dx, dgamma, dbeta

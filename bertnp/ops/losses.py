@@ -42,15 +42,16 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
     safe_targets = xp.where(valid_bool, targets, 0)               # (N,) an in-range index everywhere
     valid = valid_bool.astype(logits.dtype)                       # (N,) 1.0 / 0.0
 
-    shifted = logits - logits.max(axis=1, keepdims=True)          # (N, C), max 0: exp cannot overflow
-    exp = xp.exp(shifted)                                         # (N, C)
-    sum_exp = exp.sum(axis=1)                                     # (N,), >= 1
     rows = xp.arange(logits.shape[0])
+    probs = logits - logits.max(axis=1, keepdims=True)            # (N, C) z - max: exp cannot overflow
+    target_shifted = probs[rows, safe_targets]                    # (N,) z[t] - max, read before exp
+    xp.exp(probs, out=probs)                                      # (N, C) in place: the logits stay intact
+    sum_exp = probs.sum(axis=1)                                   # (N,), >= 1
     # -log softmax(z)[t] = log sum exp(z - max) - (z[t] - max)
-    nll = xp.log(sum_exp) - shifted[rows, safe_targets]           # (N,)
+    nll = xp.log(sum_exp) - target_shifted                        # (N,)
     count = xp.maximum(valid.sum(), 1.0)                          # () counted rows, at least 1
     loss = (nll * valid).sum() / count                            # ()
-    probs = exp / sum_exp[:, None]                                # (N, C)
+    probs /= sum_exp[:, None]                                     # (N, C) softmax, in place
     return loss, CrossEntropyCache(probs, safe_targets, valid, count)
 
 
@@ -59,8 +60,8 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
     xp = backend.xp()
     probs, targets, valid, count = cache
     # d nll[n] / d z[n, c] = softmax(z[n])[c] - [c == target[n]]  (softmax minus one-hot),
-    dlogits = probs.copy()                                        # (N, C)
-    dlogits[xp.arange(probs.shape[0]), targets] -= 1.0
-    # and the mean over counted rows scales each counted row by 1/count, ignored rows by 0.
-    dlogits *= (valid * (dloss / count))[:, None]
+    # and the mean over counted rows scales each counted row by 1/count, ignored rows by 0:
+    row_scale = valid * (dloss / count)                           # (N,)
+    dlogits = probs * row_scale[:, None]                          # (N, C) scaled softmax, one pass
+    dlogits[xp.arange(probs.shape[0]), targets] -= row_scale      # minus the scaled one-hot
     return dlogits

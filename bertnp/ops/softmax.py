@@ -31,11 +31,15 @@ def softmax_forward(scores, additive_mask=None):
             raise ValueError(
                 f"additive_mask of shape {tuple(additive_mask.shape)} does not broadcast to "
                 f"scores of shape {tuple(scores.shape)}") from None
-        scores = scores + additive_mask                       # (..., K), a new array
-    row_max = scores.max(axis=-1, keepdims=True)              # (..., 1)
+        probs = scores + additive_mask                        # (..., K), a new array: scores stay intact
+    row_max = (probs if additive_mask is not None else scores).max(axis=-1, keepdims=True)   # (..., 1)
     # a row of -inf (possible only with an infinite mask) has no finite max: shift by 0 instead.
     row_max = xp.where(xp.isfinite(row_max), row_max, 0)
-    probs = xp.exp(scores - row_max)                          # (..., K), all in [0, 1]
+    if additive_mask is not None:
+        probs -= row_max                                      # (..., K), in place
+    else:
+        probs = scores - row_max                              # (..., K), the one new array
+    xp.exp(probs, out=probs)                                  # all in [0, 1]
     total = probs.sum(axis=-1, keepdims=True)                 # (..., 1), >= 1 unless all -inf
     probs /= xp.where(total > 0, total, 1)                    # all -inf rows stay 0, never NaN
     return probs, SoftmaxCache(probs)
@@ -45,5 +49,9 @@ def softmax_backward(dprobs, cache: SoftmaxCache):
     """dprobs: (..., K) -> dscores: (..., K). (The mask is a constant: it has no gradient.)"""
     probs = cache.probs
     # Jacobian dp_i/ds_j = p_i (delta_ij - p_j), so ds = p * (dp - sum_j dp_j p_j) row by row.
-    dot = (dprobs * probs).sum(axis=-1, keepdims=True)       # (..., 1)
-    return probs * (dprobs - dot)
+    dscores = dprobs * probs                                  # (..., K) p * dp
+    dot = dscores.sum(axis=-1, keepdims=True)                 # (..., 1) sum_j dp_j p_j
+    xp = backend.xp()
+    xp.subtract(dprobs, dot, out=dscores)                     # (..., K) dp - dot, reusing the buffer
+    dscores *= probs                                          # p * (dp - dot)
+    return dscores
