@@ -451,7 +451,8 @@ class _BertBase:
         dx, dg, db = layernorm_backward(dx, cache["emb_ln"])
         acc(p + "embeddings.LayerNorm.weight", dg)
         acc(p + "embeddings.LayerNorm.bias", db)
-        acc(p + "embeddings.word_embeddings.weight", embedding_backward(dx, cache["word"]))
+        # the word table is (V, C) = 30k rows: add the looked-up rows straight into its gradient
+        embedding_backward(dx, cache["word"], out=self._grads[p + "embeddings.word_embeddings.weight"])
         acc(p + "embeddings.token_type_embeddings.weight", embedding_backward(dx, cache["type"]))
         seq_len = cache["shape"][1]
         # position t was added to every sequence of the batch: its gradient sums over the batch axis
