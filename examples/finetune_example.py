@@ -14,7 +14,8 @@ warmup then linear decay, clipping at 1.0, batch 32, 2 epochs, sequences cut at 
     scratch      the same architecture and vocabulary with random weights
     scratch-5e-4 the same, lr 5e-4 (a from-scratch model usually wants a larger step: this keeps
                  the comparison from being won by a learning rate chosen for the pretrained start)
-    + --bertnp-model DIR: a model pretrained by bertnp (e.g. runs/demo/model from `bertnp demo`)
+    + --bertnp-model DIR: a model pretrained by bertnp (e.g. runs/demo/model from `bertnp demo`),
+      with its own from-scratch twin (same architecture and vocabulary, random weights)
 
 and, for scale, a unigram naive Bayes classifier on the same WordPiece tokens (no neural network).
 
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seq-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
-    ap.add_argument("--skip-scratch-high-lr", action="store_true", help="leave out the scratch run at lr 5e-4")
+    ap.add_argument("--skip-scratch-high-lr", action="store_true", help="leave out the scratch runs at lr 5e-4")
+    ap.add_argument("--skip-minilm", action="store_true", help="only the --bertnp-model runs")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -124,27 +126,33 @@ def main(argv=None) -> int:
         out_root = args.out
     results = []
     try:
-        results.append(("pretrained: all-MiniLM-L6-v2", run("pretrained", out_root, args, model=str(model_dir))))
-        if args.bertnp_model is not None:
-            results.append((f"pretrained: bertnp ({args.bertnp_model})",
-                            run("bertnp-pretrained", out_root, args, model=str(args.bertnp_model))))
-        results.append(("scratch (MiniLM architecture)",
-                        run("scratch", out_root, args, model=str(model_dir), init="scratch")))
-        if not args.skip_scratch_high_lr:
-            results.append(("scratch, lr 5e-4", run("scratch-lr5e-4", out_root, args, model=str(model_dir),
-                                                    init="scratch", lr=5e-4)))
+        if not args.skip_minilm:
+            results.append(("pretrained: all-MiniLM-L6-v2", run("pretrained", out_root, args, model=str(model_dir))))
+            results.append(("scratch (MiniLM architecture)",
+                            run("scratch", out_root, args, model=str(model_dir), init="scratch")))
+            if not args.skip_scratch_high_lr:
+                results.append(("scratch, lr 5e-4", run("scratch-lr5e-4", out_root, args, model=str(model_dir),
+                                                        init="scratch", lr=5e-4)))
+        if args.bertnp_model is not None:       # its own architecture and vocabulary, pretrained vs random
+            m = str(args.bertnp_model)
+            results.append(("pretrained: bertnp model", run("bertnp-pretrained", out_root, args, model=m)))
+            results.append(("scratch (bertnp model's architecture)", run("bertnp-scratch", out_root, args, model=m,
+                                                                         init="scratch")))
+            if not args.skip_scratch_high_lr:
+                results.append(("scratch (bertnp model's arch.), lr 5e-4",
+                                run("bertnp-scratch-lr5e-4", out_root, args, model=m, init="scratch", lr=5e-4)))
     finally:
         if tmp is not None:
             tmp.cleanup()
 
     print(f"\nResults: 'which book?' (3 classes, {len(dev)} dev sentences; chance 0.333), "
           f"{args.epochs:g} epochs, seed {args.seed}")
-    print(f"{'start':36s} {'lr':>7s} {'steps':>5s} {'time':>7s}  {'dev acc':>7s}  {'macro F1':>8s}  {'best acc (epoch)':>16s}")
-    print(f"{'unigram naive Bayes (no network)':36s} {'':>7s} {'':>5s} {'':>7s}  {nb_acc:7.4f}  {nb_f1:8.4f}")
+    print(f"{'start':40s} {'lr':>7s} {'steps':>5s} {'time':>7s}  {'dev acc':>7s}  {'macro F1':>8s}  {'best acc (epoch)':>16s}")
+    print(f"{'unigram naive Bayes (no network)':40s} {'':>7s} {'':>5s} {'':>7s}  {nb_acc:7.4f}  {nb_f1:8.4f}")
     for name, s in results:
         best = s["best"]
         epoch = best["step"] / (s["step"] / s["epochs"])
-        print(f"{name:36s} {s['lr']:7.0e} {s['step']:5d} {s['wall']:6.0f}s  {s['dev']['accuracy']:7.4f}  "
+        print(f"{name:40s} {s['lr']:7.0e} {s['step']:5d} {s['wall']:6.0f}s  {s['dev']['accuracy']:7.4f}  "
               f"{s['dev']['f1_macro']:8.4f}  {best['accuracy']:9.4f} ({epoch:.0f})")
     return 0
 
