@@ -358,9 +358,12 @@ class _BertBase:
         x, cache["emb_drop"] = dropout_forward(x, p_hidden, self._dropout_rng(0) if training and p_hidden else None,
                                                training)
 
-        # --- the padding mask: 0 for real keys, the dtype's minimum for padding (as HF), (B, T) -> (B, 1, 1, T)
-        additive = (1.0 - mask.astype(self.dtype)) * np.finfo(self.dtype).min
-        additive = backend.to_device(additive[:, None, None, :])
+        # --- the padding mask: 0 for real keys, the dtype's minimum for padding (as HF), (B, T) -> (B, 1, 1, T);
+        # None when nothing is padded (adding zeros to every score would be a wasted pass over (B, nh, T, T))
+        additive = None
+        if not mask.all():                                                  # host array: no device sync
+            additive = (1.0 - mask.astype(self.dtype)) * np.finfo(self.dtype).min
+            additive = backend.to_device(additive[:, None, None, :])
 
         # --- encoder layers
         layers, attentions = [], []
