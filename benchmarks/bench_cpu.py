@@ -1,0 +1,636 @@
+"""CPU benchmark: a bertnp training step against PyTorch, in one process, in alternating rounds.
+
+    python benchmarks/bench_cpu.py                    # BERT-mini, all variants, memory, profile -> RESULTS.md
+    python benchmarks/bench_cpu.py --rounds 5 --no-memory --no-write
+    python benchmarks/bench_cpu.py --config tiny --no-torch --rounds 2      # bertnp only (what the test runs)
+    python benchmarks/bench_cpu.py --json out.json    # also every number as JSON
+
+What is timed (same config, same batch, same initial weights, same thread count for NumPy and torch):
+
+    A  bertnp, float32: model(...labels...) -> model.backward() -> AdamW.step()   (MLM logits at the
+       labelled positions only, as bertnp always does when given labels)
+    B  Hugging Face BertForPreTraining, eager PyTorch CPU, torch.optim.AdamW: HF computes the MLM
+       logits at every position (B*T rows of the 30k-way decoder) -- what users of HF run
+    C  PyTorch, the fair best: HF's encoder and heads, but the MLM head applied only at the labelled
+       positions (the same work as A), then the same AdamW
+    P  a NumPy float32 matmul (2048^3), the peak that MFU is measured against
+
+Each training round runs one step of every variant, in an order rotated every round (so slow
+drift or a busy neighbour hits all of them alike), after warm-up steps. Inference (eval mode, no
+dropout, no gradient: the pretraining loss of the batch) is timed the same way. Reported: median
+and min-max over the rounds, tokens/s, and GFLOP/s counted analytically for the masked-only step
+(:func:`step_flops`; B is credited with the same *useful* FLOPs, though it executes more).
+
+Peak memory: each variant runs again in a fresh subprocess (build, warm up, a few steps) and
+reports its peak resident set size (Linux VmHWM): the whole process, and the part above the RSS
+measured just before the model is built (interpreter, libraries and the batch excluded): the
+model, its gradients, the optimizer state and the activations of a step. See README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+THREADS_DEFAULT = 2
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _threads_from_argv(argv) -> int:
+    """Read --threads before NumPy is imported (BLAS reads its thread count once, at load)."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return THREADS_DEFAULT
+
+
+if __name__ == "__main__":
+    for _var in _THREAD_VARIABLES:          # this process only: the machine's settings are left alone
+        os.environ[_var] = str(_threads_from_argv(sys.argv))
+
+import numpy as np  # noqa: E402  (after the thread count is set)
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import bertnp as bn
+except ImportError:                          # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+    import bertnp as bn
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+GPU_PLACEHOLDER = "## GPU\n\nNot measured yet: no GPU was available to this session.\n"
+PEAK_SIZE = 2048
+
+VARIANTS = {
+    "A": "bertnp (NumPy, float32)",
+    "B": "HF BertForPreTraining, eager PyTorch (MLM at all positions)",
+    "C": "PyTorch, MLM at the labelled positions only",
+}
+
+
+# ============================================================================ setup
+
+def make_config(name: str = "mini", **overrides) -> "bn.BertConfig":
+    """A bertnp config from a preset (vocab 30522, dropout 0.1 unless overridden)."""
+    overrides.setdefault("vocab_size", 30522)
+    return bn.BertConfig.preset(name, **overrides)
+
+
+def make_batch(config, batch: int, seq_len: int, predictions: int, seed: int = 0) -> dict:
+    """A synthetic pretraining batch: [CLS] A [SEP] B [SEP] with two segments, full attention,
+    ``predictions`` labelled positions per sequence (never [CLS]/[SEP]), NSP labels 0/1."""
+    if predictions > seq_len - 3:
+        raise ValueError(f"predictions ({predictions}) must be at most seq_len - 3 ({seq_len - 3})")
+    rng = np.random.default_rng(seed)
+    low = min(1000, config.vocab_size // 2)
+    ids = rng.integers(low, config.vocab_size, (batch, seq_len))
+    cls_id, sep_id, mask_id = 101 % config.vocab_size, 102 % config.vocab_size, 103 % config.vocab_size
+    split = seq_len // 2
+    ids[:, 0], ids[:, split], ids[:, -1] = cls_id, sep_id, sep_id
+    types = np.zeros((batch, seq_len), dtype=np.int64)
+    types[:, split + 1:] = 1
+    labels = np.full((batch, seq_len), -100, dtype=np.int64)
+    candidates = np.array([t for t in range(1, seq_len - 1) if t != split])
+    for b in range(batch):
+        positions = rng.choice(candidates, predictions, replace=False)
+        labels[b, positions] = ids[b, positions]
+        ids[b, positions] = mask_id
+    return dict(input_ids=ids, attention_mask=np.ones((batch, seq_len), dtype=np.int64),
+                token_type_ids=types, labels=labels,
+                next_sentence_label=rng.integers(0, 2, batch).astype(np.int64))
+
+
+def step_flops(config, batch: int, seq_len: int, predictions: int) -> dict:
+    """Matmul FLOPs of one masked-only training step and of its forward pass (multiply-add = 2).
+
+    forward, with N = batch * predictions labelled rows, C hidden, I intermediate, V vocab:
+        per layer   2BT(3C^2 + C^2 + 2CI)    QKV, attention output, FFN in and out
+                  + 4BT^2 C                  scores Q K^T and context P V (all heads)
+        MLM head    2N(C^2 + CV)             transform dense + tied decoder, labelled rows only
+        NSP         2B(C^2 + 2C)             pooler dense + the 2-way classifier
+    step = 3 x forward: the backward of every matmul is two matmuls of the same size (dX and dW).
+    Elementwise work (softmax, LayerNorm, GELU, ...) is not counted, as usual for MFU.
+    ``all_positions_step`` is what HF executes (the decoder at all B*T rows)."""
+    B, T, C, I, V = batch, seq_len, config.hidden_size, config.intermediate_size, config.vocab_size
+    N = batch * predictions
+    encoder = config.num_hidden_layers * (2 * B * T * (4 * C * C + 2 * C * I) + 4 * B * T * T * C)
+    nsp = 2 * B * (C * C + 2 * C)
+    forward = encoder + 2 * N * (C * C + C * V) + nsp
+    all_positions = encoder + 2 * B * T * (C * C + C * V) + nsp
+    return {"forward": forward, "step": 3 * forward, "all_positions_step": 3 * all_positions,
+            "all_positions_forward": all_positions}
+
+
+# ============================================================================ the variants
+
+class BertnpVariant:
+    """A: bertnp BertForPreTraining in float32 with bertnp's AdamW."""
+    name = "A"
+
+    def __init__(self, config, batch, seed: int = 0):
+        self.model = bn.BertForPreTraining(config, seed=seed, dtype="float32")
+        self.opt = bn.AdamW(self.model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+        self.batch = batch
+
+    def train_step(self) -> float:
+        self.model.train()
+        self.model.zero_grad()
+        out = self.model(**self.batch)
+        self.model.backward()
+        self.opt.step()
+        return float(out.loss)
+
+    def infer(self) -> float:
+        self.model.eval()
+        return float(self.model(**self.batch).loss)
+
+
+class TorchVariant:
+    """B (``masked_only=False``): HF BertForPreTraining as is. C (``masked_only=True``): HF's
+    encoder, then its MLM head on the labelled rows only. Both start from A's weights."""
+
+    def __init__(self, config, batch, masked_only: bool, state_dict=None, threads: int = THREADS_DEFAULT):
+        import torch
+        import transformers
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.name = "C" if masked_only else "B"
+        self.masked_only = masked_only
+        hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items()
+                                               if k not in ("architectures", "model_type")})
+        torch.manual_seed(0)
+        self.model = transformers.BertForPreTraining(hf_config)
+        if state_dict is not None:       # the same initial weights as bertnp (HF names, HF layout)
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state_dict.items()}
+            result = self.model.load_state_dict(tensors, strict=False)
+            missing = [k for k in result.missing_keys if "decoder" not in k and "position_ids" not in k]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"weights did not carry over to HF: {missing} {result.unexpected_keys}")
+            self.model.tie_weights()
+        no_decay = [p for n, p in self.model.named_parameters() if n.endswith(".bias") or "LayerNorm" in n]
+        decay = [p for n, p in self.model.named_parameters() if not (n.endswith(".bias") or "LayerNorm" in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=1e-4, betas=(0.9, 0.999), eps=1e-6)
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", "?")
+        t = {k: torch.from_numpy(v) for k, v in batch.items()}
+        self.inputs = dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                           token_type_ids=t["token_type_ids"])
+        self.labels, self.nsp_labels = t["labels"], t["next_sentence_label"]
+        flat = t["labels"].reshape(-1)
+        self.positions = torch.nonzero(flat != -100).reshape(-1)      # (N,) row-major, as bertnp
+        self.targets = flat[self.positions]
+
+    def loss(self):
+        F = self.torch.nn.functional
+        if not self.masked_only:
+            return self.model(**self.inputs, labels=self.labels, next_sentence_label=self.nsp_labels).loss
+        hidden, pooled = self.model.bert(**self.inputs)[:2]                  # (B, T, C), (B, C)
+        selected = hidden.reshape(-1, hidden.shape[-1])[self.positions]      # (N, C)
+        mlm_logits = self.model.cls.predictions(selected)                    # (N, V)
+        nsp_logits = self.model.cls.seq_relationship(pooled)                 # (B, 2)
+        return F.cross_entropy(mlm_logits, self.targets) + F.cross_entropy(nsp_logits, self.nsp_labels)
+
+    def train_step(self) -> float:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss()
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def infer(self) -> float:
+        self.model.eval()
+        with self.torch.inference_mode():
+            return float(self.loss())
+
+
+class PeakVariant:
+    """P: one float32 (n x n) @ (n x n) NumPy matmul, the machine's practical peak."""
+    name = "P"
+
+    def __init__(self, size: int = PEAK_SIZE):
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((size, size), dtype=np.float32)
+        self.b = rng.standard_normal((size, size), dtype=np.float32)
+        self.out = np.empty((size, size), dtype=np.float32)
+        self.flops = 2 * size ** 3
+
+    def train_step(self) -> float:
+        np.matmul(self.a, self.b, out=self.out)
+        return 0.0
+
+    infer = train_step
+
+
+def torch_available() -> str | None:
+    """None if torch and transformers import, else why not."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# ============================================================================ timing
+
+def alternate(variants: dict, method: str, rounds: int, warmup: int, pause: float = 0.02) -> dict:
+    """Time ``getattr(variant, method)()`` for every variant, ``rounds`` times, in rotated order,
+    after ``warmup`` untimed calls each. Returns {name: [seconds, ...]}."""
+    names = list(variants)
+    for name in names:
+        for _ in range(warmup):
+            getattr(variants[name], method)()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            time.sleep(pause)        # let the other library's spinning threads go back to sleep
+            start = time.perf_counter()
+            getattr(variants[name], method)()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarise(seconds: list) -> dict:
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds)}
+
+
+# ============================================================================ memory (fresh subprocesses)
+
+def _proc_status() -> dict:
+    values = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, rest = line.split(":", 1)
+                    values[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return values
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0); False where it cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(variant: str, mode: str, args) -> dict:
+    """Run in a fresh process: build one variant, warm up, run steps; report the peak RSS."""
+    import resource
+    config = make_config(args.config, **_overrides(args))
+    batch = make_batch(config, args.batch, args.seq, args.predictions)
+    if variant in ("B", "C"):
+        import torch  # noqa: F401  (imported before the baseline: libraries are not the model)
+        import transformers  # noqa: F401
+    base = _proc_status().get("VmRSS")
+    exact = _reset_peak() and base is not None
+    if variant == "A":
+        runner = BertnpVariant(config, batch)
+    else:
+        runner = TorchVariant(config, batch, masked_only=(variant == "C"), threads=args.threads)
+    call = runner.train_step if mode == "train" else runner.infer
+    for _ in range(args.memory_steps):
+        call()
+    status = _proc_status()
+    peak = status.get("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"variant": variant, "mode": mode, "peak_rss": peak, "baseline_rss": base,
+            "above_baseline": (peak - base) if (peak is not None and base is not None) else None,
+            "method": "VmHWM after clear_refs" if exact else "ru_maxrss (includes imports)"}
+
+
+def measure_memory(args, variants, modes=("train", "infer")) -> list:
+    """One fresh subprocess per (variant, mode)."""
+    results = []
+    for mode in modes:
+        for variant in variants:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", f"{variant}:{mode}",
+                   "--config", args.config, "--batch", str(args.batch), "--seq", str(args.seq),
+                   "--predictions", str(args.predictions), "--threads", str(args.threads),
+                   "--memory-steps", str(args.memory_steps)]
+            for key in ("vocab", "hidden", "layers", "heads", "intermediate", "dropout"):
+                value = getattr(args, key)
+                if value is not None:
+                    cmd += [f"--{key}", str(value)]
+            env = dict(os.environ, **{v: str(args.threads) for v in _THREAD_VARIABLES})
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"memory run {variant}:{mode} failed:\n{done.stderr[-2000:]}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+# ============================================================================ the whole run
+
+def _overrides(args) -> dict:
+    out = {}
+    for key, field in (("vocab", "vocab_size"), ("hidden", "hidden_size"), ("layers", "num_hidden_layers"),
+                       ("heads", "num_attention_heads"), ("intermediate", "intermediate_size")):
+        if getattr(args, key, None) is not None:
+            out[field] = int(getattr(args, key))
+    if getattr(args, "hidden", None) is not None:
+        out.setdefault("num_attention_heads", max(1, int(args.hidden) // 64))
+        out.setdefault("intermediate_size", 4 * int(args.hidden))
+    if getattr(args, "dropout", None) is not None:
+        out["hidden_dropout_prob"] = out["attention_probs_dropout_prob"] = float(args.dropout)
+    return out
+
+
+def loadavg() -> list:
+    try:
+        with open("/proc/loadavg") as fh:
+            return fh.read().split()[:3]
+    except OSError:
+        return []
+
+
+def wait_idle(limit_s: float, threshold: float = 0.5, poll_s: float = 5.0) -> bool:
+    """Wait (up to ``limit_s``) until the 1-minute load average is below ``threshold``: timings on
+    a machine that another job is using measure that job as much as this one."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        load = loadavg()
+        if not load or float(load[0]) < threshold:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def run(args) -> dict:
+    """Everything the report needs, as plain data."""
+    if args.wait_idle:
+        idle = wait_idle(args.wait_idle)
+        print(f"machine idle: {idle} (load average {' '.join(loadavg())})", file=sys.stderr)
+    load_start = loadavg()
+    config = make_config(args.config, **_overrides(args))
+    batch = make_batch(config, args.batch, args.seq, args.predictions)
+    flops = step_flops(config, args.batch, args.seq, args.predictions)
+    variants = {"A": BertnpVariant(config, batch)}
+    notes = []
+    use_torch = not args.no_torch
+    torch_version = attn = None
+    if use_torch:
+        reason = torch_available()
+        if reason:
+            notes.append(f"PyTorch variants skipped: {reason}")
+            use_torch = False
+    if use_torch:
+        import torch
+        import transformers
+        torch_version = f"torch {torch.__version__}, transformers {transformers.__version__}"
+        state = variants["A"].model.state_dict()
+        variants["B"] = TorchVariant(config, batch, masked_only=False, state_dict=state, threads=args.threads)
+        variants["C"] = TorchVariant(config, batch, masked_only=True, state_dict=state, threads=args.threads)
+        attn = variants["B"].attn_implementation
+        torch_threads = torch.get_num_threads()
+    else:
+        torch_threads = None
+    # the three compute the same loss from the same weights and batch (eval mode: no dropout)
+    eval_losses = {name: v.infer() for name, v in variants.items()}
+    variants["P"] = PeakVariant(args.peak_size)
+
+    train_times = alternate(variants, "train_step", args.rounds, args.warmup)
+    infer_times = alternate(variants, "infer", args.infer_rounds, args.warmup)
+    peak = summarise([variants["P"].flops / s for s in train_times["P"] + infer_times["P"]])
+
+    result = {
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("architectures", "model_type")},
+        "preset": args.config, "batch": args.batch, "seq": args.seq, "predictions": args.predictions,
+        "threads": {"numpy_env": {v: os.environ.get(v) for v in _THREAD_VARIABLES}, "torch": torch_threads},
+        "flops": flops, "rounds": args.rounds, "infer_rounds": args.infer_rounds, "warmup": args.warmup,
+        "peak_size": args.peak_size, "peak_flops_per_s": peak,
+        "train": {n: summarise(t) for n, t in train_times.items() if n != "P"},
+        "infer": {n: summarise(t) for n, t in infer_times.items() if n != "P"},
+        "eval_losses": eval_losses, "notes": notes, "torch_version": torch_version,
+        "attn_implementation": attn, "machine": machine_info(), "loadavg_start": load_start,
+        "command": " ".join(["python benchmarks/bench_cpu.py"] + list(getattr(args, "argv", []))),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if args.memory:
+        result["memory"] = measure_memory(args, [n for n in variants if n != "P"])
+    if args.profile:
+        import profile_step
+        result["profile"] = profile_step.profile(config, batch, steps=args.profile_steps, warmup=args.warmup)
+    return result
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "numpy": np.__version__, "bertnp": bn.__version__,
+            "cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+        info["avx512"] = "avx512f" in flags
+        with open("/proc/loadavg") as fh:
+            info["loadavg"] = fh.read().split()[:3]
+    except OSError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["blas"] = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older NumPy: no dict mode
+        info["blas"] = "?"
+    return info
+
+
+# ============================================================================ the report
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:.0f}" if x >= 0.1 else f"{x * 1e3:.1f}"
+
+
+def _mib(nbytes) -> str:
+    return "?" if nbytes is None else f"{nbytes / 2 ** 20:.0f}"
+
+
+def targets(result: dict) -> list:
+    """(target, measured, ok) rows for the issue's targets (where the variants were measured)."""
+    rows = []
+    train = result["train"]
+    a = train["A"]["median"]
+    peak = result["peak_flops_per_s"]["median"]
+    if "B" in train:
+        ratio = a / train["B"]["median"]
+        rows.append(("A step <= 0.75 x B step", f"{ratio:.2f} x", ratio <= 0.75))
+    if "C" in train:
+        ratio = a / train["C"]["median"]
+        rows.append(("A step <= 1.1 x C step", f"{ratio:.2f} x", ratio <= 1.1))
+    mfu = result["flops"]["step"] / a / peak
+    rows.append(("A MFU >= 45% of the NumPy matmul peak", f"{100 * mfu:.0f}%", mfu >= 0.45))
+    memory = {(m["variant"], m["mode"]): m for m in result.get("memory", [])}
+    if ("A", "train") in memory and ("B", "train") in memory:
+        ma, mb = memory[("A", "train")]["above_baseline"], memory[("B", "train")]["above_baseline"]
+        if ma is not None and mb is not None:
+            rows.append(("A peak memory <= B peak memory (above baseline)", f"{_mib(ma)} vs {_mib(mb)} MiB", ma <= mb))
+    return rows
+
+
+def render(result: dict) -> str:
+    """The CPU section of RESULTS.md (from its heading up to, not including, the next section)."""
+    cfg, fl, m = result["config"], result["flops"], result["machine"]
+    tokens = result["batch"] * result["seq"]
+    peak = result["peak_flops_per_s"]
+    lines = ["## CPU", "",
+             f"Generated by `benchmarks/bench_cpu.py` on {result['date']}; re-run it to replace this section.", "",
+             f"- Command: `{result['command'].strip()}`",
+             f"- Machine: {m.get('cpu', '?')}, {m.get('cpus')} CPUs (AVX-512: {m.get('avx512', '?')}), "
+             f"{m.get('platform')}; load average (1, 5, 15 min) at the start {' '.join(result.get('loadavg_start', []))}, "
+             f"at the end {' '.join(m.get('loadavg', []))}",
+             f"- Software: Python {m['python']}, NumPy {m['numpy']} ({m.get('blas')}), bertnp {m['bertnp']}"
+             + (f", {result['torch_version']} (attention: {result['attn_implementation']})" if result["torch_version"] else ""),
+             f"- Threads: NumPy/OpenBLAS {result['threads']['numpy_env'].get('OPENBLAS_NUM_THREADS')}"
+             + (f", torch {result['threads']['torch']}" if result["threads"]["torch"] else "")
+             + " (set for this process only)",
+             f"- Model: preset `{result['preset']}`: vocab {cfg['vocab_size']}, hidden {cfg['hidden_size']}, "
+             f"{cfg['num_hidden_layers']} layers, {cfg['num_attention_heads']} heads, intermediate "
+             f"{cfg['intermediate_size']}, dropout {cfg['hidden_dropout_prob']}; batch {result['batch']} x seq "
+             f"{result['seq']}, {result['predictions']} predicted positions per sequence",
+             f"- Work: {fl['step'] / 1e9:.1f} GFLOP per masked-only training step, {fl['forward'] / 1e9:.1f} "
+             f"per forward (B executes {fl['all_positions_step'] / 1e9:.1f} per step); FLOPs are counted "
+             "analytically (README.md), and every variant is credited with the masked-only count",
+             f"- Peak: NumPy float32 {result['peak_size']}^3 matmul, measured in the same rounds: median "
+             f"{peak['median'] / 1e9:.0f} GFLOP/s (min {peak['min'] / 1e9:.0f}, max {peak['max'] / 1e9:.0f}); "
+             "MFU = achieved GFLOP/s / that median",
+             f"- Rounds: {result['rounds']} training, {result['infer_rounds']} inference, alternating and rotated, "
+             f"after {result['warmup']} warm-up steps each; times are median (min-max)",
+             "- Same initial weights and batch for all: eval-mode losses "
+             + ", ".join(f"{k} {v:.5f}" for k, v in result["eval_losses"].items()), ""]
+    for note in result["notes"]:
+        lines += [f"Note: {note}", ""]
+    for key, title, work in (("train", "Training step (forward with labels, backward, AdamW)", fl["step"]),
+                             ("infer", "Inference (eval mode, forward only: the pretraining loss)", fl["forward"])):
+        rows = result[key]
+        lines += [f"### {title}", "",
+                  "| variant | ms / step, median (min-max) | tokens/s | GFLOP/s | MFU | time vs A |",
+                  "|---|---|---|---|---|---|"]
+        a = rows["A"]["median"]
+        for name, s in rows.items():
+            lines.append(f"| {name}: {VARIANTS[name]} | {_ms(s['median'])} ({_ms(s['min'])}-{_ms(s['max'])}) | "
+                         f"{tokens / s['median']:,.0f} | {work / s['median'] / 1e9:.0f} | "
+                         f"{100 * work / s['median'] / peak['median']:.0f}% | {s['median'] / a:.2f} |")
+        lines.append("")
+    if result.get("memory"):
+        lines += ["### Peak memory (each variant alone in a fresh process)", "",
+                  "| variant | mode | peak RSS, MiB | above the pre-model baseline, MiB | baseline, MiB |",
+                  "|---|---|---|---|---|"]
+        for mem in result["memory"]:
+            lines.append(f"| {mem['variant']} | {mem['mode']} | {_mib(mem['peak_rss'])} | "
+                         f"{_mib(mem['above_baseline'])} | {_mib(mem['baseline_rss'])} |")
+        lines += ["", f"Method: {result['memory'][0]['method']}. The baseline is the process (interpreter, "
+                  "NumPy, torch for B and C, the batch) just before the model is built; above it: parameters, "
+                  "gradients, optimizer state and a step's activations.", ""]
+    lines += ["### Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
+    for target, measured, ok in targets(result):
+        lines.append(f"| {target} | {measured} | {'yes' if ok else 'NO'} |")
+    lines.append("")
+    if result.get("profile"):
+        import profile_step
+        lines += profile_step.render(result["profile"])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+HEADER = """# bertnp benchmarks
+
+Speed and memory of a bertnp training step, measured by the harnesses in this folder. Each section
+is regenerated by its harness (`python benchmarks/bench_cpu.py` writes `## CPU`); how the numbers
+are made, and what they mean, is in [README.md](README.md).
+
+"""
+
+
+def write_results(section: str, path: Path = RESULTS) -> Path:
+    """Replace the ``## CPU`` section of ``path`` (create the file if needed), keep the rest."""
+    text = path.read_text() if path.exists() else HEADER
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == "## CPU"), None)
+    if start is None:
+        gpu = next((i for i, line in enumerate(lines) if line.rstrip() == "## GPU"), len(lines))
+        before, after = "".join(lines[:gpu]), "".join(lines[gpu:])
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        before, after = "".join(lines[:start]), "".join(lines[end:])
+    if "## GPU" not in after and "## GPU" not in before:
+        after = after + ("\n" if after and not after.endswith("\n\n") else "") + GPU_PLACEHOLDER
+    before = before.rstrip("\n") + "\n\n" if before.strip() else before
+    new = before + section + ("\n" + after if after else "")
+    path.write_text(new)
+    return path
+
+
+# ============================================================================ command line
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="mini", help="bertnp preset (tiny | mini | small | ...); default mini")
+    p.add_argument("--vocab", type=int, help="vocab size (default 30522)")
+    p.add_argument("--hidden", type=int, help="override hidden size (heads = hidden/64, intermediate = 4x)")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--intermediate", type=int)
+    p.add_argument("--dropout", type=float, help="hidden and attention dropout (default 0.1)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--predictions", type=int, default=20, help="labelled positions per sequence")
+    p.add_argument("--threads", type=int, default=THREADS_DEFAULT, help="BLAS / torch threads (default 2)")
+    p.add_argument("--rounds", type=int, default=10, help="timed training rounds")
+    p.add_argument("--infer-rounds", type=int, default=10, help="timed inference rounds")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    p.add_argument("--peak-size", type=int, default=PEAK_SIZE, help="n of the n^3 peak matmul")
+    p.add_argument("--no-torch", action="store_true", help="time bertnp only (no torch needed)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-steps", type=int, default=4, help="steps each memory subprocess runs")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-op profile")
+    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--no-write", dest="write", action="store_false", help="do not update RESULTS.md")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the RESULTS.md to update")
+    p.add_argument("--json", type=Path, help="also write every number here")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to SECONDS for the 1-min load average to fall below 0.5")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.memory_child:
+        variant, mode = args.memory_child.split(":")
+        print(json.dumps(memory_child(variant, mode, args)))
+        return 0
+    result = run(args)
+    section = render(result)
+    print(section)
+    if args.write:
+        print(f"wrote {write_results(section, args.results)}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Per-operation profile of one bertnp training step: where the time goes, forward and backward.
+
+    python benchmarks/profile_step.py                  # BERT-mini, the benchmark's batch, 5 steps
+    python benchmarks/profile_step.py --config tiny --steps 3
+
+Every operation the model calls (``linear_forward``, ``layernorm_backward``, ...) is wrapped with a
+timer where the model and the attention op look it up, so the step runs unchanged. Times are
+*exclusive*: ``attention_forward``'s own time excludes the linear, softmax and dropout ops it calls
+(what remains is its batched Q K^T and P V products and the head reshapes). Linear layers are
+split by shape, so the 30k-way decoder shows on its own row. What no op covers -- residual adds,
+the padding mask, gathering the labelled rows, ``grads += ...`` -- is the "model code" row; AdamW
+and ``zero_grad`` are timed as wholes.
+
+Wrapping costs ~1 us a call (~200 calls a step): negligible next to a step.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__":
+    import os
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    _threads = "2"                           # as bench_cpu: set before NumPy loads, this process only
+    for _i, _arg in enumerate(sys.argv):
+        if _arg == "--threads" and _i + 1 < len(sys.argv):
+            _threads = sys.argv[_i + 1]
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
+
+import bertnp as bn  # noqa: E402
+import bertnp.model  # noqa: E402
+import bertnp.ops.activations  # noqa: E402
+import bertnp.ops.attention  # noqa: E402
+
+# where the model looks its operations up (each module imported them by name)
+_NAMESPACES = (bertnp.model, bertnp.ops.attention, bertnp.ops.activations)
+
+
+class OpTimer:
+    """Wraps op functions with exclusive timers; ``with OpTimer() as t: ...`` then ``t.totals``."""
+
+    def __init__(self):
+        self.totals = collections.defaultdict(float)     # (op, "forward" | "backward") -> seconds
+        self.calls = collections.defaultdict(int)
+        self._stack = []                                 # time spent in children of each open call
+        self._saved = []
+
+    def _label(self, name: str, args) -> tuple:
+        op, _, direction = name.rpartition("_")
+        if op == "linear":
+            # the weight (out, in) names the layer's shape: forward gets it as an argument, backward in its cache
+            weight = args[1] if direction == "forward" else args[1].weight
+            out_features, in_features = weight.shape
+            op = f"linear {in_features}->{out_features}"
+        return op, direction
+
+    def _wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            self._stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                children = self._stack.pop()
+                key = self._label(name, args)
+                self.totals[key] += elapsed - children
+                self.calls[key] += 1
+                if self._stack:
+                    self._stack[-1] += elapsed
+        timed.__wrapped__ = fn
+        return timed
+
+    def __enter__(self):
+        for module in _NAMESPACES:
+            for name, fn in vars(module).copy().items():
+                if callable(fn) and name.endswith(("_forward", "_backward")) and not name.startswith("_"):
+                    self._saved.append((module, name, fn))
+                    setattr(module, name, self._wrap(name, fn))
+        original = bertnp.model._BertBase._accumulate
+        self._saved.append((bertnp.model._BertBase, "_accumulate", original))
+        timer = self
+
+        def accumulate(model, name, grad):
+            start = time.perf_counter()
+            original(model, name, grad)
+            timer.totals[("grads += (accumulate)", "backward")] += time.perf_counter() - start
+            timer.calls[("grads += (accumulate)", "backward")] += 1
+        bertnp.model._BertBase._accumulate = accumulate
+        return self
+
+    def __exit__(self, *exc):
+        for module, name, fn in reversed(self._saved):
+            setattr(module, name, fn)
+        self._saved.clear()
+        return False
+
+    def reset(self):
+        self.totals.clear()
+        self.calls.clear()
+
+
+def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
+    """Profile ``steps`` training steps (after ``warmup``): per-op forward/backward seconds per step."""
+    model = bn.BertForPreTraining(config, seed=seed, dtype="float32").train()
+    opt = bn.AdamW(model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+    phases = collections.defaultdict(float)
+    with OpTimer() as timer:
+        for i in range(warmup + steps):
+            if i == warmup:
+                timer.reset()
+                phases.clear()
+            t0 = time.perf_counter()
+            model.zero_grad()
+            t1 = time.perf_counter()
+            model(**batch)
+            t2 = time.perf_counter()
+            model.backward()
+            t3 = time.perf_counter()
+            opt.step()
+            t4 = time.perf_counter()
+            phases["zero_grad"] += t1 - t0
+            phases["forward"] += t2 - t1
+            phases["backward"] += t3 - t2
+            phases["AdamW"] += t4 - t3
+    ops = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0, "calls": 0})
+    for (op, direction), seconds in timer.totals.items():
+        ops[op][direction] += seconds / steps
+        ops[op]["calls"] = max(ops[op]["calls"], timer.calls[(op, direction)] // steps)   # forward calls
+    for direction in ("forward", "backward"):       # what no op covers: the model's own code
+        covered = sum(v[direction] for v in ops.values())
+        ops["model code (residuals, masks, gathers)"][direction] += max(0.0, phases[direction] / steps - covered)
+    ops["AdamW step"]["backward"] = 0.0
+    ops["AdamW step"]["other"] = phases["AdamW"] / steps
+    ops["zero_grad"]["other"] = phases["zero_grad"] / steps
+    step = sum(phases.values()) / steps
+    return {"step": step, "phases": {k: v / steps for k, v in phases.items()},
+            "ops": {k: dict(v) for k, v in ops.items()}, "steps": steps}
+
+
+def render(result: dict, top: int | None = None) -> list:
+    """Markdown lines: ops sorted by total time, with forward / backward split and share of the step."""
+    step, phases = result["step"], result["phases"]
+    rows = sorted(result["ops"].items(),
+                  key=lambda kv: -(kv[1].get("forward", 0) + kv[1].get("backward", 0) + kv[1].get("other", 0)))
+    if top:
+        rows = rows[:top]
+    lines = ["### Per-operation profile of the bertnp step", "",
+             f"`python benchmarks/profile_step.py`: {result['steps']} steps, exclusive time per step "
+             f"(step {step * 1e3:.0f} ms = forward {phases['forward'] * 1e3:.0f} + backward "
+             f"{phases['backward'] * 1e3:.0f} + AdamW {phases['AdamW'] * 1e3:.0f} + zero_grad "
+             f"{phases['zero_grad'] * 1e3:.1f}; timers on, so a little slower than the table above).", "",
+             "| operation | forward ms | backward ms | total ms | share of step | calls / step |",
+             "|---|---|---|---|---|---|"]
+    for op, v in rows:
+        total = v.get("forward", 0) + v.get("backward", 0) + v.get("other", 0)
+        fwd = v.get("forward", 0) * 1e3
+        bwd = v.get("backward", 0) * 1e3
+        if "other" in v:
+            fwd_s, bwd_s = "", ""
+        else:
+            fwd_s, bwd_s = f"{fwd:.1f}", f"{bwd:.1f}"
+        calls = v.get("calls") or ""
+        lines.append(f"| {op} | {fwd_s} | {bwd_s} | {total * 1e3:.1f} | {100 * total / step:.1f}% | {calls} |")
+    lines.append("")
+    return lines
+
+
+def main(argv=None) -> int:
+    import bench_cpu
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="mini")
+    p.add_argument("--vocab", type=int, default=30522)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--predictions", type=int, default=20)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=bench_cpu.THREADS_DEFAULT)
+    p.add_argument("--top", type=int, help="show only the N most expensive rows")
+    args = p.parse_args(argv)
+    config = bench_cpu.make_config(args.config, vocab_size=args.vocab)
+    batch = bench_cpu.make_batch(config, args.batch, args.seq, args.predictions)
+    result = profile(config, batch, steps=args.steps, warmup=args.warmup)
+    print("\n".join(render(result, args.top)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
