@@ -21,6 +21,13 @@ __all__ = [
     "backend", "get_backend", "set_backend", "__version__",
     "BertConfig", "BertModel", "BertForPreTraining", "BertForSequenceClassification",
     "BaseModelOutput", "PreTrainingOutput", "SequenceClassifierOutput",
+    # imported on first use (see __getattr__)
+    "BertTokenizer", "BasicTokenizer", "WordpieceTokenizer", "train_wordpiece",
+    "AdamW", "LinearWarmupDecay", "clip_grad_norm", "fill_mask", "next_sentence_probability",
+    "sentence_embeddings", "mean_pooling", "cosine_similarity", "classify", "attention_maps",
+    "plot_attention", "plot_attention_heads", "FinetuneConfig", "Finetuner", "read_examples",
+    "TrainConfig", "Trainer", "pretrain", "PretrainingDataset", "PretrainingLoader",
+    "read_corpus", "bundled_corpus",
 ]
 
 
@@ -29,7 +36,17 @@ def __getattr__(name):
     lazy = {
         "BertTokenizer": "bertnp.tokenizer", "BasicTokenizer": "bertnp.tokenizer",
         "WordpieceTokenizer": "bertnp.tokenizer", "train_wordpiece": "bertnp.wordpiece_trainer",
-        "AdamW": "bertnp.optim",
+        "AdamW": "bertnp.optim", "LinearWarmupDecay": "bertnp.optim", "clip_grad_norm": "bertnp.optim",
+        "fill_mask": "bertnp.inference", "next_sentence_probability": "bertnp.inference",
+        "sentence_embeddings": "bertnp.inference", "mean_pooling": "bertnp.inference",
+        "cosine_similarity": "bertnp.inference", "classify": "bertnp.inference",
+        "attention_maps": "bertnp.inference",
+        "plot_attention": "bertnp.viz_attention", "plot_attention_heads": "bertnp.viz_attention",
+        "FinetuneConfig": "bertnp.finetune", "Finetuner": "bertnp.finetune",
+        "read_examples": "bertnp.finetune",
+        "TrainConfig": "bertnp.train", "Trainer": "bertnp.train", "pretrain": "bertnp.train",
+        "PretrainingDataset": "bertnp.data", "PretrainingLoader": "bertnp.data",
+        "read_corpus": "bertnp.data", "bundled_corpus": "bertnp.corpus",
     }
     if name in lazy:
         import importlib
