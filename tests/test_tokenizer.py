@@ -430,7 +430,7 @@ def test_decode_rejects_bad_ids():
 
 
 def test_import_needs_neither_torch_nor_transformers():
-    code = ("import sys, bertnp.tokenizer; "
+    code = ("import sys, bertnp.tokenizer, bertnp.wordpiece_trainer; "
             "bad = [m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
