@@ -169,3 +169,16 @@ def test_only_backend_imports_cupy():
             continue
         for module in _imports(path):
             assert module.split(".")[0] not in ("cupy", "cupyx"), f"{path} imports {module}"
+
+
+def test_import_needs_only_the_core_dependencies():
+    """`import bertnp` (and building a model) must not pull in matplotlib, torch or cupy."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, bertnp as bn\n"
+            "m = bn.BertForPreTraining(bn.BertConfig.preset('tiny', vocab_size=50))\n"
+            "m(input_ids=np.ones((1, 4), dtype=int))\n"
+            "heavy = {'matplotlib', 'torch', 'cupy', 'cupyx', 'transformers', 'pandas', 'IPython'}\n"
+            "print(sorted({k.split('.')[0] for k in sys.modules} & heavy))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
