@@ -30,8 +30,9 @@ def md(source: str):
     return new_markdown_cell(dedent(source).strip("\n"))
 
 
-def code(source: str, tags=()):
-    cell = new_code_cell(dedent(source).strip("\n"))
+def code(*parts: str, tags=()):
+    """A code cell; several parts are dedented one by one and joined."""
+    cell = new_code_cell("\n".join(dedent(part).strip("\n") for part in parts))
     if tags:
         cell.metadata["tags"] = list(tags)
     return cell
@@ -713,9 +714,698 @@ def lesson_02():
     ]
 
 
+# =====================================================================================
+# 03: BERT's data
+# =====================================================================================
+
+def lesson_03():
+    return [
+        md(r"""
+        # Lesson 3 — From text to a pretraining example
+
+        BERT never sees characters. Text goes through a pipeline, each stage a few dozen lines of `bertnp`:
+
+        1. **BasicTokenizer** — clean the text, lower-case it, strip accents, split off punctuation: a list of words.
+        2. **WordPiece** — split each word into pieces of a fixed vocabulary (`un ##want ##ed`): a list of ids.
+        3. **Pairs** — two stretches of text `A` and `B`, either consecutive (label 0, *IsNext*) or with `B` from
+           another document (label 1): `[CLS] A [SEP] B [SEP]`, for next-sentence prediction (NSP).
+        4. **Masking** — 15% of the positions are chosen for the masked-LM task; of those 80% become `[MASK]`,
+           10% a random token, 10% stay as they are.
+
+        You will implement WordPiece's encoder and the masking rule yourself, and check both — and the
+        library's data pipeline — against what Google's `tokenization.py` and `create_pretraining_data.py` do.
+        """),
+        setup(r"""
+        import random
+        import tempfile
+        from collections import Counter
+        from pathlib import Path
+
+        from bertnp.corpus import bundled_corpus
+        from bertnp.data import (MaskingVocab, PretrainingDataset, collate, format_instance,
+                                 num_to_predict, plot_instance, read_corpus)
+        from bertnp.tokenizer import BasicTokenizer, BertTokenizer, WordpieceTokenizer
+        from bertnp.wordpiece_trainer import tokenization_stats
+
+        workdir = Path(tempfile.mkdtemp(prefix="bertnp-lesson3-"))   # the vocabularies this lesson writes
+        """),
+        md(r"""
+        ## 1. The basic tokenizer
+
+        BERT's `BasicTokenizer` (Google's `tokenization.py`) applies a few fixed rules:
+
+        * **clean**: drop control characters (Unicode category C*) and U+FFFD; every whitespace character
+          (tab, newline, no-break space...) becomes a space;
+        * **CJK**: put spaces around every Chinese/Japanese ideograph, so each is a word of its own;
+        * **lower-case** (uncased models) and **strip accents**: decompose (NFD) and drop the combining marks, é → e;
+        * **punctuation**: every ASCII symbol (`$`, `-`, `` ` ``...) and every Unicode P* character is split off as its own word.
+
+        These are Google's own test cases:
+        """),
+        code(r"""
+        basic = BasicTokenizer(do_lower_case=True)
+        examples = {
+            " \tHeLLo!how  \n Are yoU?  ": ["hello", "!", "how", "are", "you", "?"],
+            "H\u00e9llo": ["hello"],
+            "ah\u535a\u63a8zz": ["ah", "\u535a", "\u63a8", "zz"],
+        }
+        for text, expected in examples.items():
+            words = basic.tokenize(text)
+            print(f"{text!r:32} -> {words}")
+            assert words == expected
+        print(basic.tokenize("He paid $3.50 for the e-mail-order milk, didn't he?"))
+        """),
+        md(r"""
+        ## 2. WordPiece: greedy longest match first
+
+        A vocabulary (`vocab.txt`, one token per line, the line number is the id) holds whole words and word
+        pieces; a piece that continues a word carries the prefix `##`. To split a word, WordPiece is greedy:
+        from the current position, take the **longest** prefix of the rest of the word that is in the
+        vocabulary (with `##` in front unless it is the start of the word), then continue after it.
+        If at some point *no* prefix matches, the **whole word** becomes `[UNK]` — not just the unmatched part.
+        (Words longer than 100 characters are `[UNK]` too.)
+
+        With Google's test vocabulary `[UNK] [CLS] [SEP] want ##want ##ed wa un runn ##ing ,`:
+        `unwanted` → `un ##want ##ed` (not `un ##wa ...`: `##want` is longer), `running` → `runn ##ing`,
+        and `unwantedx` → `[UNK]` (nothing matches `x`).
+        """),
+        exercise(r"""
+        # EXERCISE: WordPiece's greedy longest-match-first split of ONE word
+        def my_wordpiece(word, vocab, unk_token="[UNK]", max_chars=100):
+            '''word: str without spaces; vocab: a set or dict of tokens. Returns the list of pieces.'''
+            if len(word) > max_chars:
+                return [unk_token]
+            pieces = []
+            ### BEGIN SOLUTION
+            start = 0
+            while start < len(word):
+                end = len(word)
+                piece = None
+                while end > start:                       # try the longest candidate first
+                    candidate = word[start:end] if start == 0 else "##" + word[start:end]
+                    if candidate in vocab:
+                        piece = candidate
+                        break
+                    end -= 1
+                if piece is None:                        # nothing matches here: the whole word is unknown
+                    return [unk_token]
+                pieces.append(piece)
+                start = end
+            ### END SOLUTION
+            return pieces
+        """),
+        check(r"""
+        google_vocab = ["[UNK]", "[CLS]", "[SEP]", "want", "##want", "##ed", "wa", "un", "runn", "##ing", ","]
+        for word, expected in [("unwanted", ["un", "##want", "##ed"]), ("running", ["runn", "##ing"]),
+                               ("unwantedx", ["[UNK]"]), ("want", ["want"]), ("", [])]:
+            assert my_wordpiece(word, set(google_vocab)) == expected, (word, my_wordpiece(word, set(google_vocab)))
+
+        # the full tokenizer on Google's example (BertTokenizer also needs [PAD] and [MASK]: appended, ids 11, 12)
+        (workdir / "google_vocab.txt").write_text("".join(t + "\n" for t in google_vocab + ["[PAD]", "[MASK]"]))
+        google_tok = BertTokenizer(str(workdir / "google_vocab.txt"))
+        tokens = google_tok.tokenize("UNwant\u00e9d,running")
+        print(tokens, google_tok.convert_tokens_to_ids(tokens))
+        assert tokens == ["un", "##want", "##ed", ",", "runn", "##ing"]
+        assert google_tok.convert_tokens_to_ids(tokens) == [7, 4, 5, 10, 8, 9]
+        """),
+        md(r"""
+        The real thing: the uncased BERT-base vocabulary (30,522 tokens, shipped with the test fixtures).
+        Frequent words are single tokens; rare ones split into meaningful-ish pieces. Your function must agree
+        with the library's `WordpieceTokenizer` on every word of a slice of the corpus:
+        """),
+        check(r"""
+        bert_vocab_file = Path("../tests/fixtures/tokenizer/vocab.txt")      # relative to lessons/
+        bert_tok = BertTokenizer(str(bert_vocab_file), do_lower_case=True)
+        for text in ["unaffable", "tokenization", "hackishness", "The Jebusites dwelt in Jerusalem."]:
+            print(f"{text!r:36} -> {bert_tok.tokenize(text)}")
+
+        documents = read_corpus(bundled_corpus("train"))                     # 1,180 documents, lists of sentences
+        heldout = read_corpus(bundled_corpus("heldout"))
+        words = sorted({w for doc in documents[::20] for s in doc for w in basic.tokenize(s)})
+        library = WordpieceTokenizer(bert_tok.vocab)
+        mismatches = [w for w in words if my_wordpiece(w, bert_tok.vocab) != library.tokenize_word(w)]
+        print(f"{len(words)} distinct words compared, {len(mismatches)} mismatches")
+        assert not mismatches, mismatches[:10]
+        """),
+        md(r"""
+        ## 3. Learning a vocabulary
+
+        Where does the vocabulary come from? `bn.train_wordpiece` builds one bottom-up, like byte-pair encoding:
+        start from single characters (`c` and `##c`), then repeatedly **merge** the adjacent pair of pieces
+        whose merge most increases the likelihood of the training text under a unigram model of the pieces —
+        roughly, pairs that are both frequent and occur together more than chance. Each merge adds one token,
+        until the vocabulary has the requested size. Encoding afterwards is the greedy longest match you just wrote.
+
+        Train tiny vocabularies on a few hundred lines of the corpus, sampled across all three texts, and
+        measure them on the held-out split: the number of WordPiece tokens per word falls as the vocabulary
+        grows (and a vocabulary trained on 600 lines covers the held-out text almost without `[UNK]`).
+        """),
+        code(r"""
+        sentences = [s for doc in documents for s in doc]
+        lines = sentences[::len(sentences) // 600][:600]                    # 600 lines from all three texts
+        heldout_text = "\n".join(s for doc in heldout for s in doc)
+
+        stats = {}
+        for size in (300, 600, 1200):
+            vocab = bn.train_wordpiece("\n".join(lines), vocab_size=size, show_progress=False)
+            path = workdir / f"vocab{size}.txt"
+            path.write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+            tok = BertTokenizer(str(path))
+            stats[size] = tokenization_stats(tok, heldout_text)
+            print(f"vocab {size:>5}: {stats[size]['tokens_per_word']:.2f} tokens/word, "
+                  f"[UNK] {100 * stats[size]['unk_rate']:.2f}% of words;  "
+                  f"the last merges: {vocab[-6:]}")
+        stats[30522] = tokenization_stats(bert_tok, heldout_text)
+        print(f"BERT-base's 30,522: {stats[30522]['tokens_per_word']:.2f} tokens/word")
+        print("with the 1,200-token vocabulary:", tok.tokenize("The Jebusites dwelt in Jerusalem."))
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        sizes = sorted(stats)
+        ax.semilogx(sizes, [stats[s]["tokens_per_word"] for s in sizes], "o-")
+        ax.annotate("trained here on 600 lines", (1200, stats[1200]["tokens_per_word"]), xytext=(8, 8),
+                    textcoords="offset points")
+        ax.annotate("BERT-base", (30522, stats[30522]["tokens_per_word"]), xytext=(-60, 8), textcoords="offset points")
+        ax.set_xlabel("vocabulary size"); ax.set_ylabel("WordPiece tokens per word (held-out)")
+        ax.set_title("a bigger vocabulary: fewer, longer pieces"); ax.grid(alpha=0.3)
+        plt.show()
+
+        per_word = [stats[s]["tokens_per_word"] for s in sizes]
+        assert all(a > b for a, b in zip(per_word, per_word[1:]))          # strictly fewer tokens per word
+        assert stats[1200]["unk_rate"] < 0.01
+        assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] is id 0, as in every BERT vocab
+        """),
+        md(r"""
+        ## 4. One pretraining instance
+
+        `PretrainingDataset` follows Google's `create_pretraining_data.py` step by step. Per document it packs
+        whole sentences into a chunk of up to `max_seq_length - 3` tokens (room for `[CLS]` and two `[SEP]`),
+        splits the chunk at a random sentence boundary into `A` and `B`, and then, with probability ½,
+        replaces `B` by text from another random document (NSP label 1, *random next*); otherwise `B` is the
+        real continuation (label 0, *IsNext*). A pair that is too long loses tokens from the longer side, at the
+        front or the back at random. `segment_ids` (the model's `token_type_ids`) are 0 for `[CLS] A [SEP]` and
+        1 for `B [SEP]`.
+
+        Then masking. For a sequence of $n$ tokens, exactly $\min(\text{max\_predictions},\ \max(1, \operatorname{round}(0.15\,n)))$
+        positions are chosen uniformly among all tokens except `[CLS]` and `[SEP]`. The model must predict the
+        original token at each. Of the chosen positions
+
+        * 80% are replaced by `[MASK]`,
+        * 10% by a random token (so the model cannot assume that a visible token is always correct),
+        * 10% are left unchanged (so the representation of visible tokens also has to carry their identity).
+
+        `format_instance` shows one: the original token, what the model is given, and the label. (A segment
+        that starts or ends in the middle of a word was shortened by the truncation.)
+        """),
+        code(r"""
+        tokenizer = BertTokenizer(str(workdir / "vocab1200.txt"))
+        MAX_LEN, MAX_PRED = 48, 7
+        dataset = PretrainingDataset(documents[::4], tokenizer, max_seq_length=MAX_LEN,
+                                     max_predictions_per_seq=MAX_PRED, seed=1)
+        print(f"{len(dataset)} instances from {len(documents[::4])} documents\n")
+        instance = dataset[3]
+        print(format_instance(instance, tokenizer))
+        """),
+        code(r"""
+        fig = plot_instance(instance, tokenizer)
+        plt.show()
+        """),
+        md(r"""
+        Write the masking rule yourself. `vocab` is a `MaskingVocab`: it has `cls_id`, `sep_id`, `mask_id`, and
+        `random_ids`, the ids a random replacement may draw (every token except the special ones, so `[PAD]`
+        or `[CLS]` never appear in the middle of a text). Use only the `rng` you are given (a `random.Random`):
+        reproducible data comes from explicit seeds.
+        """),
+        exercise(r"""
+        # EXERCISE: BERT's masking of one sequence -- choose the positions, then 80% [MASK] / 10% random / 10% kept
+        def my_mask_tokens(tokens, vocab, rng, masked_lm_prob=0.15, max_predictions=MAX_PRED):
+            '''tokens: list of ids ([CLS] A [SEP] B [SEP]). Returns (input_ids, positions (ascending), labels).'''
+            ### BEGIN SOLUTION
+            candidates = [i for i, t in enumerate(tokens) if t not in (vocab.cls_id, vocab.sep_id)]
+            rng.shuffle(candidates)
+            n_predict = min(max_predictions, max(1, round(len(tokens) * masked_lm_prob)))
+            positions = sorted(candidates[:n_predict])
+            input_ids = list(tokens)
+            for p in positions:
+                if rng.random() < 0.8:
+                    input_ids[p] = vocab.mask_id                 # 80%: [MASK]
+                elif rng.random() < 0.5:
+                    pass                                         # 10%: keep the original token
+                else:
+                    input_ids[p] = rng.choice(vocab.random_ids)  # 10%: a random token
+            ### END SOLUTION
+            return input_ids, positions, [tokens[p] for p in positions]
+        """),
+        md(r"""
+        A masking rule cannot be checked on one example: check its **statistics** over many. The helper below
+        verifies the exact rules on every sequence (the number of predictions, never `[CLS]`/`[SEP]`, labels are
+        the original tokens, nothing else changed) and measures the 80/10/10 split. (A random replacement that
+        happens to draw the original token counts as "kept": with about 1,200 candidates that is rare.)
+        """),
+        code(r"""
+        def masking_statistics(examples, max_predictions=MAX_PRED):
+            '''examples: (tokens, input_ids, positions, labels) tuples. Asserts the rules; returns the fractions.'''
+            kinds = Counter()
+            for tokens, input_ids, positions, labels in examples:
+                assert len(positions) == num_to_predict(len(tokens), 0.15, max_predictions)
+                assert list(positions) == sorted(set(positions))
+                assert all(tokens[p] not in (tokenizer.cls_token_id, tokenizer.sep_token_id) for p in positions)
+                assert list(labels) == [tokens[p] for p in positions]
+                chosen = set(positions)
+                assert all(input_ids[i] == tokens[i] for i in range(len(tokens)) if i not in chosen)
+                for p in positions:
+                    kinds["mask" if input_ids[p] == tokenizer.mask_token_id else
+                          "kept" if input_ids[p] == tokens[p] else "random"] += 1
+            total = sum(kinds.values())
+            return {k: kinds[k] / total for k in ("mask", "random", "kept")}, total
+
+        def assert_80_10_10(fractions, total):
+            print(f"{total} predictions: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in fractions.items()))
+            assert total > 5000
+            assert abs(fractions["mask"] - 0.8) < 0.02
+            assert abs(fractions["random"] - 0.1) < 0.015 and abs(fractions["kept"] - 0.1) < 0.015
+        """),
+        check(r"""
+        vocab = MaskingVocab(tokenizer)
+        rng = random.Random(0)
+        mine = []
+        for i in range(len(dataset)):
+            tokens = dataset.instances[i].tokens                         # the unmasked pair
+            mine.append((tokens, *my_mask_tokens(tokens, vocab, rng)))
+        assert_80_10_10(*masking_statistics(mine))
+        allowed = set(vocab.random_ids)                                  # random replacements are never special
+        for tokens, input_ids, positions, _ in mine:
+            for p in positions:
+                if input_ids[p] not in (tokenizer.mask_token_id, tokens[p]):
+                    assert input_ids[p] in allowed
+        """),
+        md(r"""
+        ## 5. The library's instances, by the numbers
+
+        The same checks on the library's own instances, plus the pairs: every sequence is `[CLS] A [SEP] B [SEP]`
+        within `max_seq_length`; an IsNext pair takes `A` and `B` from the same document, a random-next pair
+        from two different ones. How many pairs are random? A chunk of two or more sentences flips a fair coin;
+        a chunk of a *single* sentence (one long sentence already fills the target length) has no boundary to
+        split at and always gets a random next. So the share of label 1 is a half *among multi-sentence chunks*,
+        and more than a half overall — the shorter `max_seq_length`, the more (about 56% at BERT's 128).
+
+        The masks are **dynamic** (as RoBERTa and Hugging Face do): instance $i$ in epoch $e$ is masked with a
+        generator seeded by $(\text{seed}, e, i)$, so every epoch sees different masks of the same pairs — and
+        nothing about masking has to be stored to resume training exactly. Google's original masks each copy once,
+        statically (`masking="static"`, with `dupe_factor` copies).
+        """),
+        check(r"""
+        epoch0 = [dataset.instance(i, epoch=0) for i in range(len(dataset))]
+        assert_80_10_10(*masking_statistics(
+            [(x.tokens, x.input_ids, x.masked_positions, x.masked_labels) for x in epoch0]))
+
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        for x in epoch0:
+            assert len(x.tokens) <= MAX_LEN and x.tokens[0] == cls and x.tokens[-1] == sep
+            first_sep = x.tokens.index(sep)
+            assert x.tokens.count(sep) == 2 and 1 < first_sep < len(x.tokens) - 2      # A and B are not empty
+            assert x.segment_ids == [0] * (first_sep + 1) + [1] * (len(x.tokens) - first_sep - 1)
+            assert (x.doc_a != x.doc_b) == x.is_random_next                           # NSP label 1 = other document
+        multi = [x.next_sentence_label for x in epoch0 if x.chunk_sentences >= 2]
+        single = [x.next_sentence_label for x in epoch0 if x.chunk_sentences == 1]
+        print(f"random next (label 1): {100 * np.mean(multi):.1f}% of {len(multi)} pairs cut from multi-sentence chunks, "
+              f"{100 * np.mean(single):.0f}% of {len(single)} single-sentence chunks; "
+              f"{100 * np.mean([x.next_sentence_label for x in epoch0]):.1f}% overall")
+        assert abs(np.mean(multi) - 0.5) < 0.03 and all(single)
+
+        # dynamic masking: the same pairs, other masks in the next epoch
+        epoch1 = [dataset.instance(i, epoch=1) for i in range(len(dataset))]
+        assert all(a.tokens == b.tokens for a, b in zip(epoch0, epoch1))
+        changed = np.mean([a.masked_positions != b.masked_positions for a, b in zip(epoch0, epoch1)])
+        print(f"masks that differ between epoch 0 and epoch 1: {100 * changed:.0f}%")
+        assert changed > 0.9
+
+        lengths = [len(x.tokens) for x in epoch0]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.hist(lengths, bins=range(5, MAX_LEN + 2), log=True)
+        ax.set_xlabel("tokens in the instance"); ax.set_ylabel("instances (log scale)")
+        ax.set_title("most pairs fill max_seq_length; short_seq_prob = 0.1 makes some short")
+        plt.show()
+        """),
+        md(r"""
+        ## 6. A batch
+
+        `collate` pads a list of instances to one array per model input. Padding is `[PAD]` (id 0) with
+        `attention_mask` 0 (lesson 2: padded keys get no attention), and `labels` is $-100$ wherever nothing is
+        predicted — PyTorch's *ignore index*: those positions do not count in the loss. This is the dictionary
+        `model(**batch)` takes in lesson 4.
+        """),
+        code(r"""
+        batch = collate(epoch0[:4], pad_id=tokenizer.pad_token_id, max_seq_length=MAX_LEN)
+        for key, value in batch.items():
+            print(f"{key:<20} {str(value.shape):<9} {value.dtype}")
+        print("labels of the first sequence:", batch["labels"][0])
+        assert batch["input_ids"].shape == (4, MAX_LEN) and batch["next_sentence_label"].shape == (4,)
+        assert np.all(batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id)
+        assert np.all(batch["labels"][batch["attention_mask"] == 0] == -100)
+        assert (batch["labels"] != -100).sum() == sum(len(x.masked_positions) for x in epoch0[:4])
+        """),
+        md(r"""
+        ## Summary
+
+        * BasicTokenizer: clean, split CJK, lower-case and strip accents, split punctuation.
+        * WordPiece: greedy longest match with `##` continuations; one unmatched part makes the whole word `[UNK]`.
+          A vocabulary is learned bottom-up by merges; a bigger one means fewer tokens per word.
+        * An instance: `[CLS] A [SEP] B [SEP]`, NSP label 0 = IsNext, 1 = random next (Google's and Hugging Face's
+          convention; some re-implementations flip it).
+        * Masking: $\max(1, \operatorname{round}(0.15\,n))$ positions (capped), never `[CLS]`/`[SEP]`; 80% `[MASK]`, 10% random,
+          10% unchanged. Check it by its statistics.
+        """),
+    ]
+
+
+# =====================================================================================
+# 04: pretrain a tiny BERT
+# =====================================================================================
+
+LESSON_04_VOCAB = r"""
+# a WordPiece vocabulary learned from every 6th sentence of the corpus (lesson 3 shows how), ~1 s
+sentences = [s for doc in documents for s in doc][::6]
+vocab_path = workdir / "vocab.txt"
+bn.train_wordpiece("\n".join(sentences), vocab_size=VOCAB_SIZE, vocab_file=vocab_path, show_progress=False)
+tokenizer = BertTokenizer(str(vocab_path), do_lower_case=True)
+V = tokenizer.vocab_size
+print(f"vocabulary: {V} tokens, e.g. {tokenizer.convert_ids_to_tokens(list(range(V - 8, V)))}")
+"""
+
+
+def lesson_04():
+    return [
+        md(r"""
+        # Lesson 4 — Pretrain a tiny BERT
+
+        Everything so far comes together: the operations of lessons 1–2, the data of lesson 3, and
+        `bn.AdamW`. BERT is trained on two tasks at once, and the loss is their sum:
+
+        $$L = \underbrace{-\frac{1}{N}\sum_{\text{masked } n} \log p_\theta(x_n \mid \tilde x)}_{\text{masked LM}} \;+\; \underbrace{-\frac{1}{B}\sum_{b} \log p_\theta(\text{IsNext}_b \mid \tilde x_b)}_{\text{next-sentence prediction}}$$
+
+        In this lesson you will
+
+        1. build a tiny `BertForPreTraining` and predict its loss *before* running it;
+        2. check the gradient of the whole model against finite differences;
+        3. write one training step, and make sure it can overfit a single batch;
+        4. train for about half a minute on the bundled corpus with the library's training loop and watch the loss fall.
+
+        First, one setting. The matrices of a tiny model are small, and for small matrices a single BLAS
+        thread is about as fast as several — while several threads slow down *many* times over when another
+        program (or the test suite's second worker) is busy on the other cores. So this notebook asks
+        OpenBLAS for one thread. It must happen before NumPy is imported: run the notebook from the top.
+        """),
+        code(r"""
+        import os
+        if "OPENBLAS_NUM_THREADS" not in os.environ:               # a setting of your own wins
+            os.environ["OPENBLAS_NUM_THREADS"] = "1"               # read once, when NumPy loads OpenBLAS
+        """),
+        setup(r"""
+        import math
+        import tempfile
+        import time
+        from pathlib import Path
+
+        from bertnp.corpus import bundled_corpus
+        from bertnp.data import PretrainingDataset, PretrainingLoader, read_corpus
+        from bertnp.gradcheck import check_model
+        from bertnp.optim import clip_grad_norm
+        from bertnp.tokenizer import BertTokenizer
+
+        workdir = Path(tempfile.mkdtemp(prefix="bertnp-lesson4-"))   # vocab, run folder, checkpoints
+        VOCAB_SIZE = 2000
+        """),
+        md(r"""
+        ## 1. Data and a tiny model
+
+        The bundled corpus is public-domain English (the World English Bible, The Devil's Dictionary and the
+        Jargon File) in BERT's format: one sentence a line, a blank line between documents. A vocabulary of
+        2,000 WordPiece tokens keeps the output layer small.
+        """),
+        code(r"""
+        documents = read_corpus(bundled_corpus("train"))
+        print(f"{len(documents)} documents, {sum(len(d) for d in documents)} sentences")
+        """, LESSON_04_VOCAB),
+        md(r"""
+        The model: `bn.BertConfig` takes Hugging Face's field names. BERT-base has 12 layers of width 768;
+        ours has 2 layers of width 64 with 2 heads — about 0.2 M parameters, most of them in the word
+        embeddings. Sequences are 64 tokens long.
+        """),
+        code(r"""
+        config = bn.BertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=256, max_position_embeddings=64,
+                               pad_token_id=tokenizer.pad_token_id)
+        model = bn.BertForPreTraining(config, seed=0, dtype="float32")
+        sizes = {}
+        for name, p in model.parameters().items():
+            part = ("word embeddings (tied to the MLM decoder)" if "word_embeddings" in name else
+                    "encoder layers" if ".encoder." in name else "other embeddings, pooler, heads")
+            sizes[part] = sizes.get(part, 0) + p.size
+        for part, n in sizes.items():
+            print(f"{part:<44} {n:>8,}")
+        print(f"{'total':<44} {model.num_parameters():>8,}")
+
+        # a first batch: 16 pairs, each [CLS] A [SEP] B [SEP], 15% of the tokens masked (lesson 3)
+        small = PretrainingDataset(documents[:40], tokenizer, max_seq_length=64, max_predictions_per_seq=10, seed=0)
+        batch = PretrainingLoader(small, batch_size=16, seed=0).next_batch()
+        for key, value in batch.items():
+            print(f"{key:<20} {str(value.shape):<10} {value.dtype}")
+        """),
+        md(r"""
+        ## 2. The loss before training
+
+        Predict it before you compute it. At initialisation every weight is drawn from $\mathcal N(0, 0.02^2)$,
+        so the logits are all close to 0 and the softmax is nearly uniform over the $V$ tokens. The cross-entropy
+        of a uniform guess is $-\log \frac1V = \ln V$. The NSP head chooses between 2 classes: $\ln 2 \approx 0.693$.
+        For BERT-base's vocabulary of 30,522 that is 10.33 + 0.69. A starting loss far from these numbers means a
+        bug (an init scale, a mask, labels shifted by one) before a single step is taken.
+        """),
+        code(r"""
+        model.eval()                                 # dropout off for a clean measurement
+        out = model(**batch)
+        mlm0, nsp0 = float(out.mlm_loss), float(out.nsp_loss)
+        print(f"MLM loss {mlm0:.4f}   ln V = ln {V} = {math.log(V):.4f}")
+        print(f"NSP loss {nsp0:.4f}   ln 2 = {math.log(2):.4f}")
+        print("MLM logits are computed only at the", out.prediction_logits.shape[0], "masked positions:",
+              out.prediction_logits.shape)
+        assert abs(mlm0 - math.log(V)) < 0.1
+        assert abs(nsp0 - math.log(2)) < 0.05
+        """),
+        md(r"""
+        ## 3. Checking the gradient of the whole model
+
+        `model.backward()` returns the gradient of `out.loss` for every tensor of `model.state_dict()`. Check
+        it like one layer in lesson 1, but on a model small enough to perturb entry by entry: float64, dropout
+        off (`eval()`), tiny distinct sizes, a padded sequence. Two adjustments:
+
+        * the weights are redrawn at scale 0.3 (not 0.02) so that every GELU, tanh and softmax actually bends —
+          with tiny weights the model is almost linear and the check would be too easy;
+        * `check_model` uses a 4th-order stencil, $\frac{-f(x+2h) + 8f(x+h) - 8f(x-h) + f(x-2h)}{12h}$ with
+          $h = 10^{-3}$: a model has many gradient entries of $\sim 10^{-5}$, which the usual stencil's
+          noise would blur; this one cancels the $h^2$ error term and allows a larger, less noisy step.
+          Entries below $10^{-8}$ on both sides are at its noise floor (lesson 1) and count as matching.
+
+        The word-embedding matrix is used twice — as the input lookup and, transposed, as the MLM decoder — so
+        its gradient is the *sum* of both uses; the check covers that too. To keep this quick we check 6
+        random entries of every tensor (the test suite checks every entry).
+        """),
+        code(r"""
+        tiny_cfg = bn.BertConfig(vocab_size=23, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
+                                 intermediate_size=20, max_position_embeddings=9)
+        tiny = bn.BertForPreTraining(tiny_cfg, seed=3, dtype="float64").eval()
+        r = np.random.default_rng(3)
+        for name, p in tiny.parameters().items():
+            p[...] = r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0)
+
+        ids = r.integers(5, 23, (2, 7))
+        attention = np.ones((2, 7), dtype=np.int64)
+        attention[1, 5:] = 0                                  # the second sequence ends in two [PAD]s
+        ids[1, 5:] = 0
+        types = np.zeros((2, 7), dtype=np.int64)
+        types[:, 4:] = 1                                      # segment B starts at position 4
+        labels = np.full((2, 7), -100)                        # -100: not predicted
+        labels[0, [1, 3]] = [5, 6]
+        labels[1, 2] = 7
+        tiny_batch = dict(input_ids=ids, attention_mask=attention, token_type_ids=types, labels=labels,
+                          next_sentence_label=np.array([0, 1]))
+
+        t0 = time.perf_counter()
+        errors = check_model(tiny, tiny_batch, max_entries=6, floor=1e-8)
+        print(f"{len(errors)} tensors checked in {time.perf_counter() - t0:.1f} s; the five worst:")
+        for name, err in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:
+            print(f"  {err:.1e}  {name}")
+        assert len(errors) == len(tiny.state_dict())
+        assert max(errors.values()) <= 1e-6
+        """),
+        md(r"""
+        ## 4. One training step
+
+        A step of BERT pretraining, as in PyTorch:
+
+        1. `model.zero_grad()` — gradients *accumulate* across `backward()` calls until zeroed;
+        2. `out = model(**batch)` — the forward pass with `labels` and `next_sentence_label`;
+        3. `model.backward()` — the gradient of `out.loss` into `model.grads`;
+        4. `clip_grad_norm(model.grads, 1.0)` — if the global norm $\sqrt{\sum \lVert g\rVert^2}$ of all gradients exceeds 1,
+           scale them all down to norm 1 (one bad batch cannot throw the weights far);
+        5. `optimizer.step()` — AdamW: an Adam update plus decoupled weight decay (none on biases and LayerNorm).
+        """),
+        exercise(r"""
+        # EXERCISE: one training step -- zero the gradients, forward, backward, clip to norm 1.0, AdamW step
+        def train_step(model, optimizer, batch, max_grad_norm=1.0):
+            '''Returns (MLM loss, NSP loss) of this step's forward pass as floats.'''
+            ### BEGIN SOLUTION
+            model.zero_grad()
+            out = model(**batch)
+            model.backward()
+            clip_grad_norm(model.grads, max_grad_norm)
+            optimizer.step()
+            ### END SOLUTION
+            return float(out.mlm_loss), float(out.nsp_loss)
+        """),
+        md(r"""
+        The first test of any training loop: **can it overfit one batch?** A model that cannot drive the loss on
+        8 fixed sequences towards zero has a bug in the loop, the gradients or the optimizer — and no amount of
+        data will fix it. (Dropout is switched off here so that the same batch gives the same loss.)
+        """),
+        check(r"""
+        no_dropout = bn.BertConfig.from_dict({**config.to_dict(), "hidden_dropout_prob": 0.0,
+                                              "attention_probs_dropout_prob": 0.0})
+        overfit = bn.BertForPreTraining(no_dropout, seed=0)
+        optimizer = bn.AdamW(overfit, lr=3e-3, weight_decay=0.0)
+        one_batch = {k: v[:8] for k, v in batch.items()}
+        history = [train_step(overfit, optimizer, one_batch) for _ in range(40)]
+        mlm_curve, nsp_curve = np.array(history).T
+        print(f"MLM loss {mlm_curve[0]:.2f} -> {mlm_curve[-1]:.3f}   NSP loss {nsp_curve[0]:.2f} -> {nsp_curve[-1]:.4f}")
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(mlm_curve, label="MLM loss"); ax.plot(nsp_curve, label="NSP loss")
+        ax.set_xlabel("step"); ax.set_ylabel("loss (nats)"); ax.set_title("overfitting one batch of 8")
+        ax.legend(); ax.grid(alpha=0.3)
+        plt.show()
+        assert abs(mlm_curve[0] - math.log(V)) < 0.1
+        assert mlm_curve[-1] < 1.0 and nsp_curve[-1] < 0.1
+        """),
+        md(r"""
+        ## 5. Pretraining on the corpus
+
+        The library's loop, `bertnp.train.Trainer`, does exactly your `train_step` for every batch, plus what a
+        real run needs: a learning-rate schedule (linear warm-up from 0, then linear decay to 0), a held-out
+        evaluation, `metrics.jsonl`, checkpoints it can resume from exactly, and the final model in Hugging Face's
+        layout. `bertnp pretrain` on the command line runs the same thing.
+
+        Here: the whole training split (about 26,000 pairs of up to 64 tokens) and 400 steps of 32 pairs — half
+        a pass over the data, 20–30 seconds on one laptop core — with a peak learning rate of $4\times 10^{-3}$
+        (tiny models tolerate far more than BERT-base's $10^{-4}$) and no dropout: in a run this short it would
+        only slow learning down.
+        """),
+        code(r"""
+        from bertnp.train import TrainConfig, Trainer
+        config.to_json_file(workdir / "config.json")
+        run = TrainConfig(vocab=str(vocab_path), model_config=str(workdir / "config.json"),
+                          max_seq_length=64, batch_size=32, steps=400, lr=4e-3, warmup=0.05, dropout=0.0,
+                          seed=0, out_dir=str(workdir / "run"), eval_every=100, eval_batches=4,
+                          checkpoint_every=1000, log_every=10, progress=False)
+        trainer = Trainer(run)
+        t0 = time.perf_counter()
+        summary = trainer.train()
+        print(f"{summary['step']} steps in {time.perf_counter() - t0:.1f} s "
+              f"({summary['tokens_seen'] / summary['train_time']:.0f} tokens/s)")
+        """),
+        md(r"""
+        The run left `metrics.jsonl` (one record per 10 training steps, averaged, and one per evaluation on
+        held-out documents the model never trains on) and drew it as `training.png`:
+        """),
+        code(r"""
+        from IPython.display import Image, display
+        from bertnp.viz import read_metrics
+        display(Image(filename=str(trainer.out / "training.png")))
+        records = read_metrics(trainer.metrics_path)
+        train_records = [r for r in records if r["split"] == "train"]
+        eval_records = [r for r in records if r["split"] == "eval"]
+        first, last = train_records[0], eval_records[-1]
+        print(f"loss (MLM + NSP): first 10 steps {first['loss']:.2f}  ->  held-out after {last['step']} steps {last['loss']:.2f}")
+        assert first["loss"] > math.log(V) + math.log(2) - 1.0      # it started near ln V + ln 2 ...
+        assert last["loss"] < first["loss"] - 1.5                    # ... and fell substantially
+        """),
+        md(r"""
+        Within a few dozen steps the loss drops to a **plateau**: the model has learned how frequent each token
+        is, and predicts that at every `[MASK]` whatever the context. The loss of that guess is the *unigram
+        cross-entropy* $-\frac1N \sum_n \log \hat p(x_n)$ with $\hat p$ the token frequencies of the training data —
+        about 6 nats here (on English with a 30k vocabulary, about 7). Only a loss *below* it shows that the model
+        uses the context. The same goes for the accuracies: the dotted line in the figure is the accuracy of always
+        predicting the most frequent token, and for NSP the bar is the share of the majority label — at 64 tokens
+        about 60% of the pairs are random-next (lesson 3 explains why), so 60% NSP accuracy means nothing learned.
+        """),
+        code(r"""
+        import itertools
+        train_ids = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(trainer.dataset.documents)),
+                                dtype=np.int64)                        # every token of the tokenized training split
+        frequency = (np.bincount(train_ids, minlength=V) + 1.0) / (train_ids.size + V)   # add-one smoothing
+        eval_labels = np.concatenate([b["labels"][b["labels"] != -100] for b in trainer.eval_batches])
+        unigram_ce = float(-np.log(frequency[eval_labels]).mean())
+        nsp_labels = np.concatenate([b["next_sentence_label"] for b in trainer.eval_batches])
+        majority = max(nsp_labels.mean(), 1 - nsp_labels.mean())
+
+        print(f"held-out MLM loss {last['mlm_loss']:.3f}   unigram cross-entropy {unigram_ce:.3f}")
+        print(f"held-out MLM accuracy {last['mlm_acc']:.3f}   most-frequent-token baseline {last['baseline_mlm_acc']:.3f}")
+        print(f"held-out NSP accuracy {last['nsp_acc']:.3f}   always guessing the majority label {majority:.3f}")
+        assert last["mlm_loss"] < unigram_ce - 0.1                   # below the plateau: it uses the context
+        assert last["mlm_acc"] > 1.5 * last["baseline_mlm_acc"]
+        """),
+        md(r"""
+        ## 6. What did it learn?
+
+        Where does the model beat the frequency guess? Here are held-out positions where the input was `[MASK]`,
+        the model's top prediction was right, and the answer was *not* the most frequent token. After half a
+        minute there are only a few, and they are local patterns — a full stop before `[SEP]`, the end of a word
+        whose start is visible — but they are what pulls the loss below the plateau.
+        """),
+        code(r"""
+        model, tok = trainer.model.eval(), trainer.tokenizer
+        most_frequent = int(np.argmax(frequency))
+        found = []
+        for b in trainer.eval_batches:
+            predicted = np.asarray(model(**b).prediction_logits).argmax(axis=-1)   # (N,): the labelled positions, row-major
+            rows, cols = np.nonzero(b["labels"] != -100)                            # the same row-major order
+            for r, c, guess in zip(rows, cols, predicted):
+                answer = b["labels"][r, c]
+                if b["input_ids"][r, c] == tok.mask_token_id and guess == answer != most_frequent:
+                    context = tok.convert_ids_to_tokens(b["input_ids"][r, max(1, c - 6):c + 4])
+                    found.append(f"{' '.join(context):<60} [MASK] = {tok.convert_ids_to_tokens(int(answer))}")
+        print(f"{len(found)} such predictions, for example:")
+        print("\n".join(found[:8]))
+        """),
+        md(r"""
+        `bertnp.inference.fill_mask` asks the same question of your own sentences. At this stage the answer
+        barely depends on the sentence — the top guesses are still the most frequent tokens. A few minutes of
+        training (`make demo`, or `bertnp pretrain`) gives a model whose guesses start to fit the context.
+        """),
+        code(r"""
+        from bertnp.inference import fill_mask
+        for text in ["in the beginning god created the heavens and the [MASK].",
+                     "and he said to them, [MASK] not afraid."]:
+            top = fill_mask(model, tok, text, top_k=5)[0]
+            print(f"{text:<58} -> " + ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in top))
+            assert len(top) == 5 and sum(p["score"] for p in top) <= 1.0 + 1e-6
+        """),
+        md(r"""
+        ## Summary
+
+        * Starting losses: MLM $\approx \ln V$, NSP $\approx \ln 2$ — check them before training.
+        * Whole-model gradient check: float64, `eval()`, tiny distinct sizes, weights large enough to bend every
+          nonlinearity, 4th-order stencil; relative error $\le 10^{-6}$.
+        * A step is zero-grad, forward, backward, clip, AdamW. First make sure it overfits one batch.
+        * Then train: the loss drops quickly to the unigram plateau (word frequencies), then below it as the
+          model starts to use the context. Compare every metric with its trivial baseline.
+        """),
+    ]
+
+
 LESSONS = {
     "01_backprop_by_hand.ipynb": lesson_01,
     "02_attention.ipynb": lesson_02,
+    "03_bert_data.ipynb": lesson_03,
+    "04_pretrain_tiny_bert.ipynb": lesson_04,
 }
 
 
