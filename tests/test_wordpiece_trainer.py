@@ -118,8 +118,9 @@ def test_inputs_files_gzip_and_texts(tmp_path):
     packed = tmp_path / "b.txt.gz"
     with gzip.open(packed, "wt", encoding="utf-8") as f:
         f.write("Héllo World\n")
-    counts = count_words([plain, str(packed), "hello  text"], show_progress=False)
-    assert counts == Counter({"hello": 4, "world": 2, ".": 1, "again": 1, "!": 1, "text": 1})
+    counts = count_words([plain, str(packed), "hello  text", "and/or"], show_progress=False)
+    assert counts == Counter({"hello": 4, "world": 2, ".": 1, "again": 1, "!": 1, "text": 1,
+                              "and": 1, "/": 1, "or": 1})  # "and/or": a one-word sentence, not a path
     cased = train_wordpiece([str(plain)], 163, do_lower_case=False, show_progress=False)
     assert "H" in cased and "h" in cased
 
@@ -173,7 +174,7 @@ def test_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         train_wordpiece([tmp_path / "missing.txt"], 300)
     with pytest.raises(FileNotFoundError, match="missing.txt"):
-        train_wordpiece(["data/missing.txt"], 300)  # a str that looks like a path is a path
+        train_wordpiece(["data/missing.txt"], 300)  # a str that looks like a file name is a file name
     with pytest.raises(TypeError, match="files_or_texts"):
         train_wordpiece(b"bytes", 300)
     with pytest.raises(TypeError, match=r"files_or_texts\[1\]"):
