@@ -677,8 +677,8 @@ def lesson_02():
         assert max(errors.values()) < 1e-7, errors
         """),
         md(r"""
-        (BERT keeps the key bias anyway — Hugging Face checkpoints have it — and it simply never learns:
-        AdamW's weight decay is the only thing that moves it.)
+        (BERT keeps the key bias anyway — Hugging Face checkpoints have it — and it stays where it started:
+        in training its gradient is rounding noise, far below AdamW's $\epsilon$, and it gets no weight decay.)
 
         ## 5. Attention maps
 
@@ -833,7 +833,7 @@ def lesson_03():
         Frequent words are single tokens; rare ones split into meaningful-ish pieces. Your function must agree
         with the library's `WordpieceTokenizer` on every word of a slice of the corpus:
         """),
-        check(r"""
+        code(r"""
         bert_vocab_file = Path("../tests/fixtures/tokenizer/vocab.txt")      # relative to lessons/
         bert_tok = BertTokenizer(str(bert_vocab_file), do_lower_case=True)
         for text in ["unaffable", "tokenization", "hackishness", "The Jebusites dwelt in Jerusalem."]:
@@ -841,6 +841,8 @@ def lesson_03():
 
         documents = read_corpus(bundled_corpus("train"))                     # 1,180 documents, lists of sentences
         heldout = read_corpus(bundled_corpus("heldout"))
+        """),
+        check(r"""
         words = sorted({w for doc in documents[::20] for s in doc for w in basic.tokenize(s)})
         library = WordpieceTokenizer(bert_tok.vocab)
         mismatches = [w for w in words if my_wordpiece(w, bert_tok.vocab) != library.tokenize_word(w)]
