@@ -217,21 +217,18 @@ def read_documents(config: TrainConfig, log: Callable = print) -> tuple[list, li
     return train, heldout
 
 
-def train_vocab(documents, vocab_size: int, path, do_lower_case: bool = True, log: Callable = print) -> Path:
-    """Train a WordPiece vocabulary on the documents' sentences and write it to ``path``."""
+def train_vocab(documents, vocab_size: int, path, do_lower_case: bool = True, log: Callable = print,
+                show_progress: bool = True) -> Path:
+    """Train a WordPiece vocabulary (:func:`bertnp.wordpiece_trainer.train_wordpiece`) on the
+    documents' sentences and write it to ``path`` atomically."""
     from bertnp.wordpiece_trainer import train_wordpiece
-    sentences = [s for doc in documents for s in doc]
+    text = "\n".join(s for doc in documents for s in doc)    # one text: no sentence is taken for a file name
     t0 = time.perf_counter()
-    result = train_wordpiece(sentences, vocab_size=vocab_size, do_lower_case=do_lower_case)
-    tokens = list(getattr(result, "tokens", None) or getattr(result, "vocab", None) or result)
-    if isinstance(tokens[0], tuple):
-        tokens = [t for t, _ in tokens]
+    tokens = train_wordpiece(text, vocab_size=vocab_size, do_lower_case=do_lower_case,
+                             show_progress=show_progress)
     path = Path(path)
-    text = "".join(t + "\n" for t in tokens)
-
-    def write(tmp):
-        Path(tmp).write_text(text, encoding="utf-8")
-    checkpoint.atomic_write(path, write)
+    body = "".join(t + "\n" for t in tokens)
+    checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text(body, encoding="utf-8"))
     log(f"trained a WordPiece vocabulary of {len(tokens)} tokens in {time.perf_counter() - t0:.1f} s -> {path}")
     return path
 
@@ -373,7 +370,7 @@ class Trainer:
             self.tokenizer = load_tokenizer(c.vocab, c.do_lower_case)
             self.tokenizer.save_vocabulary(self.out)
         else:
-            train_vocab(train_docs, c.vocab_size, vocab_path, c.do_lower_case, log)
+            train_vocab(train_docs, c.vocab_size, vocab_path, c.do_lower_case, log, show_progress=c.progress)
             self.tokenizer = load_tokenizer(vocab_path, c.do_lower_case)
         tok = self.tokenizer
 

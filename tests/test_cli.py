@@ -184,3 +184,23 @@ def test_pretrain_resume_and_use_the_model(capsys, world, tmp_path):
     assert "MLM accuracy" in stdout and "unigram baseline" in stdout and "NSP accuracy" in stdout
     code, _, err = run_cli(capsys, ["eval", "--model", str(model_dir), "--seq-length", "64"])
     assert_one_line_error(code, err, "max_position_embeddings")
+
+
+@pytest.mark.filterwarnings("ignore:train_wordpiece")        # the tiny corpus runs out of pairs to merge
+def test_tokenizer_train_and_pretrain_with_a_trained_vocab(capsys, world, tmp_path):
+    code, out, err = run_cli(capsys, ["tokenizer", "train", "--corpus", str(world / "corpus.txt"),
+                                      "--vocab-size", "400", "--out", str(tmp_path / "tok")])
+    assert code == 0, err
+    tokens = (tmp_path / "tok" / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "king" in tokens, tokens[:20]
+    code, _, err = run_cli(capsys, ["tokenizer", "train", "--corpus", str(tmp_path / "none.txt"),
+                                    "--out", str(tmp_path / "tok2")])
+    assert_one_line_error(code, err, "none.txt")
+
+    args = [a for a in tiny_args(world, tmp_path / "run", "--steps", "2", "--vocab-size", "400")]
+    i = args.index("--vocab")
+    del args[i:i + 2]                                       # no --vocab: one is trained on the corpus
+    code, out, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert (tmp_path / "run" / "vocab.txt").read_text(encoding="utf-8") == \
+        (tmp_path / "run" / "model" / "vocab.txt").read_text(encoding="utf-8")
