@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -105,15 +106,14 @@ class OpTimer:
 
 
 def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
-    """Profile ``steps`` training steps (after ``warmup``): per-op forward/backward seconds per step."""
+    """Profile ``steps`` training steps (after ``warmup``). Every number is the median over the steps
+    of that op's time in one step (a busy neighbour spoils a step, not the table)."""
     model = bn.BertForPreTraining(config, seed=seed, dtype="float32").train()
     opt = bn.AdamW(model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
-    phases = collections.defaultdict(float)
+    per_step = []                                    # one {row: {column: seconds}} per timed step
     with OpTimer() as timer:
         for i in range(warmup + steps):
-            if i == warmup:
-                timer.reset()
-                phases.clear()
+            timer.reset()
             t0 = time.perf_counter()
             model.zero_grad()
             t1 = time.perf_counter()
@@ -123,23 +123,26 @@ def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0)
             t3 = time.perf_counter()
             opt.step()
             t4 = time.perf_counter()
-            phases["zero_grad"] += t1 - t0
-            phases["forward"] += t2 - t1
-            phases["backward"] += t3 - t2
-            phases["AdamW"] += t4 - t3
-    ops = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0, "calls": 0})
-    for (op, direction), seconds in timer.totals.items():
-        ops[op][direction] += seconds / steps
-        ops[op]["calls"] = max(ops[op]["calls"], timer.calls[(op, direction)] // steps)   # forward calls
-    for direction in ("forward", "backward"):       # what no op covers: the model's own code
-        covered = sum(v[direction] for v in ops.values())
-        ops["model code (residuals, masks, gathers)"][direction] += max(0.0, phases[direction] / steps - covered)
-    ops["AdamW step"]["backward"] = 0.0
-    ops["AdamW step"]["other"] = phases["AdamW"] / steps
-    ops["zero_grad"]["other"] = phases["zero_grad"] / steps
-    step = sum(phases.values()) / steps
-    return {"step": step, "phases": {k: v / steps for k, v in phases.items()},
-            "ops": {k: dict(v) for k, v in ops.items()}, "steps": steps}
+            if i < warmup:
+                continue
+            rows = collections.defaultdict(dict)
+            for (op, direction), seconds in timer.totals.items():
+                rows[op][direction] = seconds
+                rows[op]["calls"] = max(rows[op].get("calls", 0), timer.calls[(op, direction)])
+            for direction, elapsed in (("forward", t2 - t1), ("backward", t3 - t2)):
+                covered = sum(v.get(direction, 0.0) for v in rows.values())   # what no op covers
+                rows["model code (residuals, masks, gathers)"][direction] = max(0.0, elapsed - covered)
+            rows["AdamW step"]["other"] = t4 - t3
+            rows["zero_grad"]["other"] = t1 - t0
+            rows["(phases)"] = {"zero_grad": t1 - t0, "forward": t2 - t1, "backward": t3 - t2,
+                                "AdamW": t4 - t3, "step": t4 - t0}
+            per_step.append(rows)
+    median = {}
+    for row in {r for step in per_step for r in step}:
+        columns = {c for step in per_step for c in step.get(row, {})}
+        median[row] = {c: statistics.median(step.get(row, {}).get(c, 0.0) for step in per_step) for c in columns}
+    phases = median.pop("(phases)")
+    return {"step": phases.pop("step"), "phases": phases, "ops": median, "steps": steps}
 
 
 def render(result: dict, top: int | None = None) -> list:
@@ -150,7 +153,7 @@ def render(result: dict, top: int | None = None) -> list:
     if top:
         rows = rows[:top]
     lines = ["### Per-operation profile of the bertnp step", "",
-             f"`python benchmarks/profile_step.py`: {result['steps']} steps, exclusive time per step "
+             f"`python benchmarks/profile_step.py`: median over {result['steps']} steps of the exclusive time per step "
              f"(step {step * 1e3:.0f} ms = forward {phases['forward'] * 1e3:.0f} + backward "
              f"{phases['backward'] * 1e3:.0f} + AdamW {phases['AdamW'] * 1e3:.0f} + zero_grad "
              f"{phases['zero_grad'] * 1e3:.1f}; timers on, so a little slower than the table above).", "",
