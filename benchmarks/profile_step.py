@@ -47,17 +47,27 @@ class OpTimer:
     def __init__(self):
         self.totals = collections.defaultdict(float)     # (op, "forward" | "backward") -> seconds
         self.calls = collections.defaultdict(int)
+        self.flops = collections.defaultdict(float)      # matmul FLOPs of the op's own (exclusive) work
         self._stack = []                                 # time spent in children of each open call
         self._saved = []
 
-    def _label(self, name: str, args) -> tuple:
+    @staticmethod
+    def _label(name: str, args) -> tuple:
+        """(row, direction, FLOPs of the op's own matmuls) for a call of op function ``name``."""
         op, _, direction = name.rpartition("_")
+        flops = 0.0
         if op == "linear":
             # the weight (out, in) names the layer's shape: forward gets it as an argument, backward in its cache
             weight = args[1] if direction == "forward" else args[1].weight
             out_features, in_features = weight.shape
+            rows = (args[0].size if direction == "forward" else args[0].size // out_features * in_features) // in_features
+            flops = 2.0 * rows * in_features * out_features * (1 if direction == "forward" else 2)
             op = f"linear {in_features}->{out_features}"
-        return op, direction
+        elif op == "attention":
+            # its own matmuls: Q K^T and P V (forward); two products for each (backward)
+            batch, seq_len, channels = (args[0] if direction == "forward" else args[0]).shape
+            flops = 4.0 * batch * seq_len * seq_len * channels * (1 if direction == "forward" else 2)
+        return op, direction, flops
 
     def _wrap(self, name: str, fn):
         def timed(*args, **kwargs):
@@ -68,9 +78,10 @@ class OpTimer:
             finally:
                 elapsed = time.perf_counter() - start
                 children = self._stack.pop()
-                key = self._label(name, args)
-                self.totals[key] += elapsed - children
-                self.calls[key] += 1
+                op, direction, flops = self._label(name, args)
+                self.totals[(op, direction)] += elapsed - children
+                self.calls[(op, direction)] += 1
+                self.flops[(op, direction)] += flops
                 if self._stack:
                     self._stack[-1] += elapsed
         timed.__wrapped__ = fn
@@ -103,6 +114,7 @@ class OpTimer:
     def reset(self):
         self.totals.clear()
         self.calls.clear()
+        self.flops.clear()
 
 
 def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
@@ -129,6 +141,8 @@ def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0)
             for (op, direction), seconds in timer.totals.items():
                 rows[op][direction] = seconds
                 rows[op]["calls"] = max(rows[op].get("calls", 0), timer.calls[(op, direction)])
+                if timer.flops[(op, direction)]:
+                    rows[op]["flops"] = rows[op].get("flops", 0.0) + timer.flops[(op, direction)]
             for direction, elapsed in (("forward", t2 - t1), ("backward", t3 - t2)):
                 covered = sum(v.get(direction, 0.0) for v in rows.values())   # what no op covers
                 rows["model code (residuals, masks, gathers)"][direction] = max(0.0, elapsed - covered)
@@ -157,8 +171,8 @@ def render(result: dict, top: int | None = None) -> list:
              f"(step {step * 1e3:.0f} ms = forward {phases['forward'] * 1e3:.0f} + backward "
              f"{phases['backward'] * 1e3:.0f} + AdamW {phases['AdamW'] * 1e3:.0f} + zero_grad "
              f"{phases['zero_grad'] * 1e3:.1f}; timers on, so a little slower than the table above).", "",
-             "| operation | forward ms | backward ms | total ms | share of step | calls / step |",
-             "|---|---|---|---|---|---|"]
+             "| operation | forward ms | backward ms | total ms | share of step | calls / step | matmul GFLOP/s |",
+             "|---|---|---|---|---|---|---|"]
     for op, v in rows:
         total = v.get("forward", 0) + v.get("backward", 0) + v.get("other", 0)
         fwd = v.get("forward", 0) * 1e3
@@ -168,7 +182,8 @@ def render(result: dict, top: int | None = None) -> list:
         else:
             fwd_s, bwd_s = f"{fwd:.1f}", f"{bwd:.1f}"
         calls = v.get("calls") or ""
-        lines.append(f"| {op} | {fwd_s} | {bwd_s} | {total * 1e3:.1f} | {100 * total / step:.1f}% | {calls} |")
+        rate = f"{v['flops'] / total / 1e9:.0f}" if v.get("flops") and total > 0 else ""
+        lines.append(f"| {op} | {fwd_s} | {bwd_s} | {total * 1e3:.1f} | {100 * total / step:.1f}% | {calls} | {rate} |")
     lines.append("")
     return lines
 
