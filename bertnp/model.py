@@ -435,7 +435,8 @@ class _BertBase:
             dh_ffn, dW, db = linear_backward(df, lc["ffn1"])
             acc(L + "intermediate.dense.weight", dW)
             acc(L + "intermediate.dense.bias", db)
-            dh = dsum + dh_ffn                             # h fed both the residual and the FFN
+            dh_ffn += dsum                                 # h fed both the residual and the FFN: sum, in place
+            dh = dh_ffn
             # h = LN1(x + a): again the residual splits the gradient between x and the attention branch
             dsum, dg, db = layernorm_backward(dh, lc["ln1"])
             acc(L + "attention.output.LayerNorm.weight", dg)
@@ -448,7 +449,8 @@ class _BertBase:
             for proj in ("query", "key", "value"):
                 acc(L + f"attention.self.{proj}.weight", getattr(g, proj + "_weight"))
                 acc(L + f"attention.self.{proj}.bias", getattr(g, proj + "_bias"))
-            dx = dsum + g.x                                # x fed both the residual and the attention
+            dx = g.x                                       # x fed both the residual and the attention:
+            dx += dsum                                     # sum the two, in place (g.x is a fresh array)
         # embeddings: back through dropout and LayerNorm, then to the three tables (x was their sum)
         dx = dropout_backward(dx, cache["emb_drop"])
         dx, dg, db = layernorm_backward(dx, cache["emb_ln"])
