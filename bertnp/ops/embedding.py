@@ -58,7 +58,13 @@ def embedding_backward(dout, cache: EmbeddingCache, out=None):
     if padding_idx is not None:
         frozen = dtable[padding_idx].copy()    # (C,) what the padding row holds before this lookup's share
     # out[n] = table[ids[n]], so each row n sends dout[n] back to row ids[n]; repeats accumulate.
-    backend.scatter_add(dtable, ids.reshape(-1), dout.reshape(-1, dim))   # (..., C) -> (N, C)
+    if dtable.flags.c_contiguous:
+        # the same scatter on the flattened table, one element at a time: NumPy's add.at is ~5x
+        # faster on 1-D targets than row by row. Element (n, c) goes to ids[n] * C + c.
+        flat_index = (ids.reshape(-1, 1) * dim + xp.arange(dim)).reshape(-1)   # (N, 1) + (C,) -> (N*C,)
+        backend.scatter_add(dtable.reshape(-1), flat_index, dout.reshape(-1))  # (V*C,) <- (N*C,)
+    else:
+        backend.scatter_add(dtable, ids.reshape(-1), dout.reshape(-1, dim))   # (..., C) -> (N, C) rows
     if padding_idx is not None:
         dtable[padding_idx] = frozen   # the padding row gets nothing from the lookup (torch.nn.Embedding)
     return dtable
