@@ -423,8 +423,10 @@ class Trainer:
         self.last_eval: dict | None = None
         self.last_checkpoint: Path | None = None
         self.truncated = False                    # stopped by the time budget's hard limit
+        self.adaptive_steps = False               # steps estimated from a time budget: re-checked while training
         if c.steps is None:
             self._estimate_steps()
+            self.adaptive_steps = True
         self.schedule = LinearWarmupDecay(self.optimizer, c.warmup_steps(c.steps), c.steps)
         if self.resumed_from is None:
             checkpoint.write_json(self.out / "run.json", c.to_dict())
@@ -460,6 +462,31 @@ class Trainer:
         per_step_all = per_step + per_eval / c.eval_every
         c.steps = max(1, int(c.time_budget / per_step_all))
         self.log(f"time budget {c.time_budget:.0f} s at ~{per_step:.3f} s/step -> {c.steps} steps")
+
+    def _retune_steps(self) -> bool:
+        """A time-budget run re-estimates its length at 10%, 25% and 50% of the planned steps from
+        the measured speed (the first estimate is only a few steps long, and a shared machine's speed
+        changes): if the steps that fit the rest of the budget differ by more than 10%, the
+        schedule's end moves there (run.json is rewritten, so a resume follows the new plan)."""
+        c = self.config
+        if self.step not in {max(1, int(f * c.steps)) for f in (0.1, 0.25, 0.5)} or self.step >= c.steps:
+            return False
+        per_step = self.train_time / self.step * 1.02
+        total = self.step + max(1, int((c.time_budget - self.train_time) / per_step))
+        total = max(total, self.step + 1)
+        if abs(total - c.steps) <= 0.1 * c.steps:
+            return False
+        warmup = self.schedule.warmup_steps
+        if self.step < warmup and c.warmup < 1:         # still warming up: keep the warmup fraction
+            warmup = max(self.step, c.warmup_steps(total))
+        self.schedule.warmup_steps = min(warmup, total)
+        self.log(f"note: {per_step:.3f} s/step so far: the time budget fits {total} steps, not {c.steps}; "
+                 "the learning-rate decay now ends there")
+        c.steps = total
+        self.schedule.total_steps = total
+        self.optimizer.lr = self.schedule.lr_at(self.schedule.last_step)
+        checkpoint.write_json(self.out / "run.json", c.to_dict())
+        return True
 
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
@@ -627,6 +654,11 @@ class Trainer:
                 window["time"] += dt
                 if bar is not None:
                     bar.update(1)
+                if self.adaptive_steps and stop_at is None and self._retune_steps():
+                    end = c.steps
+                    if bar is not None:
+                        bar.total = end
+                        bar.refresh()
                 last = self.step == end
                 if self.step % c.log_every == 0 or last:
                     rec = self._window_record(window, m["lr"])

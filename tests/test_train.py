@@ -324,3 +324,18 @@ def test_time_budget_is_a_hard_limit_on_a_busy_machine(tiny_world, tmp_path):
     assert any("exceeded" in n for n in notes)
     assert latest_checkpoint(tmp_path / "run").name == f"step-{summary['step']:06d}"
     assert (Path(summary["model_dir"]) / "model.safetensors").is_file()
+
+
+def test_time_budget_run_retunes_its_length_from_the_measured_speed(tiny_world, tmp_path):
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=None, time_budget=10.0, warmup=0.1),
+                      log=quiet)
+    assert trainer.adaptive_steps
+    trainer.config.steps = trainer.schedule.total_steps = 100       # as if the probe said 100 steps
+    trainer.step = trainer.schedule.last_step = 10                  # 10% of the way...
+    trainer.train_time = 5.0                                        # ...but half the budget is gone
+    assert trainer._retune_steps()
+    assert trainer.config.steps == trainer.schedule.total_steps == 10 + int(5.0 / (0.5 * 1.02))
+    assert checkpoint.read_json(tmp_path / "run" / "run.json")["steps"] == trainer.config.steps
+    assert trainer.optimizer.lr == trainer.schedule.lr_at(10)
+    trainer.step = trainer.schedule.last_step = 11
+    assert not trainer._retune_steps()                              # only at 10%, 25%, 50%
