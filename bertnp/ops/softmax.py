@@ -31,14 +31,12 @@ def softmax_forward(scores, additive_mask=None):
             raise ValueError(
                 f"additive_mask of shape {tuple(additive_mask.shape)} does not broadcast to "
                 f"scores of shape {tuple(scores.shape)}") from None
-        probs = scores + additive_mask                        # (..., K), a new array: scores stay intact
-    row_max = (probs if additive_mask is not None else scores).max(axis=-1, keepdims=True)   # (..., 1)
+    masked = scores if additive_mask is None else scores + additive_mask   # (..., K); scores stay intact
+    row_max = masked.max(axis=-1, keepdims=True)              # (..., 1)
     # a row of -inf (possible only with an infinite mask) has no finite max: shift by 0 instead.
     row_max = xp.where(xp.isfinite(row_max), row_max, 0)
-    if additive_mask is not None:
-        probs -= row_max                                      # (..., K), in place
-    else:
-        probs = scores - row_max                              # (..., K), the one new array
+    # s + m - max, written into the masked sum's buffer when there is one (one new array either way)
+    probs = xp.subtract(masked, row_max, out=None if masked is scores else masked)   # (..., K)
     xp.exp(probs, out=probs)                                  # all in [0, 1]
     total = probs.sum(axis=-1, keepdims=True)                 # (..., 1), >= 1 unless all -inf
     probs /= xp.where(total > 0, total, 1)                    # all -inf rows stay 0, never NaN
@@ -47,11 +45,11 @@ def softmax_forward(scores, additive_mask=None):
 
 def softmax_backward(dprobs, cache: SoftmaxCache):
     """dprobs: (..., K) -> dscores: (..., K). (The mask is a constant: it has no gradient.)"""
+    xp = backend.xp()
     probs = cache.probs
     # Jacobian dp_i/ds_j = p_i (delta_ij - p_j), so ds = p * (dp - sum_j dp_j p_j) row by row.
     dscores = dprobs * probs                                  # (..., K) p * dp
     dot = dscores.sum(axis=-1, keepdims=True)                 # (..., 1) sum_j dp_j p_j
-    xp = backend.xp()
     xp.subtract(dprobs, dot, out=dscores)                     # (..., K) dp - dot, reusing the buffer
     dscores *= probs                                          # p * (dp - dot)
     return dscores
