@@ -1,4 +1,8 @@
-"""Figures (matplotlib, imported only when a figure is drawn, with the file-only Agg backend).
+"""Figures (matplotlib, imported only when a figure is drawn).
+
+Figures are built on ``matplotlib.figure.Figure`` directly, not through pyplot, so drawing one never
+changes the process's matplotlib backend (a notebook's inline figures keep working) and needs no
+display.
 
     from bertnp.viz import plot_training
     plot_training("runs/demo/metrics.jsonl", "runs/demo/training.png")
@@ -9,16 +13,13 @@ import json
 from pathlib import Path
 
 
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed); ImportError says what to install."""
+def _new_figure(**kwargs):
+    """A pyplot-free matplotlib Figure; ImportError says what to install."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("figures need matplotlib: pip install 'bertnp[viz]'") from exc
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    return plt
+    return Figure(**kwargs)
 
 
 def read_metrics(path) -> list[dict]:
@@ -40,10 +41,10 @@ def plot_training(metrics, path=None, baseline: float | None = None):
     Writes a PNG to ``path`` when given (returns the path), else returns the figure.
     """
     records = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
-    plt = _pyplot()
     train = [r for r in records if r.get("split") == "train"]
     ev = [r for r in records if r.get("split") == "eval"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _new_figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
 
     def line(ax, recs, key, **kw):
         if recs:
@@ -78,5 +79,5 @@ def plot_training(metrics, path=None, baseline: float | None = None):
     from bertnp.checkpoint import atomic_write
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+
     return path
