@@ -132,11 +132,16 @@ class _BertBase:
     prefix = "bert."
     has_pooler = True
 
-    def __init__(self, config: BertConfig, seed: int = 0, dtype="float32"):
+    def __init__(self, config: BertConfig, seed: int = 0, dtype="float32", use_kernels: bool = False):
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
         config.validate()
         self.config = config
+        # the operation table: bertnp.ops (the reference), or the CUDA kernels of kernels/ behind the
+        # same signatures (used on CuPy in float32; everywhere else they fall back to bertnp.ops)
+        self.use_kernels = bool(use_kernels)
+        from bertnp import kernels
+        self.F = kernels.ops(self.use_kernels)
         self.dtype = _parse_dtype(dtype)
         self.seed = int(seed)
         self.training = True
@@ -353,7 +358,7 @@ class _BertBase:
                                                       check_range=False)                          # (B, T, C)
         position = P[p + "embeddings.position_embeddings.weight"][:seq_len]                       # (T, C)
         x = word + token_type + position                                                         # (B, T, C)
-        x, cache["emb_ln"] = layernorm_forward(x, P[p + "embeddings.LayerNorm.weight"],
+        x, cache["emb_ln"] = self.F.layernorm_forward(x, P[p + "embeddings.LayerNorm.weight"],
                                                P[p + "embeddings.LayerNorm.bias"], c.layer_norm_eps)
         x, cache["emb_drop"] = dropout_forward(x, p_hidden, self._dropout_rng(0) if training and p_hidden else None,
                                                training)
@@ -376,22 +381,23 @@ class _BertBase:
                 P[L + "attention.self.key.weight"], P[L + "attention.self.key.bias"],
                 P[L + "attention.self.value.weight"], P[L + "attention.self.value.bias"],
                 c.num_attention_heads, additive, p_attn,
-                self._dropout_rng(site) if training and p_attn else None, training)            # (B, T, C)
+                self._dropout_rng(site) if training and p_attn else None, training,
+                softmax_fns=(self.F.softmax_forward, self.F.softmax_backward))            # (B, T, C)
             if output_attentions:
                 attentions.append(lc["attn"].softmax_cache.probs)                              # (B, nh, T, T)
             a, lc["attn_out"] = linear_forward(attn, P[L + "attention.output.dense.weight"],
                                                P[L + "attention.output.dense.bias"])            # (B, T, C)
             a, lc["attn_drop"] = dropout_forward(a, p_hidden, self._dropout_rng(site + 1)
                                                  if training and p_hidden else None, training)
-            h, lc["ln1"] = layernorm_forward(x + a, P[L + "attention.output.LayerNorm.weight"],
+            h, lc["ln1"] = self.F.layernorm_forward(x + a, P[L + "attention.output.LayerNorm.weight"],
                                              P[L + "attention.output.LayerNorm.bias"], c.layer_norm_eps)
             f, lc["ffn1"] = linear_forward(h, P[L + "intermediate.dense.weight"],
                                            P[L + "intermediate.dense.bias"])                    # (B, T, 4C)
-            f, lc["act"] = activation_forward(f, c.hidden_act)
+            f, lc["act"] = self.F.activation_forward(f, c.hidden_act)
             f, lc["ffn2"] = linear_forward(f, P[L + "output.dense.weight"], P[L + "output.dense.bias"])  # (B, T, C)
             f, lc["ffn_drop"] = dropout_forward(f, p_hidden, self._dropout_rng(site + 2)
                                                 if training and p_hidden else None, training)
-            x, lc["ln2"] = layernorm_forward(h + f, P[L + "output.LayerNorm.weight"],
+            x, lc["ln2"] = self.F.layernorm_forward(h + f, P[L + "output.LayerNorm.weight"],
                                              P[L + "output.LayerNorm.bias"], c.layer_norm_eps)
             layers.append(lc)
         cache["layers"] = layers
@@ -424,21 +430,21 @@ class _BertBase:
             L = f"{p}encoder.layer.{i}."
             lc = cache["layers"][i]
             # x_out = LN2(h + f): the residual sends the same gradient to h and to the FFN branch
-            dsum, dg, db = layernorm_backward(dx, lc["ln2"])
+            dsum, dg, db = self.F.layernorm_backward(dx, lc["ln2"])
             acc(L + "output.LayerNorm.weight", dg)
             acc(L + "output.LayerNorm.bias", db)
             df = dropout_backward(dsum, lc["ffn_drop"])
             df, dW, db = linear_backward(df, lc["ffn2"])
             acc(L + "output.dense.weight", dW)
             acc(L + "output.dense.bias", db)
-            df = activation_backward(df, lc["act"])
+            df = self.F.activation_backward(df, lc["act"])
             dh_ffn, dW, db = linear_backward(df, lc["ffn1"])
             acc(L + "intermediate.dense.weight", dW)
             acc(L + "intermediate.dense.bias", db)
             dh_ffn += dsum                                 # h fed both the residual and the FFN: sum, in place
             dh = dh_ffn
             # h = LN1(x + a): again the residual splits the gradient between x and the attention branch
-            dsum, dg, db = layernorm_backward(dh, lc["ln1"])
+            dsum, dg, db = self.F.layernorm_backward(dh, lc["ln1"])
             acc(L + "attention.output.LayerNorm.weight", dg)
             acc(L + "attention.output.LayerNorm.bias", db)
             da = dropout_backward(dsum, lc["attn_drop"])
@@ -453,7 +459,7 @@ class _BertBase:
             dx += dsum                                     # sum the two, in place (g.x is a fresh array)
         # embeddings: back through dropout and LayerNorm, then to the three tables (x was their sum)
         dx = dropout_backward(dx, cache["emb_drop"])
-        dx, dg, db = layernorm_backward(dx, cache["emb_ln"])
+        dx, dg, db = self.F.layernorm_backward(dx, cache["emb_ln"])
         acc(p + "embeddings.LayerNorm.weight", dg)
         acc(p + "embeddings.LayerNorm.bias", db)
         # the word table is (V, C) = 30k rows: add the looked-up rows straight into its gradient
@@ -561,9 +567,10 @@ class BertModel(_BertBase):
     """The encoder alone: embeddings, L layers, pooler. State-dict names have no ``bert.`` prefix."""
     prefix = ""
 
-    def __init__(self, config: BertConfig, seed: int = 0, dtype="float32", add_pooling_layer: bool = True):
+    def __init__(self, config: BertConfig, seed: int = 0, dtype="float32", add_pooling_layer: bool = True,
+                 use_kernels: bool = False):
         self.has_pooler = bool(add_pooling_layer)
-        super().__init__(config, seed=seed, dtype=dtype)
+        super().__init__(config, seed=seed, dtype=dtype, use_kernels=use_kernels)
         self._loss_parts = None
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=False):
@@ -589,8 +596,8 @@ class BertForPreTraining(_BertBase):
     """BERT with the masked-LM head (decoder tied to the word embeddings) and the NSP head."""
     prefix = "bert."
 
-    def __init__(self, config: BertConfig, seed: int = 0, dtype="float32"):
-        super().__init__(config, seed=seed, dtype=dtype)
+    def __init__(self, config: BertConfig, seed: int = 0, dtype="float32", use_kernels: bool = False):
+        super().__init__(config, seed=seed, dtype=dtype, use_kernels=use_kernels)
         H = config.hidden_size
         self._add_linear("cls.predictions.transform.dense", H, H)
         self._add_layernorm("cls.predictions.transform.LayerNorm", H)
@@ -632,8 +639,8 @@ class BertForPreTraining(_BertBase):
             selected = hidden                                                       # (B, T, C): every position
         t, head["dense"] = linear_forward(selected, P["cls.predictions.transform.dense.weight"],
                                           P["cls.predictions.transform.dense.bias"])
-        t, head["act"] = activation_forward(t, c.hidden_act)
-        t, head["ln"] = layernorm_forward(t, P["cls.predictions.transform.LayerNorm.weight"],
+        t, head["act"] = self.F.activation_forward(t, c.hidden_act)
+        t, head["ln"] = self.F.layernorm_forward(t, P["cls.predictions.transform.LayerNorm.weight"],
                                           P["cls.predictions.transform.LayerNorm.bias"], c.layer_norm_eps)
         # the decoder is the word-embedding matrix (V, C) used as a Linear weight in HF layout
         prediction_logits, head["decoder"] = linear_forward(t, self.word_embeddings, P["cls.predictions.bias"])  # (N, V) or (B, T, V)
@@ -644,11 +651,11 @@ class BertForPreTraining(_BertBase):
                                 last_hidden_state=hidden, pooler_output=pooled, attentions=attentions)
         losses = []
         if labels is not None:
-            out.mlm_loss, head["mlm_ce"] = cross_entropy_forward(prediction_logits, mlm_targets,
+            out.mlm_loss, head["mlm_ce"] = self.F.cross_entropy_forward(prediction_logits, mlm_targets,
                                                                   IGNORE_INDEX, check_range=False)
             losses.append(out.mlm_loss)
         if nsp_labels is not None:
-            out.nsp_loss, head["nsp_ce"] = cross_entropy_forward(nsp_logits, backend.to_device(nsp_labels),
+            out.nsp_loss, head["nsp_ce"] = self.F.cross_entropy_forward(nsp_logits, backend.to_device(nsp_labels),
                                                                   IGNORE_INDEX, check_range=False)
             losses.append(out.nsp_loss)
         if losses:
@@ -672,14 +679,14 @@ class BertForPreTraining(_BertBase):
 
         dhidden = None
         if has_mlm:
-            dlogits = cross_entropy_backward(one, head["mlm_ce"])                       # (N, V)
+            dlogits = self.F.cross_entropy_backward(one, head["mlm_ce"])                       # (N, V)
             dt, dW, db = linear_backward(dlogits, head["decoder"])
             acc("bert.embeddings.word_embeddings.weight", dW)   # tied: the decoder's share (+= the lookup's below)
             acc("cls.predictions.bias", db)
-            dt, dg, db = layernorm_backward(dt, head["ln"])
+            dt, dg, db = self.F.layernorm_backward(dt, head["ln"])
             acc("cls.predictions.transform.LayerNorm.weight", dg)
             acc("cls.predictions.transform.LayerNorm.bias", db)
-            dt = activation_backward(dt, head["act"])
+            dt = self.F.activation_backward(dt, head["act"])
             dselected, dW, db = linear_backward(dt, head["dense"])                      # (N, C)
             acc("cls.predictions.transform.dense.weight", dW)
             acc("cls.predictions.transform.dense.bias", db)
@@ -689,7 +696,7 @@ class BertForPreTraining(_BertBase):
             dhidden = dhidden.reshape(batch, seq_len, H)                                # (B*T, C) -> (B, T, C)
         dpooled = None
         if has_nsp:
-            dnsp = cross_entropy_backward(one, head["nsp_ce"])                          # (B, 2)
+            dnsp = self.F.cross_entropy_backward(one, head["nsp_ce"])                          # (B, 2)
             dpooled, dW, db = linear_backward(dnsp, head["nsp"])                        # (B, C)
             acc("cls.seq_relationship.weight", dW)
             acc("cls.seq_relationship.bias", db)
@@ -706,10 +713,11 @@ class BertForSequenceClassification(_BertBase):
     """BERT + dropout + Linear(C, num_labels) on the pooled [CLS] vector (HF's names: ``classifier``)."""
     prefix = "bert."
 
-    def __init__(self, config: BertConfig, num_labels: int = 2, seed: int = 0, dtype="float32"):
+    def __init__(self, config: BertConfig, num_labels: int = 2, seed: int = 0, dtype="float32",
+                 use_kernels: bool = False):
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
-        super().__init__(config, seed=seed, dtype=dtype)
+        super().__init__(config, seed=seed, dtype=dtype, use_kernels=use_kernels)
         self.num_labels = num_labels
         self._add_linear("classifier", num_labels, config.hidden_size)
         self._loss_parts = None
@@ -763,7 +771,7 @@ class BertForSequenceClassification(_BertBase):
                 out.loss = (diff * diff).mean()                               # MSE, as HF's regression
                 self._head_cache["mse_diff"] = diff
             else:
-                out.loss, self._head_cache["ce"] = cross_entropy_forward(
+                out.loss, self._head_cache["ce"] = self.F.cross_entropy_forward(
                     logits, backend.to_device(labels), IGNORE_INDEX, check_range=False)
             self._loss_parts = True
         return out
@@ -778,7 +786,7 @@ class BertForSequenceClassification(_BertBase):
             diff = head["mse_diff"]
             dlogits = (2.0 / diff.shape[0]) * diff[:, None]                  # d mean(d^2) / d logit
         else:
-            dlogits = cross_entropy_backward(one, head["ce"])
+            dlogits = self.F.cross_entropy_backward(one, head["ce"])
         ddropped, dW, db = linear_backward(dlogits, head["lin"])
         self._accumulate("classifier.weight", dW)
         self._accumulate("classifier.bias", db)

@@ -78,7 +78,11 @@ class AdamW:
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.01, *, correct_bias: bool = True,
-                 no_decay: Callable[[str], bool] = default_no_decay, grads: Mapping | None = None):
+                 no_decay: Callable[[str], bool] = default_no_decay, grads: Mapping | None = None,
+                 use_kernels: bool | None = None):
+        # use_kernels: one CUDA launch per tensor (kernels/adamw.cu) on CuPy float32; by default
+        # follows the model's own use_kernels. Off CuPy the kernel path falls back to NumPy.
+        self.use_kernels = bool(use_kernels if use_kernels is not None else getattr(params, "use_kernels", False))
         if hasattr(params, "parameters") and hasattr(params, "grads"):
             if grads is not None:
                 raise ValueError("grads: pass either a model or a parameter dict with grads, not both")
@@ -158,6 +162,11 @@ class AdamW:
                 raise ValueError(f"grads: {name} has shape {tuple(g.shape)}, expected {tuple(p.shape)}")
             s = self._scratch[p.dtype][:p.size].reshape(p.shape)   # a view: no allocation
             wd = self.weight_decay * self.decay[name]
+            if self.use_kernels:
+                from bertnp import kernels
+                kernels.adamw_step(p, g, m, v, lr=lr, step=t, beta1=b1, beta2=b2, eps=eps,
+                                   weight_decay=wd, correct_bias=self.correct_bias)
+                continue
             if self.correct_bias:
                 if wd:
                     p *= 1.0 - lr * wd                    # decoupled decay on the old weights

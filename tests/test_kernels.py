@@ -1034,3 +1034,54 @@ def test_bench_gpu_torch_side_on_cpu(masked_only):
     out = bench.bench_torch(cfg, bench.make_batch(cfg, 2, 9, 2), steps=1, warmup=0,
                             masked_only=masked_only, device="cpu")
     assert np.isfinite(out["loss"]) and out["s_per_step"] > 0
+
+
+# ----------------------------------------------------------------------------- the model's use_kernels switch
+
+def test_use_kernels_switch_is_wired_and_falls_back_on_numpy():
+    """With use_kernels=True the model and AdamW call through bertnp.kernels; on NumPy (or float64)
+    every wrapper falls back to the reference, so a step is bit-identical to use_kernels=False."""
+    import bertnp as bn
+    cfg = bn.BertConfig.preset("tiny", vocab_size=200)
+    r = np.random.default_rng(0)
+    batch = dict(input_ids=r.integers(1, 200, (2, 12)), labels=np.where(r.random((2, 12)) < 0.3, 5, -100),
+                 next_sentence_label=np.array([0, 1]))
+    results = []
+    for use in (False, True):
+        model = bn.BertForPreTraining(cfg, seed=0, use_kernels=use)
+        assert model.F.use_kernels is use
+        opt = bn.AdamW(model, lr=1e-3)
+        assert opt.use_kernels is use
+        loss = float(model(**batch).loss)
+        model.backward()
+        opt.step()
+        results.append((loss, {k: v.copy() for k, v in model.parameters().items()}))
+    assert results[0][0] == results[1][0]
+    assert all(np.array_equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
+
+
+@pytest.mark.gpu
+def test_model_with_kernels_matches_without_on_gpu():
+    """On a GPU: a training step with the CUDA kernels agrees with the plain CuPy step."""
+    import bertnp as bn
+    from conftest import cupy_or_skip
+    cupy_or_skip()
+    try:
+        cfg = bn.BertConfig.preset("tiny", vocab_size=1003, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0)
+        r = np.random.default_rng(0)
+        batch = dict(input_ids=r.integers(1, 1003, (3, 37)), attention_mask=np.ones((3, 37), dtype=int),
+                     labels=np.where(r.random((3, 37)) < 0.2, r.integers(1, 1003, (3, 37)), -100),
+                     next_sentence_label=np.array([0, 1, 1]))
+        batch["attention_mask"][1, 30:] = 0
+        grads = []
+        for use in (False, True):
+            model = bn.BertForPreTraining(cfg, seed=0, use_kernels=use)
+            out = model(**batch)
+            g = model.backward()
+            grads.append((float(out.loss), {k: bn.backend.to_host(v) for k, v in g.items()}))
+        assert abs(grads[0][0] - grads[1][0]) <= 1e-5 * abs(grads[0][0])
+        for k, ref in grads[0][1].items():
+            assert np.allclose(grads[1][1][k], ref, rtol=1e-4, atol=1e-5), k
+    finally:
+        bn.set_backend("numpy")

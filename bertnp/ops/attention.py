@@ -33,6 +33,7 @@ class AttentionCache(NamedTuple):
     probs_dropped: object        # (B, nh, T, T) probabilities after dropout (what multiplied V)
     num_heads: int
     scale: float
+    softmax_backward_fn: object = softmax_backward   # the backward paired with the softmax used
 
 
 class AttentionGrads(NamedTuple):
@@ -47,7 +48,7 @@ class AttentionGrads(NamedTuple):
 
 def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_weight, value_bias,
                       num_heads: int, additive_mask=None, dropout_p: float = 0.0, rng=None,
-                      training: bool = False):
+                      training: bool = False, softmax_fns=None):
     """x: (B, T, C); weights (C, C), biases (C,); additive_mask broadcastable to (B, nh, T, T),
     typically (B, 1, 1, T) with 0 for real keys and a large negative number for padding.
     Returns (out (B, T, C), cache); ``cache.softmax_cache.probs`` are the attention maps."""
@@ -78,19 +79,22 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     q, k, v = qkv[0] * scale, qkv[1], qkv[2]         # (B, nh, T, hs) each; scaling Q is cheaper than scores
 
     scores = q @ k.swapaxes(-1, -2)                                                  # (B, nh, T, T)
-    probs, softmax_cache = softmax_forward(scores, additive_mask)                    # (B, nh, T, T)
+    # softmax_fns: an optional (forward, backward) pair with the softmax ops' signatures, e.g. the
+    # fused CUDA kernel of kernels/softmax_attention.cu; by default the NumPy reference.
+    softmax_fwd, softmax_bwd = softmax_fns if softmax_fns is not None else (softmax_forward, softmax_backward)
+    probs, softmax_cache = softmax_fwd(scores, additive_mask)                        # (B, nh, T, T)
     probs_dropped, dropout_cache = dropout_forward(probs, dropout_p, rng, training)  # (B, nh, T, T)
     context = probs_dropped @ v                                                      # (B, nh, T, hs)
     out = context.transpose(0, 2, 1, 3).reshape(batch, seq_len, channels)            # (B, T, C)
     cache = AttentionCache(qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped,
-                           num_heads, scale)
+                           num_heads, scale, softmax_bwd)
     return out, cache
 
 
 def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
     """dout: (B, T, C) -> AttentionGrads(dx, dWq, dbq, dWk, dbk, dWv, dbv)."""
     xp = backend.xp()
-    qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped, num_heads, scale = cache
+    qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped, num_heads, scale, softmax_bwd = cache
     batch, seq_len, channels = dout.shape
     head_size = channels // num_heads
 
@@ -99,7 +103,7 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
     dprobs_dropped = dcontext @ v.swapaxes(-1, -2)                # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
     dv = probs_dropped.swapaxes(-1, -2) @ dcontext                # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dprobs = dropout_backward(dprobs_dropped, dropout_cache)      # back through the dropout mask
-    dscores = softmax_backward(dprobs, softmax_cache)             # back through the softmax (mask is constant)
+    dscores = softmax_bwd(dprobs, softmax_cache)                  # back through the softmax (mask is constant)
     # scores = q_scaled @ k^T: again a matmul pair.
     dq_scaled = dscores @ k                                       # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dk = dscores.swapaxes(-1, -2) @ q                             # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
