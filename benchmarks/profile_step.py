@@ -4,7 +4,8 @@
     python benchmarks/profile_step.py --config tiny --steps 3
 
 Every operation the model calls (``linear_forward``, ``layernorm_backward``, ...) is wrapped with a
-timer where the model and the attention op look it up, so the step runs unchanged. Times are
+timer where the model and the attention op look it up (the modules that import them by name, and
+the ``bertnp.ops`` package the model's operation table is copied from), so the step runs unchanged. Times are
 *exclusive*: ``attention_forward``'s own time excludes the linear, softmax and dropout ops it calls
 (what remains is its batched Q K^T and P V products and the head reshapes). Linear layers are
 split by shape, so the 30k-way decoder shows on its own row. What no op covers -- residual adds,
@@ -34,11 +35,14 @@ if __name__ == "__main__":
 
 import bertnp as bn  # noqa: E402
 import bertnp.model  # noqa: E402
+import bertnp.ops  # noqa: E402
 import bertnp.ops.activations  # noqa: E402
 import bertnp.ops.attention  # noqa: E402
 
-# where the model looks its operations up (each module imported them by name)
-_NAMESPACES = (bertnp.model, bertnp.ops.attention, bertnp.ops.activations)
+# where the model looks its operations up: modules that imported them by name, and the bertnp.ops
+# package, from which a model copies its operation table (``model.F``) when it is built -- so build
+# the model inside ``with OpTimer():``
+_NAMESPACES = (bertnp.ops, bertnp.model, bertnp.ops.attention, bertnp.ops.activations)
 
 
 class OpTimer:
@@ -120,10 +124,10 @@ class OpTimer:
 def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
     """Profile ``steps`` training steps (after ``warmup``). Every number is the median over the steps
     of that op's time in one step (a busy neighbour spoils a step, not the table)."""
-    model = bn.BertForPreTraining(config, seed=seed, dtype="float32").train()
-    opt = bn.AdamW(model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
     per_step = []                                    # one {row: {column: seconds}} per timed step
     with OpTimer() as timer:
+        model = bn.BertForPreTraining(config, seed=seed, dtype="float32").train()   # its op table: timed
+        opt = bn.AdamW(model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
         for i in range(warmup + steps):
             timer.reset()
             t0 = time.perf_counter()
@@ -181,7 +185,7 @@ def render(result: dict, top: int | None = None) -> list:
             fwd_s, bwd_s = "", ""
         else:
             fwd_s, bwd_s = f"{fwd:.1f}", f"{bwd:.1f}"
-        calls = v.get("calls") or ""
+        calls = round(v["calls"]) if v.get("calls") else ""
         rate = f"{v['flops'] / total / 1e9:.0f}" if v.get("flops") and total > 0 else ""
         lines.append(f"| {op} | {fwd_s} | {bwd_s} | {total * 1e3:.1f} | {100 * total / step:.1f}% | {calls} | {rate} |")
     lines.append("")

@@ -27,7 +27,7 @@ def bench():
 
 
 TINY = ["--config", "tiny", "--vocab", "300", "--batch", "2", "--seq", "16", "--predictions", "3",
-        "--rounds", "2", "--warmup", "1", "--peak-size", "128", "--no-torch"]
+        "--rounds", "2", "--warmup", "1", "--peak-size", "128", "--no-torch", "--threads", "1"]
 
 
 def test_harness_runs_bertnp_only_and_writes_results(bench, tmp_path):
