@@ -174,7 +174,8 @@ def render(result: dict, top: int | None = None) -> list:
              f"`python benchmarks/profile_step.py`: median over {result['steps']} steps of the exclusive time per step "
              f"(step {step * 1e3:.0f} ms = forward {phases['forward'] * 1e3:.0f} + backward "
              f"{phases['backward'] * 1e3:.0f} + AdamW {phases['AdamW'] * 1e3:.0f} + zero_grad "
-             f"{phases['zero_grad'] * 1e3:.1f}; timers on, so a little slower than the table above).", "",
+             f"{phases['zero_grad'] * 1e3:.1f}; measured in its own steps, after the rounds above, with ~1 us "
+             "of timer per op call).", "",
              "| operation | forward ms | backward ms | total ms | share of step | calls / step | matmul GFLOP/s |",
              "|---|---|---|---|---|---|---|"]
     for op, v in rows:
