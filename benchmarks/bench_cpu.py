@@ -140,10 +140,12 @@ class BertnpVariant:
 
     def __init__(self, config, batch, seed: int = 0):
         self.model = bn.BertForPreTraining(config, seed=seed, dtype="float32")
-        self.opt = bn.AdamW(self.model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+        self.opt = None            # built at the first training step, as torch's AdamW builds its state
         self.batch = batch
 
     def train_step(self) -> float:
+        if self.opt is None:
+            self.opt = bn.AdamW(self.model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
         self.model.train()
         self.model.zero_grad()
         out = self.model(**self.batch)
