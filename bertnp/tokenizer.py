@@ -31,7 +31,10 @@ Face logs an error and returns a too-long sequence; an out-of-range id raises in
 to ``[UNK]``; a vocabulary missing a special token is rejected; ``model_max_length`` defaults to
 BERT's 512 positions (Hugging Face: unlimited unless ``tokenizer_config.json`` says otherwise;
 pass ``model_max_length=None`` for that);
-the legacy class (in transformers 5.x) forgets ``token_type_ids`` unless asked - we always return them.
+the legacy class (in transformers 5.x) forgets ``token_type_ids`` unless asked - we always return them;
+``return_tensors="np"`` on rows of different lengths raises (pad them) where Hugging Face returns
+an object array of arrays; a lone empty encoding (``""`` with ``add_special_tokens=False``) is
+padded like any other row, where Hugging Face leaves it empty (it pads it inside a batch).
 
 Speed
 -----
@@ -40,10 +43,12 @@ answers memoised in ``str.translate`` tables): 2.4-3.9 MB/s on English. ``encode
 (also used by ``__call__`` and ``encode``) cuts the text at spaces first and tokenizes each
 *distinct* chunk once. That is exact, not an approximation: BERT's tokenizer never lets a token
 cross a space (every later step - lower-casing, punctuation splitting, WordPiece - runs inside
-whitespace-separated words), and English has few distinct chunks (the 4 MB World English Bible has
-32k), so almost every chunk is a dictionary hit: 7-12 MB/s on first sight, 13-25 MB/s once
-cached (a shared 2-core CPU; Hugging Face's legacy tokenizer: 0.65 MB/s, its Rust one called on
-a list of sentences: 1.3 MB/s on the same machine).
+whitespace-separated words; special tokens with whitespace inside are refused), and English has
+few distinct chunks (the 5.39 MB bundled training corpus has 68k), so almost every chunk is a
+dictionary hit: the whole corpus encodes in 0.5-1.1 s, 5-12 MB/s on first sight, 10-25 MB/s
+once cached (a shared 2-core CPU, the lower figures with another job running; Hugging Face's
+legacy tokenizer: 0.65 MB/s, its Rust one called on a list of sentences: 1.3 MB/s on the same
+machine). ``tests/test_tokenizer.py::test_encoding_a_corpus_takes_seconds`` (slow) checks it.
 """
 
 from __future__ import annotations
@@ -340,6 +345,8 @@ def load_vocab(vocab_file) -> list[str]:
     """
     if not isinstance(vocab_file, (str, os.PathLike)):
         raise TypeError(f"vocab_file must be a path (str or os.PathLike), got {type(vocab_file).__name__}")
+    if not os.fspath(vocab_file):
+        raise FileNotFoundError("vocab_file is an empty path")
     path = Path(vocab_file)
     if not path.is_file():
         raise FileNotFoundError(f"vocab_file not found (or not a file): '{path}'")
@@ -351,8 +358,8 @@ def load_vocab(vocab_file) -> list[str]:
     if tokens and tokens[-1] == "":  # the newline after the last token
         tokens.pop()
     tokens = [t[:-1] if t.endswith("\r") else t for t in tokens]
-    if not tokens:
-        raise ValueError(f"vocab_file '{path}' is empty")
+    if not any(tokens):
+        raise ValueError(f"vocab_file '{path}' is empty" + (" (blank lines only)" if tokens else ""))
     return tokens
 
 
@@ -409,6 +416,8 @@ class BertTokenizer:
                     "cls_token": cls_token, "mask_token": mask_token}
         for name, tok in specials.items():
             _check_str(tok, name)
+            if not tok or _WHITESPACE_RUN.search(tok):  # the cached path cuts text at whitespace first
+                raise ValueError(f"{name}={tok!r} must be a non-empty token without whitespace")
         missing = [f"{name}={tok!r}" for name, tok in specials.items() if tok not in self.vocab]
         if missing:
             raise ValueError(f"vocab_file '{vocab_file}' lacks the special token(s) {', '.join(missing)}; "
@@ -515,10 +524,15 @@ class BertTokenizer:
         unk = self.unk_token_id
         if isinstance(tokens, str):
             return self.vocab.get(tokens, unk)
-        if tokens is None:
-            raise TypeError("tokens must be a str or a list of str, got None")
+        if isinstance(tokens, (bytes, bytearray)) or not hasattr(tokens, "__iter__"):
+            raise TypeError(f"tokens must be a str or a list of str, got {type(tokens).__name__}")
         vocab = self.vocab
-        return [vocab.get(t, unk) for t in tokens]
+        ids = []
+        for t in tokens:
+            if not isinstance(t, str):
+                raise TypeError(f"tokens must contain str, got {type(t).__name__}")
+            ids.append(vocab.get(t, unk))
+        return ids
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
         """An id or a list / 1-D array of ids -> token(s). Raises ValueError for an unknown id."""
@@ -656,9 +670,10 @@ class BertTokenizer:
             raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        # HF: max_length alone (no padding, truncation unspecified) means "truncate to it".
+        # HF: max_length alone (padding literally False, truncation unspecified) means "truncate
+        # to it"; padding="do_not_pad" does not count as "alone" there, so not here either.
         if trunc is None:
-            trunc = "longest_first" if (max_length is not None and pad is False) else False
+            trunc = "longest_first" if (max_length is not None and padding is False) else False
         # HF: without max_length, truncation and max-length padding use model_max_length;
         # with no model_max_length either (None = unlimited), they do nothing.
         if max_length is None:
@@ -692,7 +707,7 @@ class BertTokenizer:
 
         padding: False (none), True / "longest" (to the longest in the batch), "max_length".
         truncation: True / "longest_first" (Google's truncate_seq_pair), "only_first",
-            "only_second", False; None (default) truncates iff ``max_length`` is given without padding.
+            "only_second", False; None (default) truncates iff ``max_length`` is given with ``padding=False``.
         Right-side padding with [PAD] (id ``pad_token_id``), token type 0 and attention mask 0.
         """
         pad, trunc, max_length = self._resolve_strategies(padding, truncation, max_length)
@@ -831,6 +846,9 @@ class BertTokenizer:
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"directory must be a path, got {type(directory).__name__}")
         directory = Path(directory)
+        if directory.is_file():
+            raise FileNotFoundError(f"directory must be a folder holding {VOCAB_FILE_NAME}, got the file '{directory}' "
+                                    "(for a vocabulary file use BertTokenizer(path))")
         if not directory.is_dir():
             raise FileNotFoundError(f"tokenizer directory not found: '{directory}'")
         vocab_path = directory / VOCAB_FILE_NAME

@@ -176,19 +176,47 @@ def digest(ids: list[int]) -> str:
 
 
 def hf_call(tok, text, pair, **kw):
-    """Run HF; return its outputs, or None if it raised."""
+    """Run HF; return its outputs (as lists, also for return_tensors="np"), or the error it raised.
+
+    With ``return_tensors="np"`` the arrays are stored as nested lists plus their ``np_shape`` and
+    ``np_dtype``; rows of different lengths (HF then returns an object array of arrays) are stored
+    as ``hf_ragged``: bertnp raises ValueError there.
+    """
     try:
         enc = tok(text, pair, return_token_type_ids=True, return_attention_mask=True, **kw)
     except Exception as err:  # noqa: BLE001 - recorded, the test expects an error too
         return {"hf_error": f"{type(err).__name__}: {err}"[:200]}
-    return {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    out = {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    if kw.get("return_tensors") == "np":
+        ids = out["input_ids"]
+        if ids.dtype == object:
+            return {"hf_ragged": [row.tolist() for row in ids]}
+        out = {k: v.tolist() for k, v in out.items()}
+        out["np_shape"], out["np_dtype"] = list(ids.shape), str(ids.dtype)
+    return out
+
+
+def hf_expected(tok, text, pair, kw):
+    """``hf_call``, with HF's over-long outputs (truncation on, yet longer than ``max_length``:
+    HF only logs an error) stored as ``hf_overlong``, which bertnp refuses with ValueError."""
+    out = hf_call(tok, text, pair, **kw)
+    if "input_ids" in out or "hf_ragged" in out:
+        rows = out.get("input_ids", out.get("hf_ragged"))
+        if rows and not isinstance(rows[0], list):
+            rows = [rows]
+        max_length = kw.get("max_length")
+        if truncation_active(kw.get("truncation"), kw.get("padding", False), max_length) and \
+                max_length is not None and max((len(r) for r in rows), default=0) > max_length:
+            return {"hf_overlong": out.get("input_ids", out.get("hf_ragged"))}
+    return out
 
 
 def truncation_active(truncation, padding, max_length) -> bool:
-    """Hugging Face's rule: max_length alone (no padding, truncation unset) turns truncation on."""
+    """Hugging Face's rule: max_length alone (padding literally False, not "do_not_pad";
+    truncation unset) turns truncation on."""
     if truncation is None:
         return max_length is not None and padding is False
-    return truncation is not False
+    return truncation not in (False, "do_not_truncate")
 
 
 def dump_one_case_per_line(fixture: dict) -> str:
@@ -297,6 +325,18 @@ def main() -> None:
                             max_length is not None and max(len(r) for r in out["input_ids"]) > max_length:
                         out = {"hf_overlong": out["input_ids"]}
                     fixture["call"].append({"text": batch_a, "text_pair": pair, "kwargs": kw, "expected": out})
+
+    # the other spellings ("longest", "do_not_pad", "do_not_truncate"), add_special_tokens=False
+    # and return_tensors="np", on single texts, pairs and batches
+    extra_inputs = [PAIRS[0], PAIRS[3], (SINGLES[1], None), (batch_a[:4], batch_b[:4]), (batch_a, None)]
+    for text, pair in extra_inputs:
+        for max_length in [None, 4, 9]:
+            for truncation in TRUNCATIONS + ["do_not_truncate"]:
+                for padding in [False, True, "longest", "max_length", "do_not_pad"]:
+                    for extra in ({"return_tensors": "np"}, {"add_special_tokens": False}):
+                        kw = {"max_length": max_length, "truncation": truncation, "padding": padding, **extra}
+                        fixture["call"].append({"text": text, "text_pair": pair, "kwargs": kw,
+                                                "expected": hf_expected(hf, text, pair, kw)})
 
     # 3. decode: the encodings above, plus random id sequences
     for t in texts[:200]:
