@@ -14,10 +14,13 @@ implementation) has a known bug, the block says so and says what we do instead:
 
 * random "next" segment drawn from the *same* document after 10 unlucky tries (small corpora):
   we keep Google's 10 tries and then draw from the other documents;
-* a corpus of one document gives silently wrong NSP data: we raise a ValueError;
+* a corpus of one document gives silently wrong NSP data: we raise a ValueError; a corpus whose
+  documents all have one sentence works, but every pair is a random next (a UserWarning says so);
 * random replacement may draw ``[PAD]``, ``[CLS]``, ``[unused7]``...: excluded by default
   (``random_token_excludes_special=True``), allowed as an option for exact parity;
 * whole-word masking decides 80/10/10 per word piece in Google's code: we decide once per word;
+  and its grouping glues a ``##`` piece that starts B (after front truncation) to A's last word,
+  across the ``[SEP]``: here a word never spans a ``[SEP]``;
 * Hugging Face's NSP dataset never truncated pairs over the block size: we always truncate
   (``truncate_seq_pair``), and a test checks that no instance is longer than ``max_seq_length``;
 * a literal ``[SEP]`` / ``[CLS]`` / ``[MASK]`` / ``[PAD]`` in the corpus *text* would become the
@@ -36,6 +39,7 @@ same token-id corpus and seed give Google's instances.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import random
@@ -149,6 +153,8 @@ def documents_from_text(text: str, format: str = "bert") -> list[list[str]]:
 
 def _read_text(path: Path) -> str:
     """Read a UTF-8 file (gzip-compressed or not, detected by its magic bytes)."""
+    if path.is_dir():
+        raise FileNotFoundError(f"corpus file not found: '{path}' is a folder; give the files in it")
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: '{path}'")
     with open(path, "rb") as f:
@@ -461,7 +467,16 @@ class MaskingVocab:
 def num_to_predict(length: int, masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20) -> int:
     """How many positions are masked in a sequence of ``length`` tokens ([CLS] and [SEP] included):
     ``min(max_predictions_per_seq, max(1, round(length * masked_lm_prob)))``.
-    Python 3's ``round`` (half to even), as Google's script under Python 3."""
+
+    Rounding: Google's script writes ``int(round(len(tokens) * masked_lm_prob))``; we use Python 3's
+    ``round`` (half to even), which is what that line does under Python 3. Under Python 2 (which
+    the 2018 TF1 script also ran on) ``round`` rounds halves away from zero. With 0.15 the product
+    is exactly ``k + 0.5`` for lengths 10, 30, 50, 70, 90, 110, 130...; Python 3 gives
+    2, 4, 8, 10, 14, 16, 20 there, Python 2 gives one more for 30, 70, 110 (5, 11, 17).
+
+    >>> [num_to_predict(n) for n in (10, 30, 50, 70, 128)]
+    [2, 4, 8, 10, 19]
+    """
     return min(max_predictions_per_seq, max(1, int(round(length * masked_lm_prob))))
 
 
@@ -481,7 +496,8 @@ def create_masked_lm_predictions(
     random token from ``vocab.random_ids`` with 0.1 (it may draw the original token; that is
     counted as "random", as in Google's).
 
-    Whole-word masking chooses whole words (a piece plus its ``##`` continuations). A word that
+    Whole-word masking chooses whole words (a piece plus its ``##`` continuations; a word never
+    spans a ``[SEP]``, even when truncation cut B in the middle of a word). A word that
     would overshoot the count is skipped (Google's rule), so a sequence can end up with a few
     fewer predictions than the formula when long words remain; the 80/10/10 choice is made once
     per word, so a word is never half [MASK] and half original (Google decides per piece).
@@ -489,13 +505,18 @@ def create_masked_lm_predictions(
     # Candidates: every position but [CLS] / [SEP]; with whole-word masking, continuation
     # pieces ("##...") join the candidate before them.
     cand_indexes: list[list[int]] = []
+    after_special = True  # the previous token was [CLS] / [SEP]
     for i, tok in enumerate(tokens):
         if tok == vocab.cls_id or tok == vocab.sep_id:
+            after_special = True
             continue
-        if whole_word_mask and cand_indexes and vocab.is_subword[tok]:
+        # A "##" piece right after [SEP] (B cut at the front by truncate_seq_pair) starts a new
+        # candidate: Google's code would glue it to the last word of A, across the [SEP].
+        if whole_word_mask and cand_indexes and vocab.is_subword[tok] and not after_special:
             cand_indexes[-1].append(i)
         else:
             cand_indexes.append([i])
+        after_special = False
     rng.shuffle(cand_indexes)
 
     output = list(tokens)
@@ -665,6 +686,30 @@ def collate(instances: Sequence[TrainingInstance], pad_id: int, max_seq_length: 
 # --------------------------------------------------------------------------------------------
 
 
+def _clean_token_id_documents(documents, tokenizer, vocab_size: int) -> list[list[list[int]]]:
+    """Already-tokenized documents: lists of Python ints, empty sentences and documents dropped,
+    every id checked to be in ``[0, vocab_size)`` (ValueError naming the document and sentence),
+    and ``[CLS] [SEP] [MASK] [PAD]`` replaced by ``[UNK]`` as for text (see tokenize_documents)."""
+    unk = tokenizer.unk_token_id
+    forbidden = _forbidden_in_text(tokenizer)
+    out: list[list[list[int]]] = []
+    for d, doc in enumerate(documents):
+        doc_ids: list[list[int]] = []
+        for k, sentence in enumerate(doc):
+            ids = [int(i) for i in sentence]
+            if any(not 0 <= i < vocab_size for i in ids):
+                bad = next(i for i in ids if not 0 <= i < vocab_size)
+                raise ValueError(f"documents[{d}][{k}]: token id {bad} is outside the vocabulary "
+                                 f"[0, {vocab_size})")
+            if any(i in forbidden for i in ids):
+                ids = [unk if i in forbidden else i for i in ids]
+            if ids:
+                doc_ids.append(ids)
+        if doc_ids:
+            out.append(doc_ids)
+    return out
+
+
 def _is_token_ids(documents) -> bool:
     """True if documents hold token ids (ints) rather than sentences (str)."""
     for doc in documents:
@@ -677,7 +722,8 @@ class PretrainingDataset:
     """All pretraining instances of a corpus, masked statically or dynamically.
 
     ``documents``: ``list[list[str]]`` (sentences, as :func:`read_corpus` returns; tokenized here
-    with the word cache) or ``list[list[list[int]]]`` (already token ids).
+    with the word cache) or ``list[list[list[int]]]`` (already token ids: checked to lie in the
+    vocabulary, and a literal ``[CLS]`` / ``[SEP]`` / ``[MASK]`` / ``[PAD]`` id becomes ``[UNK]``, as for text).
 
     Pairs (A, B, NSP label) are built once, at construction, by :func:`create_training_instances`
     with ``random.Random(seed)`` and ``dupe_factor`` passes over the documents.
@@ -691,7 +737,7 @@ class PretrainingDataset:
 
     NSP balance: Google flips a fair coin for every chunk of two or more sentences, but a chunk
     of one sentence is always a random next and a random next "puts back" the unused sentences
-    (making more chunks), so a little over half of all labels are 1 (about 0.56 on the bundled
+    (making more chunks), so a little over half of all labels are 1 (about 0.55 on the bundled
     corpus). Pairs are fixed for the life of the dataset (as in Hugging Face's NSP dataset);
     ``dupe_factor > 1`` adds more, differently cut pairs. With static masking, ``instance()``
     returns the stored object itself: treat it as read-only.
@@ -727,8 +773,7 @@ class PretrainingDataset:
         if not _is_token_ids(documents):
             documents = tokenize_documents(documents, tokenizer)
         else:
-            documents = [[list(s) for s in d if len(s)] for d in documents]
-            documents = [d for d in documents if d]
+            documents = _clean_token_id_documents(documents, tokenizer, self.vocab.size)
         self.documents = documents
         _check_documents(documents)
         if not any(len(d) >= 2 for d in documents):
@@ -778,7 +823,8 @@ class PretrainingDataset:
             crc = zlib.crc32(json.dumps(self.options(), sort_keys=True).encode())
             crc = zlib.crc32(np.array([self.vocab.size, len(self.instances)], dtype=np.int64).tobytes(), crc)
             for doc in self.documents:
-                crc = zlib.crc32(np.asarray([len(s) for s in doc] + sum(doc, []), dtype=np.int32).tobytes(), crc)
+                crc = zlib.crc32(np.asarray([len(s) for s in doc], dtype=np.int32).tobytes(), crc)
+                crc = zlib.crc32(np.fromiter(itertools.chain.from_iterable(doc), dtype=np.int32).tobytes(), crc)
             for x in self.instances:
                 crc = zlib.crc32(np.asarray(x.tokens, dtype=np.int32).tobytes(), crc)
                 crc = zlib.crc32(b"\x01" if x.is_random_next else b"\x00", crc)

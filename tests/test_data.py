@@ -114,6 +114,8 @@ def test_missing_file_names_it(tmp_path):
         read_corpus(missing)
     with pytest.raises(FileNotFoundError, match="nope"):
         PretrainingDataset.from_files([missing], MiniTokenizer(synthetic_vocab()))
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        read_corpus(tmp_path)
 
 
 def test_non_utf8_names_file_and_line(tmp_path):
@@ -296,7 +298,32 @@ def test_exact_mask_count_and_fifteen_percent(static_instances):
     # round(0.15 * n) per sequence: the overall rate is 15% up to rounding (|err| <= 0.5 / n)
     assert abs(total_masked / total_tokens - 0.15) < 0.005
     assert num_to_predict(128) == 19 and num_to_predict(512) == 20 and num_to_predict(3) == 1
-    assert num_to_predict(10) == 2  # round(1.5) == 2 (half to even)
+
+
+def test_num_to_predict_rounds_half_to_even():
+    """Google's ``int(round(len * 0.15))`` under Python 3: halves go to the even neighbour.
+    len * 0.15 is exactly k + 0.5 for len = 10, 30, 50, ...; Python 2's round (half away from
+    zero) would give 5, 11, 17 for 30, 70, 110."""
+    halves = [n for n in range(1, 140) if n * 0.15 == int(n * 0.15) + 0.5]
+    assert halves == [10, 30, 50, 70, 90, 110, 130]
+    assert [num_to_predict(n, 0.15, 100) for n in halves] == [2, 4, 8, 10, 14, 16, 20]
+    assert num_to_predict(30) == 4 and num_to_predict(70) == 10 and num_to_predict(110) == 16
+    assert num_to_predict(130) == 20 and num_to_predict(130, max_predictions_per_seq=19) == 19  # the cap
+    assert num_to_predict(2) == 1 and num_to_predict(5) == 1  # round(0.3), round(0.75): at least 1
+
+
+def test_exact_mask_count_with_dynamic_masking(tok, docs):
+    """Dynamic masks (fresh per epoch) follow the same formula, for every instance and epoch."""
+    ds = PretrainingDataset(docs, tok, max_seq_length=MAX_LEN, seed=8)
+    total_tokens = total_masked = 0
+    for epoch in range(3):
+        for i in range(len(ds)):
+            x = ds.instance(i, epoch)
+            assert len(x.masked_positions) == num_to_predict(len(x.tokens), 0.15, 20)
+            assert x.masked_labels == [x.tokens[p] for p in x.masked_positions]
+            total_tokens += len(x.tokens)
+            total_masked += len(x.masked_positions)
+    assert abs(total_masked / total_tokens - 0.15) < 0.005
 
 
 def test_never_masks_special_tokens(static_instances, tok):
@@ -389,6 +416,68 @@ def test_whole_word_masking(tok):
         target = num_to_predict(len(x.tokens), 0.15, 20)
         assert target - 2 <= len(x.masked_positions) <= target  # words of <= 3 pieces may not fit
     assert multi_piece > 50 and words_masked > 1000
+
+
+def test_whole_word_80_10_10_per_word(tok):
+    """With whole-word masking the 80/10/10 choice is made once per word: over many words,
+    80% are all [MASK], and no multi-piece word mixes [MASK] with unmasked pieces (tolerance:
+    4 binomial standard deviations on the per-word count)."""
+    docs = synthetic_documents(60, seed=9)
+    ds = PretrainingDataset(docs, tok, max_seq_length=MAX_LEN, whole_word_mask=True, seed=1)
+    vocab = ds.vocab
+    n_words = all_mask = 0
+    for epoch in range(3):
+        for i in range(len(ds)):
+            x = ds.instance(i, epoch)
+            masked = set(x.masked_positions)
+            p = 0
+            while p < len(x.tokens):
+                q = p + 1
+                while q < len(x.tokens) and vocab.is_subword[x.tokens[q]] and x.tokens[q - 1] not in (
+                        vocab.cls_id, vocab.sep_id):
+                    q += 1
+                word = range(p, q)
+                if masked & set(word):
+                    n_words += 1
+                    is_mask = [x.input_ids[k] == vocab.mask_id for k in word]
+                    assert all(is_mask) or not any(is_mask)  # never half [MASK]
+                    all_mask += all(is_mask)
+                p = q
+    assert n_words > 5000
+    assert within(all_mask, n_words, 0.8)
+
+
+def test_whole_word_never_spans_a_sep():
+    """B truncated at the front may start with a "##" piece: it starts a word of its own, not
+    glued to the last word of A across the [SEP]. (Google's candidate loop makes the 3-piece
+    "word" {b, ##c, ##c} here, which never fits 2 predictions: "##c" would never be masked.)"""
+    tok = MiniTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "##c"])
+    vocab = MaskingVocab(tok)
+    tokens = [2, 5, 6, 3, 7, 7, 5, 3]  # [CLS] a b [SEP] ##c ##c a [SEP]; round(8 * 0.25) = 2
+    seen = set()
+    for seed in range(300):
+        _, pos, _ = create_masked_lm_predictions(tokens, vocab, random.Random(seed), masked_lm_prob=0.25,
+                                                 max_predictions_per_seq=20, whole_word_mask=True)
+        assert len(pos) == 2
+        assert (4 in pos) == (5 in pos)  # the two pieces after [SEP] are one word
+        seen.add(tuple(pos))
+    assert seen == {(1, 2), (1, 6), (2, 6), (4, 5)}
+
+
+def test_token_id_documents_are_checked(tok):
+    """Documents given as token ids: an id outside the vocabulary is an error naming where it
+    is; a literal [SEP] / [MASK] id becomes [UNK], as it does for text."""
+    n = len(tok)
+    good = [[[10, 11, 12], [13, 14]], [[15, 16, 17], [18]]]
+    with pytest.raises(ValueError, match=r"documents\[1\]\[0\].*token id"):
+        PretrainingDataset([good[0], [[15, n]]], tok, max_seq_length=16)
+    with pytest.raises(ValueError, match="token id -1"):
+        PretrainingDataset([good[0], [[-1, 15]]], tok, max_seq_length=16)
+    ds = PretrainingDataset([[[10, tok.sep_token_id, 11], [12, tok.mask_token_id]], good[1]], tok,
+                            max_seq_length=16)
+    assert ds.documents[0] == [[10, tok.unk_token_id, 11], [12, tok.unk_token_id]]
+    for x in ds.instances:
+        assert x.tokens.count(tok.sep_token_id) == 2
 
 
 def test_dynamic_masks_change_per_epoch_static_do_not(tok, docs):

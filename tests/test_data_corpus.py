@@ -61,21 +61,27 @@ def test_tokenized_corpus_is_clean(train_docs, tok):
 
 
 def test_data_is_fast_compared_to_a_training_step(train_docs, tok):
-    """A BERT-mini step (16 x 128) takes ~0.5 s; building instances for the whole corpus and
-    serving a batch must be far cheaper. Measured here: ~65k instances/s to build, ~0.6 ms per
-    dynamically masked batch; the bounds leave a wide margin for slow machines."""
+    """A training step must not wait for data. BERT-mini takes 443 ms a step at 16 x 128 on the
+    2-core machine (benchmarks/RESULTS.md), about twice that at 32 x 128. Measured on the bundled
+    corpus there (8k WordPiece vocab): building all ~14k instances 1.8 s (tokenizing included),
+    a dynamically masked 32 x 128 batch 2.2 ms median (static masks 0.4 ms): ~0.5% of even a
+    0.4 s step. The bound leaves a wide margin for slow or busy machines: 25 ms is < 7%."""
     t0 = time.perf_counter()
     ds = PretrainingDataset(train_docs, tok, max_seq_length=128, seed=0)  # tokenizes too
     build = time.perf_counter() - t0
     assert len(ds) > 10_000
     assert build < 15.0
-    loader = PretrainingLoader(ds, batch_size=16)
     t0 = time.perf_counter()
+    ds.fingerprint()  # computed once, at the first loader checkpoint
+    assert time.perf_counter() - t0 < 2.0
+    loader = PretrainingLoader(ds, batch_size=32)
+    times = []
     for _ in range(100):
+        t0 = time.perf_counter()
         batch = loader.next_batch()
-    per_batch = (time.perf_counter() - t0) / 100
-    assert batch["input_ids"].shape == (16, 128)
-    assert per_batch < 0.025  # < 5% of a 0.5 s step
+        times.append(time.perf_counter() - t0)
+    assert batch["input_ids"].shape == (32, 128)
+    assert float(np.median(times)) < 0.025
 
 
 def test_format_instance_text(heldout_docs, tok):
