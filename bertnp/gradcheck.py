@@ -71,18 +71,16 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
     if x_host.dtype != np.float64:
         raise TypeError(f"x must be float64 for a gradient check, got {x_host.dtype}")
     grad = np.zeros(x_host.shape, dtype=np.float64)
-    flat_x = x.reshape(-1)  # a view on x: writing to it perturbs x
-    if getattr(flat_x, "base", None) is None and flat_x is not x and x.size > 1:
-        raise ValueError("x must be contiguous so that it can be perturbed in place")
-    flat_grad = grad.reshape(-1)
-    for i in range(flat_x.size):
-        saved = float(flat_x[i])
+    # index x by its multi-index, never through x.reshape(-1): for a transposed or otherwise
+    # non-contiguous x that reshape is a *copy*, and perturbing it would leave x (and f) unchanged.
+    for index in np.ndindex(*x_host.shape):
+        saved = float(x[index])
         total = 0.0
         for offset, weight in zip(offsets, weights):
-            flat_x[i] = saved + offset * h
+            x[index] = saved + offset * h
             total += weight * float(f())
-        flat_x[i] = saved
-        flat_grad[i] = total / (denominator * h)
+        x[index] = saved
+        grad[index] = total / (denominator * h)
     return grad
 
 
@@ -105,7 +103,6 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
 
     Returns ``{name: relative error}``. Inputs must be float64 arrays of the active backend.
     """
-    xp = backend.xp()
     inputs = dict(inputs)
     for name in wrt:
         if name not in inputs:
@@ -135,7 +132,6 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
             raise ValueError(f"backward returned no gradient for {name!r}")
         numeric = numerical_gradient(loss, inputs[name], h=h, order=order)
         errors[name] = rel_error(grads[name], numeric, floor=floor)
-    del xp
     return errors
 
 
@@ -163,19 +159,19 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
     for name in names:
         if name not in params:
             raise ValueError(f"unknown parameter {name!r}")
-        p = params[name]
-        flat = p.reshape(-1)
-        idx = np.arange(flat.size)
-        if max_entries is not None and flat.size > max_entries:
-            idx = np.sort(rng.choice(flat.size, size=max_entries, replace=False))
+        p = params[name]                      # the live parameter: perturbed in place, restored
+        idx = np.arange(p.size)
+        if max_entries is not None and p.size > max_entries:
+            idx = np.sort(rng.choice(p.size, size=max_entries, replace=False))
         numeric = np.empty(idx.size)
         for j, i in enumerate(idx):
-            saved = float(flat[i])
+            index = np.unravel_index(i, p.shape)  # a multi-index: right for any memory layout
+            saved = float(p[index])
             total = 0.0
             for offset, weight in zip(offsets, weights):
-                flat[i] = saved + offset * h
+                p[index] = saved + offset * h
                 total += weight * float(model(**inputs).loss)
-            flat[i] = saved
+            p[index] = saved
             numeric[j] = total / (denominator * h)
         errors[name] = rel_error(grads[name].reshape(-1)[idx], numeric, floor=floor)
     return errors

@@ -679,15 +679,17 @@ class BertForPreTraining(_BertBase):
 
         dhidden = None
         if has_mlm:
-            dlogits = self.F.cross_entropy_backward(one, head["mlm_ce"])                       # (N, V)
-            dt, dW, db = linear_backward(dlogits, head["decoder"])
+            # walk the MLM head in reverse: loss <- logits <- LayerNorm <- GELU <- dense <- gathered rows
+            dlogits = self.F.cross_entropy_backward(one, head["mlm_ce"])                # (N, V) (softmax - onehot) / N
+            # logits = t @ E^T + bias: a Linear whose weight is the word embedding E (V, C)
+            dt, dW, db = linear_backward(dlogits, head["decoder"])                      # (N, C), (V, C), (V,)
             acc("bert.embeddings.word_embeddings.weight", dW)   # tied: the decoder's share (+= the lookup's below)
             acc("cls.predictions.bias", db)
-            dt, dg, db = self.F.layernorm_backward(dt, head["ln"])
+            dt, dg, db = self.F.layernorm_backward(dt, head["ln"])                      # t = LN(gelu(dense))
             acc("cls.predictions.transform.LayerNorm.weight", dg)
             acc("cls.predictions.transform.LayerNorm.bias", db)
-            dt = self.F.activation_backward(dt, head["act"])
-            dselected, dW, db = linear_backward(dt, head["dense"])                      # (N, C)
+            dt = self.F.activation_backward(dt, head["act"])                            # gelu(dense): elementwise
+            dselected, dW, db = linear_backward(dt, head["dense"])                      # (N, C) to the gathered rows
             acc("cls.predictions.transform.dense.weight", dW)
             acc("cls.predictions.transform.dense.bias", db)
             # scatter the N gathered rows back to their positions; positions are distinct, so = is exact
@@ -696,11 +698,11 @@ class BertForPreTraining(_BertBase):
             dhidden = dhidden.reshape(batch, seq_len, H)                                # (B*T, C) -> (B, T, C)
         dpooled = None
         if has_nsp:
-            dnsp = self.F.cross_entropy_backward(one, head["nsp_ce"])                          # (B, 2)
-            dpooled, dW, db = linear_backward(dnsp, head["nsp"])                        # (B, C)
+            dnsp = self.F.cross_entropy_backward(one, head["nsp_ce"])                   # (B, 2) (softmax - onehot) / B
+            dpooled, dW, db = linear_backward(dnsp, head["nsp"])                        # nsp_logits = pooled Wsr^T + bsr: (B, C)
             acc("cls.seq_relationship.weight", dW)
             acc("cls.seq_relationship.bias", db)
-        if dhidden is None:
+        if dhidden is None:                  # NSP only: the hidden states reach the loss through the pooler alone
             dhidden = xp.zeros((batch, seq_len, H), dtype=self.dtype)
         self._encoder_backward(dhidden, dpooled)
         self._cache = self._head_cache = self._loss_parts = None    # free the activations
@@ -787,10 +789,11 @@ class BertForSequenceClassification(_BertBase):
             dlogits = (2.0 / diff.shape[0]) * diff[:, None]                  # d mean(d^2) / d logit
         else:
             dlogits = self.F.cross_entropy_backward(one, head["ce"])
-        ddropped, dW, db = linear_backward(dlogits, head["lin"])
+        ddropped, dW, db = linear_backward(dlogits, head["lin"])          # logits = dropped W^T + b: (B, C)
         self._accumulate("classifier.weight", dW)
         self._accumulate("classifier.bias", db)
-        dpooled = dropout_backward(ddropped, head["drop"])
+        dpooled = dropout_backward(ddropped, head["drop"])                # the same mask scales the gradient
+        # only the pooled [CLS] vector reaches the loss: the hidden states get their gradient through it
         batch, seq_len = self._cache["shape"]
         dhidden = backend.xp().zeros((batch, seq_len, self.config.hidden_size), dtype=self.dtype)
         self._encoder_backward(dhidden, dpooled)

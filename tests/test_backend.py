@@ -86,10 +86,12 @@ def _strict(array):
     return STRICT.asarray(array)
 
 
-def test_every_op_runs_forward_and_backward_on_strict_arrays():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_op_runs_forward_and_backward_on_strict_arrays(dtype):
+    """float32 takes GELU's fitted-tanh path, float64 the exact erf (backend.erf): both are run."""
     r = np.random.default_rng(0)
     with backend.using(STRICT, "strict"):
-        S = lambda *shape: _strict(r.standard_normal(shape).astype(np.float32))  # noqa: E731
+        S = lambda *shape: _strict(r.standard_normal(shape).astype(dtype))  # noqa: E731
         x = S(2, 5, 6)
         cases = [
             (ops.linear_forward, ops.linear_backward, (x, S(4, 6), S(4)), {}),
@@ -98,26 +100,29 @@ def test_every_op_runs_forward_and_backward_on_strict_arrays():
             (ops.gelu_forward, ops.gelu_backward, (x,), dict(approximate="tanh")),
             (ops.tanh_forward, ops.tanh_backward, (x,), {}),
             (ops.relu_forward, ops.relu_backward, (x,), {}),
-            (ops.softmax_forward, ops.softmax_backward, (x, _strict(np.zeros((2, 1, 6), np.float32))), {}),
+            (ops.softmax_forward, ops.softmax_backward, (x, _strict(np.zeros((2, 1, 6), dtype))), {}),
             (ops.dropout_forward, ops.dropout_backward, (x, 0.1), dict(rng=3)),
             (ops.embedding_forward, ops.embedding_backward, (_strict(np.array([[0, 3, 3]])), S(4, 6)), {}),
             (ops.attention_forward, ops.attention_backward,
              (x, S(6, 6), S(6), S(6, 6), S(6), S(6, 6), S(6), 2),
-             dict(additive_mask=_strict(np.zeros((2, 1, 1, 5), np.float32)), dropout_p=0.1, rng=1, training=True)),
+             dict(additive_mask=_strict(np.zeros((2, 1, 1, 5), dtype)), dropout_p=0.1, rng=1, training=True)),
         ]
         for forward, backward_fn, args, kwargs in cases:
             out, cache = forward(*args, **kwargs)
             assert isinstance(out, StrictArray), forward.__name__
-            grads = backward_fn(_strict(np.ones(out.shape, np.float32)), cache)
+            grads = backward_fn(_strict(np.ones(out.shape, dtype)), cache)
             grads = grads if isinstance(grads, tuple) else (grads,)
             for g in grads:
                 assert g is None or isinstance(g, StrictArray), forward.__name__
-        loss, cache = ops.cross_entropy_forward(S(4, 7), _strict(np.array([1, -100, 6, 0])), check_range=False)
-        assert isinstance(loss, StrictArray)
-        assert isinstance(ops.cross_entropy_backward(_strict(np.float32(1.0)), cache), StrictArray)
+        for check_range in (True, False):      # the range check reads the targets on the "device"
+            loss, cache = ops.cross_entropy_forward(S(4, 7), _strict(np.array([1, -100, 6, 0])),
+                                                    check_range=check_range)
+            assert isinstance(loss, StrictArray)
+            assert isinstance(ops.cross_entropy_backward(_strict(dtype(1.0)), cache), StrictArray)
 
 
-def test_model_and_optimizer_run_on_strict_arrays():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_model_and_optimizer_run_on_strict_arrays(dtype):
     """The whole training step -- model forward with dropout, backward, AdamW -- never touches
     NumPy directly with model arrays."""
     cfg = bn.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
@@ -128,7 +133,7 @@ def test_model_and_optimizer_run_on_strict_arrays():
                  labels=np.where(r.random((2, 6)) < 0.4, r.integers(1, 40, (2, 6)), -100),
                  next_sentence_label=np.array([0, 1]))
     with backend.using(STRICT, "strict"):
-        model = bn.BertForPreTraining(cfg, seed=0).train()
+        model = bn.BertForPreTraining(cfg, seed=0, dtype=dtype).train()
         assert all(isinstance(p, StrictArray) for p in model.parameters().values())
         out = model(**batch)
         assert isinstance(out.loss, StrictArray) and np.isfinite(float(out.loss))
@@ -138,10 +143,15 @@ def test_model_and_optimizer_run_on_strict_arrays():
         opt.step()
         model.zero_grad()
         assert all(isinstance(p, StrictArray) for p in model.parameters().values())
-        clf = bn.BertForSequenceClassification(cfg, num_labels=3, seed=0)
+        clf = bn.BertForSequenceClassification(cfg, num_labels=3, seed=0, dtype=dtype)
         o = clf(input_ids=batch["input_ids"], labels=np.array([0, 2]))
         clf.backward()
         assert isinstance(o.logits, StrictArray)
+        enc = bn.BertModel(cfg, seed=0, dtype=dtype)           # the bare encoder's own backward
+        h = enc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        grads = enc.backward(dlast_hidden_state=STRICT.ones(h.last_hidden_state.shape, dtype=dtype),
+                             dpooler_output=STRICT.ones(h.pooler_output.shape, dtype=dtype))
+        assert all(isinstance(g, StrictArray) for g in grads.values())
 
 
 # ----------------------------------------------------------------------------- lint

@@ -151,6 +151,15 @@ def test_rel_error_floor_only_forgives_tiny_entries():
     assert rel_error([1e-3], [2e-3], floor=1e-9) > 0.3
 
 
+def test_numerical_gradient_perturbs_non_contiguous_arrays(rng):
+    """A transposed view cannot be flattened without a copy: the referee must still perturb x itself
+    (perturbing a copy would leave f unchanged and report a zero gradient)."""
+    x = rng.standard_normal((3, 4)).T                # (4, 3), Fortran-ordered view
+    w = rng.standard_normal((4, 3))
+    numeric = numerical_gradient(lambda: float((np.sin(x) * w).sum()), x)
+    assert rel_error(numeric, np.cos(x) * w) < 1e-8
+
+
 def test_gradcheck_catches_a_wrong_backward(rng):
     """The referee must fail a wrong answer: a LayerNorm backward that forgets the mean terms."""
     def wrong_backward(dout, cache):
@@ -227,6 +236,61 @@ def test_dropout_property(shape, p, seed):
     np.testing.assert_allclose(out1[kept], x[kept] / (1 - p))     # survivors scaled by 1/(1-p)
 
 
+@settings(max_examples=15, deadline=None)
+@given(lead=shape_strategy, vocab=st.integers(1, 5), dim=st.integers(1, 4), seed=st.integers(0, 99))
+def test_embedding_property(lead, vocab, dim, seed):
+    r = np.random.default_rng(seed)
+    ids = r.integers(0, vocab, lead)                      # small vocabularies: ids repeat often
+    table = r.standard_normal((vocab, dim))
+    out, _ = embedding_forward(ids, table)
+    assert out.shape == lead + (dim,)
+    errors = check_layer(embedding_forward, embedding_backward, dict(table=table), wrt=("table",),
+                         ids=ids, **PROPERTY)
+    assert errors["table"] <= SMOOTH
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shape_strategy, seed=st.integers(0, 99), op=st.sampled_from(["tanh", "relu"]))
+def test_tanh_relu_property(shape, seed, op):
+    x = np.random.default_rng(seed).standard_normal(shape) * 1.5
+    x[np.abs(x) < 0.01] = 0.5                             # ReLU: stay 2h away from the kink at 0
+    forward, backward = (tanh_forward, tanh_backward) if op == "tanh" else (relu_forward, relu_backward)
+    errors = check_layer(forward, backward, dict(x=x), wrt=("x",), **PROPERTY)
+    assert errors["x"] <= SMOOTH
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 6), k=st.integers(1, 6), seed=st.integers(0, 99))
+def test_cross_entropy_property(n, k, seed):
+    r = np.random.default_rng(seed)
+    logits = r.standard_normal((n, k)) * 2
+    targets = np.where(r.random(n) < 0.3, -100, r.integers(0, k, n))   # some (maybe all) rows ignored
+    loss, _ = cross_entropy_forward(logits, targets)
+    counted = targets != -100
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -logp[counted, targets[counted]].mean() if counted.any() else 0.0
+    assert float(loss) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    errors = check_layer(cross_entropy_forward, cross_entropy_backward, dict(logits=logits),
+                         wrt=("logits",), targets=targets, **PROPERTY)
+    assert errors["logits"] <= SMOOTH
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 2), seq_len=st.integers(1, 4), num_heads=st.integers(1, 3),
+       head_size=st.integers(1, 3), seed=st.integers(0, 99))
+def test_attention_property(batch, seq_len, num_heads, head_size, seed):
+    """Random (B, T, nh, hs), a random padding mask (a row may be fully masked), dropout on."""
+    r = np.random.default_rng(seed)
+    channels = num_heads * head_size
+    inputs = _attention_inputs(r, channels)
+    inputs["x"] = r.standard_normal((batch, seq_len, channels))
+    mask = np.where(r.random((batch, 1, 1, seq_len)) < 0.3, NEG, 0.0)
+    errors = check_layer(attention_forward, attention_backward, inputs, wrt=ATTN_GRADS,
+                         num_heads=num_heads, additive_mask=mask, dropout_p=0.2, rng=seed,
+                         training=True, **PROPERTY)
+    assert max(errors.values()) <= SMOOTH, errors
+
+
 # ----------------------------------------------------------------------------- values
 
 def test_gelu_values_match_definitions():
@@ -265,6 +329,26 @@ def test_cross_entropy_extreme_logits(dtype):
     dlogits = cross_entropy_backward(dtype(1.0), cache)
     assert np.isfinite(loss) and np.isfinite(dlogits).all()
     assert float(loss) == pytest.approx((0.0 + 2e4 + math.log(3)) / 3, rel=1e-6)
+    # (softmax - onehot) / 3: row 0 is already right, row 1 puts all its mass on the wrong class
+    expected = np.array([[0, 0, 0], [-1, 0, 1], [1 / 3, 1 / 3, -2 / 3]]) / 3
+    np.testing.assert_allclose(dlogits, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ignored_rows_cannot_change_the_loss(rng):
+    """d2l's bug: averaging before masking lets padded / -100 slots count. Here the logits of
+    ignored rows may be anything (even +-1e4): the loss does not move, their gradient is exactly 0,
+    and the mean divides by the counted rows only."""
+    logits = rng.standard_normal((5, 6))
+    targets = np.array([2, -100, 0, -100, 5])
+    loss, _ = cross_entropy_forward(logits, targets)
+    wild = logits.copy()
+    wild[[1, 3]] = rng.standard_normal((2, 6)) * 1e4
+    loss_wild, cache = cross_entropy_forward(wild, targets)
+    assert float(loss_wild) == float(loss)
+    dlogits = cross_entropy_backward(1.0, cache)
+    assert not dlogits[[1, 3]].any()
+    counted, _ = cross_entropy_forward(logits[[0, 2, 4]], targets[[0, 2, 4]])
+    assert float(loss) == pytest.approx(float(counted), rel=1e-15)
 
 
 def test_cross_entropy_all_ignored_is_zero_not_nan(rng):
@@ -318,6 +402,13 @@ def test_float32_forward_matches_float64(rng):
         (softmax_forward, dict(scores=x), {}),
         (attention_forward, inputs, dict(num_heads=3, additive_mask=mask)),
     ]
+    ids = rng.integers(0, 7, (2, 5))
+    cases += [
+        (relu_forward, dict(x=x), {}),
+        (embedding_forward, dict(table=rng.standard_normal((7, 6))), dict(ids=ids)),
+        (cross_entropy_forward, dict(logits=rng.standard_normal((6, 9)) * 3),
+         dict(targets=np.array([0, 8, -100, 4, 4, 2]))),
+    ]
     for forward, args, params in cases:
         out64, _ = forward(**args, **params)
         p32 = dict(params)
@@ -364,5 +455,27 @@ def test_bad_input_errors_name_the_argument(rng):
         attention_forward(**_attention_inputs(rng), num_heads=4)
     with pytest.raises(ValueError, match="approximate"):
         gelu_forward(x, "fast")
+    with pytest.raises(TypeError, match="x must be a floating-point array"):
+        layernorm_forward(np.ones((2, 5), dtype=np.int32), np.ones(5), np.zeros(5))
+    with pytest.raises(TypeError, match="scores must be a floating-point array"):
+        softmax_forward(np.ones((2, 5), dtype=np.int64))
+    with pytest.raises(TypeError, match="logits must be a floating-point array"):
+        cross_entropy_forward(np.ones((2, 5), dtype=np.int64), np.array([0, 1]))
+    with pytest.raises(TypeError, match="x must be a floating-point array"):
+        gelu_forward(np.arange(3))
+    with pytest.raises(ValueError, match="table must be 2-D"):
+        embedding_forward(np.array([0, 1]), rng.standard_normal(3))
+    bad = _attention_inputs(rng)
+    bad["key_weight"] = rng.standard_normal((6, 5))
+    with pytest.raises(ValueError, match="key_weight has shape"):
+        attention_forward(**bad, num_heads=2)
+    bad = _attention_inputs(rng)
+    bad["value_bias"] = rng.standard_normal(4)
+    with pytest.raises(ValueError, match="value_bias has shape"):
+        attention_forward(**bad, num_heads=2)
+    bad = _attention_inputs(rng)
+    bad["x"] = bad["x"][0]
+    with pytest.raises(ValueError, match="x must be 3-D"):
+        attention_forward(**bad, num_heads=2)
     with pytest.raises(TypeError, match="float64"):
         check_layer(gelu_forward, gelu_backward, dict(x=x.astype(np.float32)), wrt=("x",))
