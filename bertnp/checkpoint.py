@@ -63,16 +63,46 @@ def save_tensors(path, tensors: Mapping[str, object], metadata: Mapping[str, str
 
 
 def load_tensors(path) -> dict:
-    """Read a safetensors file into ``{name: numpy array}`` with errors that name the file."""
-    from safetensors.numpy import load_file
+    """Read a safetensors file into ``{name: numpy array}`` with errors that name the file.
+
+    NumPy has no bfloat16, so safetensors' NumPy API cannot return the BF16 tensors that some
+    published checkpoints hold: those are widened to float32 here (exactly: a bfloat16 is the top
+    16 bits of a float32)."""
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return load_file(str(path))
+    try:   # safe_open checks the header: valid JSON, offsets inside the file and covering it
+        with safe_open(str(path), framework="numpy") as handle:
+            out, bf16 = {}, []
+            for name in handle.keys():
+                if handle.get_slice(name).get_dtype() == "BF16":
+                    bf16.append(name)
+                else:
+                    out[name] = handle.get_tensor(name)
     except Exception as exc:  # safetensors raises SafetensorError / OSError on bad headers or sizes
         raise ValueError(f"{path}: not a valid safetensors file ({exc})") from exc
+    if bf16:
+        out.update(_read_bf16_as_float32(path, bf16))
+    return out
+
+
+def _read_bf16_as_float32(path: Path, names) -> dict:
+    """The BF16 tensors ``names`` of a safetensors file (already validated by safe_open), as float32."""
+    with open(path, "rb") as handle:
+        (header_len,) = np.frombuffer(handle.read(8), dtype="<u8")
+        header = json.loads(handle.read(int(header_len)))
+        base = 8 + int(header_len)
+        out = {}
+        for name in names:
+            info = header[name]
+            start, end = info["data_offsets"]
+            handle.seek(base + start)
+            bits = np.frombuffer(handle.read(end - start), dtype="<u2")          # (n,) raw bfloat16
+            wide = (bits.astype(np.uint32) << 16).view(np.float32)              # the float32 with those top bits
+            out[name] = wide.reshape(info["shape"])
+    return out
 
 
 def tensors_metadata(path) -> dict:

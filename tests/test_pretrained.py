@@ -14,7 +14,8 @@ Round trips: what ``save_pretrained`` writes loads back identically (every model
 dtype), in HF's layout (config.json + model.safetensors with ``{"format": "pt"}`` metadata, no
 tied duplicates). That Hugging Face transformers itself loads it is checked by the script
 tests/reference/check_hf_loads_bertnp.py (it needs torch). Bad directories and files raise
-FileNotFoundError / ValueError naming the file and the tensor.
+FileNotFoundError / ValueError naming the file and the tensor. A bfloat16 checkpoint (which
+safetensors' NumPy API cannot return: NumPy has no bfloat16) is widened to float32 exactly.
 """
 from __future__ import annotations
 
@@ -394,3 +395,35 @@ def test_float16_checkpoint_loads_in_the_requested_dtype(good_dir):
     w = model.state_dict()["encoder.layer.0.output.dense.weight"]
     assert w.dtype == np.float64
     np.testing.assert_array_equal(w, sd["encoder.layer.0.output.dense.weight"].astype(np.float64))
+
+
+def write_bf16_safetensors(path: Path, tensors: dict) -> None:
+    """A safetensors file of BF16 tensors written by hand (the top 16 bits of each float32), as
+    published bfloat16 checkpoints are: NumPy has no bfloat16 to hand to safetensors."""
+    header, chunks, offset = {}, [], 0
+    for name, value in tensors.items():
+        raw = (np.ascontiguousarray(value, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+def test_bfloat16_checkpoint_is_widened_to_float32(good_dir):
+    sd = load_tensors(good_dir / "model.safetensors")
+    write_bf16_safetensors(good_dir / "model.safetensors", sd)
+    loaded = load_tensors(good_dir / "model.safetensors")
+    assert set(loaded) == set(sd)
+    for name, value in sd.items():
+        truncated = (value.astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+        assert loaded[name].dtype == np.float32 and loaded[name].shape == value.shape
+        np.testing.assert_array_equal(loaded[name], truncated, err_msg=name)
+    model = BertModel.from_pretrained(good_dir)
+    w = model.state_dict()["encoder.layer.1.intermediate.dense.weight"]
+    np.testing.assert_array_equal(w, loaded["encoder.layer.1.intermediate.dense.weight"])
+    data = (good_dir / "model.safetensors").read_bytes()
+    (good_dir / "model.safetensors").write_bytes(data[:-10])      # a truncated BF16 file is still refused
+    with pytest.raises(ValueError, match=r"model\.safetensors.*not a valid safetensors file"):
+        BertModel.from_pretrained(good_dir)

