@@ -3,6 +3,8 @@
     python benchmarks/bench_gpu.py                      # kernel micro-benchmarks (BERT-base sizes)
     python benchmarks/bench_gpu.py --step               # + one bertnp training step, kernels off/on
     python benchmarks/bench_gpu.py --step --torch       # + HF BertForPreTraining, eager CUDA
+    python benchmarks/bench_gpu.py --step --torch --find-batch   # each at the largest batch that fits
+    python benchmarks/bench_gpu.py --tf32 ...           # float32 matmuls on TF32 tensor cores (both sides)
     python benchmarks/bench_gpu.py --json out.json      # also write every number as JSON
 
 Per kernel (llm.c's way): each version is first checked against the plain CuPy version of the same
@@ -62,6 +64,34 @@ def gpu_time(fn, n_repeat: int, n_warmup: int = 5) -> float:
     from cupyx.profiler import benchmark
     result = benchmark(fn, n_repeat=n_repeat, n_warmup=n_warmup)
     return float(np.mean(result.gpu_times[0]))
+
+
+def configure_tf32(xp, enabled: bool) -> str:
+    """Set CuPy's float32 matmul compute type (cuBLAS TF32 tensor cores, or plain FP32) and say
+    which one is in force; torch is set to the same in bench_torch. The default is off: float32."""
+    try:
+        from cupy._core import _routines_linalg as linalg      # CuPy's switch (CUPY_TF32=1 sets it too)
+        if enabled:
+            linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+        mode = linalg.compute_type_to_str(linalg.get_compute_type(np.float32))
+    except (ImportError, AttributeError) as exc:                # another CuPy: report, do not guess
+        return f"unknown ({exc})"
+    return f"TF32 on (CuPy compute type {mode})" if enabled else f"TF32 off, plain FP32 (CuPy compute type {mode})"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CuPy's OutOfMemoryError is a MemoryError; torch's says 'out of memory'; cuBLAS's workspace
+    failure is CUBLAS_STATUS_ALLOC_FAILED."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "alloc_failed" in text
+
+
+def largest_batch(fits: Callable[[int], bool], start: int = 8, limit: int = 4096):
+    """The largest batch start * 2^k <= limit with fits(batch) True, or None if start does not fit."""
+    best, batch = None, start
+    while batch <= limit and fits(batch):
+        best, batch = batch, 2 * batch
+    return best
 
 
 def measured_copy_gbs(xp, n_repeat: int) -> float:
@@ -270,7 +300,8 @@ def default_model_factory(cfg, use_kernels: bool):
     return None
 
 
-def bench_torch(cfg, batch: dict, steps: int, warmup: int, masked_only: bool, device: str = "cuda"):
+def bench_torch(cfg, batch: dict, steps: int, warmup: int, masked_only: bool, device: str = "cuda",
+                tf32: bool = False):
     """HF BertForPreTraining, eager attention, float32: all positions (HF's own loss) or the MLM
     head at the labelled positions only (bertnp's way). None when torch (or CUDA) is missing.
     ``device="cpu"`` runs the same code on the CPU (a dry run for the tests)."""
@@ -285,6 +316,8 @@ def bench_torch(cfg, batch: dict, steps: int, warmup: int, masked_only: bool, de
         return None
     dev = torch.device(device)
     cuda = dev.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = tf32          # the same float32 matmul mode as CuPy's
+    torch.backends.cudnn.allow_tf32 = tf32
     hf_cfg = transformers.BertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
@@ -337,31 +370,82 @@ def bench_torch(cfg, batch: dict, steps: int, warmup: int, masked_only: bool, de
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
 
 
+def torch_unavailable_reason(device: str = "cuda"):
+    """None when torch, transformers and (for "cuda") a CUDA device are there, else why not."""
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    if device == "cuda" and not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False"
+    return None
+
+
+def _free_device_memory():
+    pool = getattr(backend.xp(), "get_default_memory_pool", None)
+    if pool is not None:
+        pool().free_all_blocks()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def _fits(run: Callable[[], object]) -> bool:
+    """True when run() finishes, False when it runs out of device memory (then frees the pools)."""
+    try:
+        run()
+        return True
+    except Exception as exc:  # noqa: BLE001 (only out-of-memory is an answer; anything else is raised)
+        if not is_out_of_memory(exc):
+            raise
+        return False
+    finally:
+        _free_device_memory()
+
+
 def run_step_benchmarks(args) -> list:
+    """Each implementation at --batch, or (--find-batch) at the largest power-of-two batch that fits
+    on this card; tokens/s is the figure to compare."""
     cfg = bn.BertConfig.preset(args.preset, vocab_size=args.vocab)
-    batch = make_batch(cfg, args.batch, args.seq, args.preds)
-    tokens = args.batch * args.seq
+    size = "the largest batch that fits (powers of two)" if args.find_batch else f"batch {args.batch}"
     print(f"\ntraining step: preset {args.preset} (H{cfg.hidden_size}, L{cfg.num_hidden_layers}, "
-          f"V{cfg.vocab_size}), batch {args.batch} x seq {args.seq}, {args.preds} predictions/seq")
-    rows = []
+          f"V{cfg.vocab_size}), {size} x seq {args.seq}, {args.preds} predictions/seq, float32, "
+          f"{getattr(args, 'tf32_mode', 'TF32 not configured')}")
+    impls = []
     for use_kernels in (False, True):
         factory = default_model_factory(cfg, use_kernels)
         label = "bertnp cupy + kernels" if use_kernels else "bertnp cupy (plain)"
         if factory is None:
             print(f"  {label:34s} skipped: BertForPreTraining has no use_kernels switch yet")
             continue
-        r = bench_training_step(factory, batch, steps=args.steps, warmup=args.warmup)
-        rows.append({"impl": label, **r})
-        print(f"  {label:34s} {r['s_per_step'] * 1e3:9.1f} ms/step  {tokens / r['s_per_step']:10.0f} tok/s  "
-              f"loss {r['loss']:.3f}  pool {r['pool_gib']:.1f} GiB")
-    if args.torch:
+        impls.append((label, lambda b, steps, warmup, f=factory: bench_training_step(
+            f, make_batch(cfg, b, args.seq, args.preds), steps=steps, warmup=warmup)))
+    missing = torch_unavailable_reason() if args.torch else None
+    if missing:
+        print(f"  torch side skipped: {missing}")
+    elif args.torch:
         for masked_only in (False, True):
             label = "torch eager, " + ("masked-only MLM" if masked_only else "all positions (HF)")
-            r = bench_torch(cfg, batch, args.steps, args.warmup, masked_only)
-            if r is not None:
-                rows.append({"impl": label, **r})
-                print(f"  {label:34s} {r['s_per_step'] * 1e3:9.1f} ms/step  {tokens / r['s_per_step']:10.0f} "
-                      f"tok/s  loss {r['loss']:.3f}  peak {r['peak_gib']:.1f} GiB")
+            impls.append((label, lambda b, steps, warmup, m=masked_only: bench_torch(
+                cfg, make_batch(cfg, b, args.seq, args.preds), steps, warmup, m, tf32=args.tf32)))
+    rows = []
+    for label, run in impls:
+        batch = args.batch
+        if args.find_batch:
+            batch = largest_batch(lambda b: _fits(lambda: run(b, 1, 1)), start=8, limit=args.max_batch)
+            if batch is None:
+                print(f"  {label:34s} skipped: batch 8 does not fit")
+                continue
+        r = run(batch, args.steps, args.warmup)
+        tokens = batch * args.seq
+        rows.append({"impl": label, "batch": batch, "tokens_per_s": tokens / r["s_per_step"], **r})
+        memory = f"pool {r['pool_gib']:.1f} GiB" if "pool_gib" in r else f"peak {r['peak_gib']:.1f} GiB"
+        print(f"  {label:34s} batch {batch:4d} {r['s_per_step'] * 1e3:9.1f} ms/step  "
+              f"{tokens / r['s_per_step']:10.0f} tok/s  loss {r['loss']:.3f}  {memory}")
     return rows
 
 
@@ -376,6 +460,11 @@ def parse_args(argv=None):
     p.add_argument("--torch", action="store_true", help="with --step: also HF BertForPreTraining, eager CUDA")
     p.add_argument("--preset", default="base", help="BertConfig preset for --step (default base)")
     p.add_argument("--batch", type=int, default=32, help="sequences per batch (default 32)")
+    p.add_argument("--find-batch", action="store_true",
+                   help="with --step: run each implementation at the largest batch (8, 16, 32, ...) that fits")
+    p.add_argument("--max-batch", type=int, default=4096, help="with --find-batch: the largest batch tried")
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 matmuls on TF32 tensor cores, for CuPy and torch alike (default: off, FP32)")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     p.add_argument("--preds", type=int, default=20, help="masked positions per sequence (default 20)")
     p.add_argument("--hidden", type=int, default=768, help="micro-benchmarks: hidden size (768)")
@@ -398,10 +487,12 @@ def main(argv=None) -> int:
     bn.set_backend("cupy")
     xp = backend.xp()
     info = device_info(xp)
+    info["tf32"] = args.tf32_mode = configure_tf32(xp, args.tf32)
     info["copy_gbs"] = measured_copy_gbs(xp, args.repeat)
     print(f"{info['name']}: {info['sms']} SMs, {info['total_memory_gib']:.0f} GiB; peak memory bandwidth "
           f"{info['peak_gbs']:.0f} GB/s (2 x {info['memory_clock_khz'] / 1e3:.0f} MHz x "
-          f"{info['bus_width_bits']} bit), measured device copy {info['copy_gbs']:.0f} GB/s")
+          f"{info['bus_width_bits']} bit), measured device copy {info['copy_gbs']:.0f} GB/s; "
+          f"float32 matmuls: {info['tf32']}")
     print(f"kernels from {kernels.kernel_dir()}; compiled {len(kernels.compile_all())} kernels "
           f"(NVRTC, {' '.join(kernels.COMPILE_OPTIONS)})")
     results = {"device": info, "args": {k: str(v) for k, v in vars(args).items()},

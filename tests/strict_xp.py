@@ -111,3 +111,25 @@ class StrictNamespace:
 
 
 STRICT = StrictNamespace()
+
+
+# the ways a device value is read on the host: on a GPU each one waits for the GPU to finish
+HOST_READS = ("__bool__", "__float__", "__int__", "__index__", "item", "get", "tolist")
+
+
+class HostReadWatch:
+    """Records every host read of a StrictArray (bool(), float(), int(), .item(), .get(), .tolist())
+    made while ``armed`` is True. ``watch = HostReadWatch(monkeypatch)``; ``watch.armed = True``
+    around the code that must not synchronise; then ``assert not watch.reads``."""
+
+    def __init__(self, monkeypatch):
+        self.reads: list[str] = []
+        self.armed = False
+        for name in HOST_READS:
+            original = getattr(StrictArray, name)
+
+            def guarded(array, *args, _name=name, _original=original, **kwargs):
+                if self.armed:
+                    self.reads.append(_name)
+                return _original(array, *args, **kwargs)
+            monkeypatch.setattr(StrictArray, name, guarded)

@@ -103,3 +103,53 @@ def test_pretraining_step_numpy_vs_cupy():
     finally:
         bn.set_backend("numpy")
     _assert_close(ref, got, 1e-5, "pretraining step")
+
+
+def _tiny_run(tmp_path, out, **kw):
+    """A TrainConfig for a few steps of a tiny model on a tiny corpus made here."""
+    from bertnp.train import TrainConfig
+    words = "the a old red blue king queen dog cat saw took gave near under and but then so".split()
+    corpus, vocab, config = tmp_path / "corpus.txt", tmp_path / "vocab.txt", tmp_path / "config.json"
+    if not corpus.exists():
+        r = np.random.default_rng(0)
+        docs = ["\n".join(" ".join(words[int(i)] for i in r.integers(0, len(words), int(r.integers(4, 9))))
+                          + "." for _ in range(int(r.integers(4, 8)))) for _ in range(12)]
+        corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + words) + "\n",
+                         encoding="utf-8")
+        bn.BertConfig(vocab_size=len(words) + 6, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=24, max_position_embeddings=32).to_json_file(config)
+    options = dict(corpus=[str(corpus)], vocab=str(vocab), model_config=str(config), max_seq_length=24,
+                   batch_size=4, steps=4, lr=5e-3, warmup=1, dropout=0.0, out_dir=str(tmp_path / out),
+                   eval_every=100, eval_batches=0, checkpoint_every=2, log_every=1, progress=False, seed=3)
+    options.update(kw)
+    return TrainConfig(**options)
+
+
+def _train_losses(run_dir):
+    import json
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r.get("split") == "train"]
+
+
+def test_training_loop_and_checkpoints_across_backends(tmp_path):
+    """The training loop on CuPy follows the NumPy trajectory (dropout off); a checkpoint written on
+    CuPy resumes on NumPy; the final model loads on either backend and gives the same logits."""
+    from bertnp.train import Trainer
+    cupy_or_skip()
+    bn.set_backend("numpy")
+    Trainer(_tiny_run(tmp_path, "cpu", backend="numpy"), log=lambda *_: None).train()
+    summary = Trainer(_tiny_run(tmp_path, "gpu", backend="cupy"), log=lambda *_: None).train()
+    assert bn.get_backend() == "cupy"
+    cpu, gpu = _train_losses(tmp_path / "cpu"), _train_losses(tmp_path / "gpu")
+    # a trajectory, not one op: AdamW turns float32 noise in near-zero gradients into +-lr steps
+    assert len(cpu) == len(gpu) == 4 and np.allclose(gpu, cpu, rtol=1e-3), (cpu, gpu)
+    batch = dict(input_ids=np.array([[2, 7, 8, 9, 3, 0]]), attention_mask=np.array([[1, 1, 1, 1, 1, 0]]))
+    model = bn.BertForPreTraining.from_pretrained(summary["model_dir"])           # on CuPy
+    on_gpu = backend.to_host(model(**batch).prediction_logits)
+    bn.set_backend("numpy")
+    model = bn.BertForPreTraining.from_pretrained(summary["model_dir"])           # the same files on NumPy
+    np.testing.assert_allclose(model(**batch).prediction_logits, on_gpu, rtol=1e-4, atol=1e-5)
+    resumed = Trainer(_tiny_run(tmp_path, "gpu", backend="numpy", steps=6, resume=True), log=lambda *_: None)
+    assert resumed.step == 4
+    assert resumed.train()["step"] == 6

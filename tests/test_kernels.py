@@ -858,6 +858,64 @@ def test_wrappers_fall_back_to_the_reference_on_numpy():
         kernels.adamw_step(x[0].copy(), x[0], x[0].copy(), x[0].copy(), lr=1e-3, step=0)
 
 
+def test_kernel_path_of_a_training_step_on_strict_arrays_never_reads_the_device(monkeypatch):
+    """The kernel path as it runs on CuPy, on a CPU: the model (use_kernels=True) and AdamW on the
+    strict stand-in for CuPy (tests/strict_xp.py), with every launch emulated. Any read of a device
+    value on the host -- bool(), float(), int(), .item(), .get(), .tolist(), each a device->host
+    synchronisation on a GPU -- during forward, backward or the optimizer step fails the test; and
+    the step agrees with use_kernels=False on the same stand-in."""
+    from strict_xp import STRICT, HostReadWatch, StrictArray
+    watch = HostReadWatch(monkeypatch)
+
+    class DeviceKernel(EmulatedKernel):
+        """A launch: the kernel sees plain memory (the emulator's own reads are not host reads)."""
+        def __call__(self, grid, block, args, shared_mem=0):
+            args = tuple(a.view(np.ndarray) if isinstance(a, StrictArray) else a for a in args)
+            was, watch.armed = watch.armed, False
+            try:
+                return super().__call__(grid, block, args, shared_mem)
+            finally:
+                watch.armed = was
+
+    monkeypatch.setattr(kernels, "kernels_active",
+                        lambda *arrays: all(getattr(a, "dtype", None) == np.float32 for a in arrays))
+    monkeypatch.setattr(kernels, "_function", lambda module, name: DeviceKernel(module, name))
+    EmulatedKernel.launched = []
+    cfg = bn.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=12, max_position_embeddings=10, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    r = np.random.default_rng(0)
+    batch = dict(input_ids=r.integers(1, 40, (2, 6)), attention_mask=np.array([[1] * 6, [1] * 4 + [0] * 2]),
+                 token_type_ids=np.zeros((2, 6), dtype=int),
+                 labels=np.where(r.random((2, 6)) < 0.4, r.integers(1, 40, (2, 6)), -100),
+                 next_sentence_label=np.array([0, 1]))
+    batch["labels"][0, 1] = 7                         # at least one predicted position
+    results = {}
+    with backend.using(STRICT, "strict"):
+        for use in (False, True):
+            model = bn.BertForPreTraining(cfg, seed=0, use_kernels=use).train()
+            opt = bn.AdamW(model, lr=1e-2)
+            watch.armed = True
+            out = model(**batch)
+            grads = model.backward()
+            opt.step()
+            watch.armed = False
+            assert not watch.reads, f"use_kernels={use}: host reads of device values {watch.reads}"
+            results[use] = (out.loss.get(), {k: g.get() for k, g in grads.items()},
+                            {k: p.get() for k, p in model.parameters().items()})
+    launched = set(EmulatedKernel.launched)
+    for kernel in ("softmax_forward_v3", "softmax_backward_v2", "layernorm_forward_v2", "gelu_forward_v2",
+                   "cross_entropy_forward_v2", "cross_entropy_backward_v2", "adamw_v2"):
+        assert kernel in launched, f"{kernel} never launched by the model with use_kernels=True"
+    (loss0, g0, p0), (loss1, g1, p1) = results[False], results[True]
+    assert_close(loss1, loss0, 1e-5, "loss, kernels vs reference")
+    for k in g0:
+        assert_close(g1[k], g0[k], 1e-5, f"gradient {k}")
+        # atol 1% of one step (lr): a noise-level gradient (the key bias's is 0 in exact arithmetic)
+        # moves its parameter by lr * g / (|g| + eps) on the first step, whatever its sign
+        assert_close(p1[k], p0[k], 1e-4, f"parameter {k} after one AdamW step")
+
+
 # ============================================================================ 3. GPU
 
 gpu = pytest.mark.gpu
@@ -867,6 +925,12 @@ def _cupy():
     from conftest import cupy_or_skip
     cupy_or_skip()
     return backend.xp()
+
+
+def _skip_without_gpu():
+    """Skip now (before building large host references) when there is no GPU; stay on NumPy."""
+    if not backend.is_available("cupy"):
+        _cupy()
 
 
 def _dev(a):
@@ -961,6 +1025,128 @@ def test_gpu_adamw(version, correct_bias):
             assert_close(g, w, atol, f"GPU adamw v{version} correct_bias={correct_bias} {what} {s}")
 
 
+@pytest.fixture
+def launches(monkeypatch):
+    """The names of the kernels really launched (on the GPU) during a test."""
+    names = []
+    real = kernels._function
+
+    def spy(module, name):
+        names.append(name)
+        return real(module, name)
+    monkeypatch.setattr(kernels, "_function", spy)
+    return names
+
+
+# past GRID_CAP blocks of 256 threads (x 4 floats for v2) the grid-stride loops wrap around: the
+# sizes above never get there, so a wrong stride would pass them. + 4099: a ragged end and a tail.
+BIG_N = 4 * kernels.GRID_CAP * kernels.ELEMENTWISE_BLOCK + 4099
+
+
+@gpu
+@pytest.mark.parametrize("version", [1, 2])
+def test_gpu_grid_stride_loops_cover_large_arrays(version, launches):
+    _skip_without_gpu()
+    x = (3 * _rng(13).standard_normal(BIG_N)).astype(F32)
+    dout = _rng(14).standard_normal(BIG_N).astype(F32)
+    ref, ref_cache = ops.gelu_forward(x)
+    ref_d = ops.gelu_backward(dout, ref_cache)
+    p0, g0 = (0.5 * x).copy(), [0.1 * dout, 0.05 * x]
+    want = _run_adamw(kernels.adamw_step_reference, [p0.astype(np.float64)],
+                      [[g.astype(np.float64)] for g in g0], 2, lr=1e-3, weight_decay=0.01)
+    logits, targets = ce_case(40, 30522, "mixed")   # N * V = 1.2M > GRID_CAP * 256: wraps in bwd v1
+    ref_loss, ce_ref_cache = ops.cross_entropy_forward(logits, targets)
+    ref_dlogits = ops.cross_entropy_backward(1.0, ce_ref_cache)
+    _cupy()
+    out, cache = kernels.gelu_forward(_dev(x), version=version)
+    assert_close(out, ref, GELU_ATOL, f"GPU gelu v{version} n={BIG_N}")
+    assert_close(kernels.gelu_backward(_dev(dout), cache, version=version), ref_d, GELU_ATOL,
+                 f"GPU gelu bwd v{version} n={BIG_N}")
+    got = _run_adamw(lambda *a, **k: kernels.adamw_step(*a, version=version, **k), [_dev(p0)],
+                     [[_dev(g)] for g in g0], 2, lr=1e-3, weight_decay=0.01)
+    assert_close(got[0][0], want[0][0], ADAMW_ATOL, f"GPU adamw v{version} n={BIG_N}")
+    loss, ce_cache = kernels.cross_entropy_forward(_dev(logits), _dev(targets), version=version)
+    assert_close(loss, ref_loss, CE_LOSS_ATOL, "GPU cross-entropy loss, 40 x 30522")
+    assert_close(kernels.cross_entropy_backward(1.0, ce_cache, version=version), ref_dlogits, CE_PROB_ATOL,
+                 f"GPU cross-entropy bwd v{version}, 40 x 30522")
+    assert {f"gelu_forward_v{version}", f"adamw_v{version}", f"cross_entropy_backward_v{version}"} <= set(launches)
+
+
+@gpu
+def test_gpu_misaligned_and_non_contiguous_inputs(launches):
+    """Offset views (not 16-byte aligned: the float4 kernels must step down to v1, or the GPU
+    faults with a misaligned address) and transposed views (copied to C order before a launch)."""
+    rng = _rng(15)
+    x = (3 * rng.standard_normal(1004)).astype(F32)
+    scores = rng.standard_normal((2, 3, 37, 41)).astype(F32)
+    mask = np.where(rng.random((2, 1, 1, 37)) < 0.3, np.finfo(np.float32).min, 0).astype(F32)
+    h = (3 * rng.standard_normal((129, 37)) + 1).astype(F32)        # used as its transpose (37, 129)
+    gamma, beta = (1 + 0.1 * rng.standard_normal(129)).astype(F32), (0.1 * rng.standard_normal(129)).astype(F32)
+    ref_gelu = ops.gelu_forward(x[1:])[0]
+    scores_t = np.swapaxes(scores, -1, -2)                           # (2, 3, 41, 37), not contiguous
+    ref_sm, ref_sm_cache = ops.softmax_forward(scores_t, mask)
+    ref_ln, ref_ln_cache = ops.layernorm_forward(h.T, gamma, beta, 1e-12)
+    dout = rng.standard_normal((37, 129)).astype(F32)
+    ref_ln_grads = ops.layernorm_backward(dout, ref_ln_cache)
+    p = rng.standard_normal(1004).astype(F32)
+    g = (0.1 * rng.standard_normal(1004)).astype(F32)
+    want_p = p[1:].astype(np.float64)
+    kernels.adamw_step_reference(want_p, g[1:].astype(np.float64), np.zeros(1003), np.zeros(1003),
+                                 lr=1e-3, step=1, weight_decay=0.01)
+    xp = _cupy()
+    xd = _dev(x)[1:]                                                 # 4 bytes past an aligned start
+    assert_close(kernels.gelu_forward(xd, version=2)[0], ref_gelu, GELU_ATOL, "GPU gelu, offset view")
+    assert launches[-1] == "gelu_forward_v1"
+    sd = xp.swapaxes(_dev(scores), -1, -2)
+    probs, cache = kernels.softmax_forward(sd, _dev(mask))
+    assert_close(probs, ref_sm, SOFTMAX_ATOL, "GPU softmax, transposed scores")
+    assert launches[-1] == "softmax_forward_v3"
+    out, ln_cache = kernels.layernorm_forward(_dev(h).T, _dev(gamma), _dev(beta), 1e-12)
+    assert_close(out, ref_ln, LAYERNORM_ATOL, "GPU layernorm, transposed x")
+    grads = kernels.layernorm_backward(xp.asfortranarray(_dev(dout)), ln_cache)
+    for got, want, what, atol in zip(grads, ref_ln_grads, ("dx", "dgamma", "dbeta"),
+                                     (LAYERNORM_ATOL, LAYERNORM_PARAM_ATOL, LAYERNORM_PARAM_ATOL)):
+        assert_close(got, want, atol, f"GPU layernorm {what}, Fortran-order dout")
+    pd, gd = _dev(p), _dev(g)
+    pv, mv, vv = pd[1:], xp.zeros(1004, dtype=xp.float32)[1:], xp.zeros(1004, dtype=xp.float32)[1:]
+    kernels.adamw_step(pv, gd[1:], mv, vv, lr=1e-3, step=1, weight_decay=0.01, version=2)
+    assert launches[-1] == "adamw_v1"
+    assert_close(pv, want_p, ADAMW_ATOL, "GPU adamw, offset views")
+    assert_close(pd[0], p[0], 0, "GPU adamw must not touch the element before the view")
+
+
+@gpu
+@pytest.mark.parametrize("version", [1, 2])
+def test_gpu_cross_entropy_bad_targets_and_custom_ignore_index(version):
+    logits, targets = ce_case(4, 1003, "none_ignored")
+    targets[2] = 1003
+    ref, _ = ops.cross_entropy_forward(logits, targets, ignore_index=1003)
+    _cupy()
+    with pytest.raises(ValueError, match="targets must be in"):
+        kernels.cross_entropy_forward(_dev(logits), _dev(targets), version=version)
+    loss, _ = kernels.cross_entropy_forward(_dev(logits), _dev(targets), check_range=False, version=version)
+    assert np.isnan(float(loss)), "an out-of-range target must poison the loss, not read out of bounds"
+    loss, _ = kernels.cross_entropy_forward(_dev(logits), _dev(targets.astype(np.int32)), ignore_index=1003,
+                                            version=version)
+    assert_close(loss, ref, CE_LOSS_ATOL, "GPU custom ignore_index")
+
+
+@pytest.mark.parametrize("case", ["grid_stride_v1", "grid_stride_v2", "misaligned", "bad_targets_v1",
+                                  "bad_targets_v2"])
+def test_gpu_tests_above_replayed_under_emulation(emulated, monkeypatch, case):
+    """The three GPU tests above, run on NumPy with every launch emulated: on a CPU this checks the
+    tests' own code and the wrappers' fallbacks (offset views -> v1), so that on a GPU only the
+    kernels themselves are new."""
+    monkeypatch.setattr(sys.modules[__name__], "_cupy", lambda: np)
+    monkeypatch.setattr(sys.modules[__name__], "_skip_without_gpu", lambda: None)
+    if case.startswith("grid_stride"):
+        test_gpu_grid_stride_loops_cover_large_arrays(int(case[-1]), emulated)
+    elif case == "misaligned":
+        test_gpu_misaligned_and_non_contiguous_inputs(emulated)
+    else:
+        test_gpu_cross_entropy_bad_targets_and_custom_ignore_index(int(case[-1]))
+
+
 @gpu
 def test_gpu_every_kernel_compiles_and_no_wrapper_synchronises():
     """cupyx.allow_synchronize(False) makes any device->host wait raise: the wrappers have none
@@ -1021,6 +1207,30 @@ def test_bench_gpu_dry_run_on_cpu(monkeypatch):
     batch = bench.make_batch(cfg, 2, 9, 2)
     result = bench.bench_training_step(bench.default_model_factory(cfg, False), batch, steps=1, warmup=0)
     assert np.isfinite(result["loss"])
+    # --step --find-batch: every implementation at the largest batch that fits (here: max 16)
+    args = bench.parse_args(["--step", "--find-batch", "--max-batch", "16", "--seq", "9", "--preds", "2",
+                             "--vocab", "99", "--preset", "tiny", "--steps", "1", "--warmup", "0"])
+    rows = bench.run_step_benchmarks(args)
+    assert [r["batch"] for r in rows] == [16, 16] and all(np.isfinite(r["loss"]) for r in rows)
+    assert {r["impl"] for r in rows} == {"bertnp cupy (plain)", "bertnp cupy + kernels"}
+
+
+def test_bench_gpu_largest_batch_search():
+    bench = _bench_module()
+
+    def oom_above(limit):
+        def fits(batch):
+            def run():
+                if batch > limit:
+                    raise MemoryError(f"out of memory allocating a batch of {batch}")
+            return bench._fits(run)
+        return fits
+    assert bench.largest_batch(oom_above(100), start=8, limit=4096) == 64
+    assert bench.largest_batch(oom_above(4), start=8) is None
+    assert bench.largest_batch(oom_above(10 ** 6), start=8, limit=256) == 256
+    with pytest.raises(ValueError):                   # only out-of-memory means "does not fit"
+        bench._fits(lambda: (_ for _ in ()).throw(ValueError("a real bug")))
+    assert bench.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
 
 
 @pytest.mark.slow
@@ -1080,8 +1290,49 @@ def test_model_with_kernels_matches_without_on_gpu():
             out = model(**batch)
             g = model.backward()
             grads.append((float(out.loss), {k: bn.backend.to_host(v) for k, v in g.items()}))
+            bn.AdamW(model, lr=1e-3).step()           # the AdamW kernel when use_kernels
+            grads[-1] += ({k: bn.backend.to_host(v) for k, v in model.parameters().items()},)
         assert abs(grads[0][0] - grads[1][0]) <= 1e-5 * abs(grads[0][0])
         for k, ref in grads[0][1].items():
             assert np.allclose(grads[1][1][k], ref, rtol=1e-4, atol=1e-5), k
+        for k, ref in grads[0][2].items():
+            # atol 1% of lr: a noise-level gradient (the key bias's) moves its parameter by lr g / (|g| + eps)
+            assert np.allclose(grads[1][2][k], ref, rtol=1e-5, atol=1e-5), f"{k} after one AdamW step"
+    finally:
+        bn.set_backend("numpy")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_gpu_training_step_never_synchronises(use_kernels):
+    """On a GPU: forward (dropout on), backward and AdamW queue their work without one device->host
+    wait (cupyx.allow_synchronize(False) raises on any); the CPU checks of this on the strict
+    stand-in are above. Only the loss read for logging may wait, and it is outside."""
+    import bertnp as bn
+    from conftest import cupy_or_skip
+    cupy_or_skip()
+    import cupyx
+    if not hasattr(cupyx, "allow_synchronize"):
+        pytest.skip("this CuPy has no cupyx.allow_synchronize")
+    try:
+        cfg = bn.BertConfig.preset("tiny", vocab_size=1003)
+        r = np.random.default_rng(0)
+        batch = dict(input_ids=r.integers(1, 1003, (3, 37)), attention_mask=np.ones((3, 37), dtype=int),
+                     labels=np.where(r.random((3, 37)) < 0.2, r.integers(1, 1003, (3, 37)), -100),
+                     next_sentence_label=np.array([0, 1, 1]))
+        batch["attention_mask"][1, 30:] = 0
+        model = bn.BertForPreTraining(cfg, seed=0, use_kernels=use_kernels).train()
+        opt = bn.AdamW(model, lr=1e-3)
+
+        def step():
+            out = model(**batch)
+            model.backward()
+            opt.step()
+            model.zero_grad()
+            return out
+        step()                                        # the first step compiles the kernels
+        with cupyx.allow_synchronize(False):
+            out = step()
+        assert np.isfinite(float(out.loss))
     finally:
         bn.set_backend("numpy")
