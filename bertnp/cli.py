@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
     run.add_argument("--backend", choices=("numpy", "cupy"), help="numpy (CPU) or cupy (GPU)")
+    run.add_argument("--use-kernels", action="store_true", default=None,
+                     help="on cupy: the hand-written CUDA kernels of kernels/ for LayerNorm, GELU, attention "
+                     "softmax, cross-entropy and AdamW (off by default; no effect on numpy)")
     run.add_argument("--eval-every", type=_positive_int, metavar="N", help="evaluate every N steps (100)")
     run.add_argument("--eval-batches", type=_nonneg_int, metavar="N", help="held-out batches per evaluation (20)")
     run.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="checkpoint every N steps (200)")
@@ -237,7 +240,7 @@ def _train_config_from_args(args):
                    dtype="dtype", seq_length="max_seq_length", batch_size="batch_size", grad_accum="grad_accum",
                    steps="steps", time_budget="time_budget", lr="lr", warmup="warmup",
                    weight_decay="weight_decay", max_grad_norm="max_grad_norm", seed="seed",
-                   backend="backend", eval_every="eval_every", eval_batches="eval_batches",
+                   backend="backend", use_kernels="use_kernels", eval_every="eval_every", eval_batches="eval_batches",
                    checkpoint_every="checkpoint_every", log_every="log_every")
     options = {field: getattr(args, arg) for arg, field in mapping.items() if getattr(args, arg) is not None}
     if args.cased:

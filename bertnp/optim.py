@@ -249,27 +249,50 @@ class AdamW:
 
 # ---------------------------------------------------------------------------------- gradients
 
-def global_grad_norm(grads: Mapping) -> float:
-    """``sqrt(sum over all tensors of sum(g * g))`` as a Python float (inf/nan if any entry is)."""
+def global_grad_norm(grads: Mapping, sync: bool = True):
+    """``sqrt(sum over all tensors of sum(g * g))`` (inf/nan if any entry is).
+
+    ``sync=True``: a Python float (on CuPy one host synchronisation). ``sync=False``: a 0-d
+    float64 array of the backend, never read on the host (the training loop reads it later,
+    together with the loss, at its logging interval)."""
     xp = backend.xp()
     total = None
     for g in grads.values():
         flat = g.reshape(-1)                              # a view of a contiguous array
         sq = xp.vdot(flat, flat)                          # sum(g * g) without a temporary
-        total = sq if total is None else total + sq       # stays on the device: one sync below
-    total = float(total) if total is not None else 0.0
+        total = sq if total is None else total + sq       # stays on the device
+    if not sync:
+        if total is None:
+            return xp.zeros((), dtype=xp.float64)
+        return xp.sqrt(xp.asarray(total, dtype=xp.float64))   # the same float64 sqrt as below
+    total = float(total) if total is not None else 0.0    # the one host synchronisation
     return math.sqrt(total) if math.isfinite(total) else total
 
 
-def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6) -> float:
+def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: bool = True):
     """Scale all gradients in place so that their global norm is at most ``max_norm``.
 
     Exactly ``torch.nn.utils.clip_grad_norm_``: ``g *= min(1, max_norm / (norm + 1e-6))``.
     Returns the norm *before* clipping (log it: it is the best early warning of divergence).
-    A non-finite norm is returned as is and the gradients are left untouched.
+
+    ``sync=True`` (default): the norm is read on the host; a non-finite norm is returned as is and
+    the gradients are left untouched. ``sync=False``: nothing is read on the host (no GPU stall
+    per step): the coefficient is computed and applied on the device, and the norm is returned as
+    a 0-d device array. The result is bit-identical (multiplying by a coefficient of 1.0 changes
+    nothing); a non-finite norm makes the gradients non-finite, so check the returned norm before
+    trusting the update.
     """
     max_norm = _check_number("max_norm", max_norm, 0.0, low_open=True)
-    norm = global_grad_norm(grads)
+    norm = global_grad_norm(grads, sync=sync)
+    if not sync:
+        xp = backend.xp()
+        coef = xp.minimum(max_norm / (norm + eps), 1.0)   # 0-d float64, on the device
+        coef_of = {}                                      # the coefficient in each gradient's dtype,
+        for g in grads.values():                          # as torch casts it (and as a Python float
+            if g.dtype not in coef_of:                    # coefficient would be rounded)
+                coef_of[g.dtype] = coef.astype(g.dtype)
+            g *= coef_of[g.dtype]
+        return norm
     if not math.isfinite(norm):
         return norm
     coef = max_norm / (norm + eps)

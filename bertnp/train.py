@@ -99,6 +99,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     backend: str = "numpy"
+    use_kernels: bool = False                       # CUDA kernels (kernels/*.cu) on cupy; same maths
     out_dir: str = "runs/pretrain"
     eval_every: int = 100
     eval_batches: int = 20
@@ -110,8 +111,8 @@ class TrainConfig:
     overwrite: bool = False
 
     # options that may differ on resume without changing the trajectory
-    RUNTIME_ONLY = ("out_dir", "progress", "resume", "overwrite", "backend", "eval_every", "eval_batches",
-                    "checkpoint_every", "keep_checkpoints", "log_every")
+    RUNTIME_ONLY = ("out_dir", "progress", "resume", "overwrite", "backend", "use_kernels", "eval_every",
+                    "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -166,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.backend not in ("numpy", "cupy"):
             raise ValueError(f"backend must be 'numpy' or 'cupy', got {self.backend!r}")
+        if not isinstance(self.use_kernels, bool):
+            raise ValueError(f"use_kernels must be True or False, got {self.use_kernels!r}")
         if self.corpus_format not in ("bert", "plain"):
             raise ValueError(f"corpus_format must be 'bert' or 'plain', got {self.corpus_format!r}")
 
@@ -265,13 +268,20 @@ def unigram_baseline(train_documents, batches, special_ids=()) -> tuple[int, flo
 
 def _batch_counts(out, batch) -> dict:
     """Correct / total MLM and NSP predictions of one forward (host integers)."""
+    counts = _device_counts(out, batch)
+    return {k: int(backend.to_host(v)) if k.endswith("_correct") else v for k, v in counts.items()}
+
+
+def _device_counts(out, batch) -> dict:
+    """Like :func:`_batch_counts`, but the correct counts stay 0-d arrays on the device (reading
+    them would make the host wait for the GPU); the totals come from the host batch."""
     labels = batch["labels"]
     targets = labels.reshape(-1)[labels.reshape(-1) != IGNORE_INDEX]             # (N,) row-major, as the logits
-    mlm_pred = backend.to_host(out.prediction_logits.argmax(axis=-1))            # (N,)
-    nsp_pred = backend.to_host(out.seq_relationship_logits.argmax(axis=-1))      # (B,)
-    return {"mlm_correct": int((mlm_pred == targets).sum()), "mlm_total": int(targets.size),
-            "nsp_correct": int((nsp_pred == batch["next_sentence_label"]).sum()),
-            "nsp_total": int(nsp_pred.size)}
+    mlm_correct = (out.prediction_logits.argmax(axis=-1) == backend.to_device(targets)).sum()
+    nsp_correct = (out.seq_relationship_logits.argmax(axis=-1)
+                   == backend.to_device(batch["next_sentence_label"])).sum()
+    return {"mlm_correct": mlm_correct, "mlm_total": int(targets.size),
+            "nsp_correct": nsp_correct, "nsp_total": int(batch["next_sentence_label"].size)}
 
 
 def evaluate_model(model, batches) -> dict:
@@ -413,7 +423,7 @@ class Trainer:
             f"{sum(len(b['input_ids']) for b in self.eval_batches)} held-out pairs "
             f"({time.perf_counter() - t0:.1f} s)")
 
-        self.model = BertForPreTraining(mcfg, seed=c.seed, dtype=c.dtype)
+        self.model = BertForPreTraining(mcfg, seed=c.seed, dtype=c.dtype, use_kernels=c.use_kernels)
         self.model.train()
         self.optimizer = AdamW(self.model, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
                                weight_decay=c.weight_decay, correct_bias=c.correct_bias)
@@ -422,6 +432,8 @@ class Trainer:
         self.train_time = 0.0
         self.last_eval: dict | None = None
         self.last_checkpoint: Path | None = None
+        self._pending: list[dict] = []            # steps whose device values are not read yet
+        self._read_steps: list[dict] = []         # steps read, not yet in the metrics
         self.truncated = False                    # stopped by the time budget's hard limit
         self.adaptive_steps = False               # steps estimated from a time budget: re-checked while training
         if c.steps is None:
@@ -490,44 +502,84 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
-        """One optimizer update (``grad_accum`` micro-batches). Raises NonFiniteLossError."""
+        """One optimizer update (``grad_accum`` micro-batches).
+
+        Nothing is read from the device here: on CuPy every such read (``float(loss)``) makes the
+        host wait for the GPU, and one between forward and backward would stall it every step.
+        The loss, its parts, the correct-prediction counts and the gradient norm come back as 0-d
+        device arrays; :meth:`read_pending` reads them, all at once, every ``log_every`` steps
+        (and before an evaluation or a checkpoint), and raises NonFiniteLossError there."""
         c, model = self.config, self.model
         model.train()
         model.zero_grad()
-        counts, loss_sum, mlm_sum, nsp_sum, tokens = Counter(), 0.0, 0.0, 0.0, 0
-        for _ in range(c.grad_accum):
-            batch = self.loader.next_batch()
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # checked right below
+        device = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0, "mlm_correct": 0, "nsp_correct": 0}
+        mlm_total = nsp_total = tokens = 0
+        # a non-finite loss is found later, in read_pending: NumPy must not warn about it meanwhile
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for _ in range(c.grad_accum):
+                batch = self.loader.next_batch()
                 out = model(**batch)
-                loss = float(out.loss)
-                if not math.isfinite(loss):
-                    self._non_finite("loss", loss)
                 model.backward()
-            counts.update(_batch_counts(out, batch))
-            loss_sum, mlm_sum, nsp_sum = loss_sum + loss, mlm_sum + float(out.mlm_loss), nsp_sum + float(out.nsp_loss)
-            tokens += int(batch["attention_mask"].sum())
-        grads = model.grads
-        scale_grads(grads, 1.0 / c.grad_accum)
-        with np.errstate(over="ignore", invalid="ignore"):
-            norm = clip_grad_norm(grads, c.max_grad_norm) if c.max_grad_norm else None
-        if norm is not None and not math.isfinite(norm):
-            self._non_finite("gradient norm", norm)
-        lr = self.optimizer.lr
-        self.optimizer.step()
+                counts = _device_counts(out, batch)
+                device["loss"] = device["loss"] + out.loss           # device arithmetic, no read
+                device["mlm_loss"] = device["mlm_loss"] + out.mlm_loss
+                device["nsp_loss"] = device["nsp_loss"] + out.nsp_loss
+                device["mlm_correct"] = device["mlm_correct"] + counts["mlm_correct"]
+                device["nsp_correct"] = device["nsp_correct"] + counts["nsp_correct"]
+                mlm_total += counts["mlm_total"]
+                nsp_total += counts["nsp_total"]
+                tokens += int(batch["attention_mask"].sum())           # host batch: no device read
+            grads = model.grads
+            scale_grads(grads, 1.0 / c.grad_accum)
+            norm = clip_grad_norm(grads, c.max_grad_norm, sync=False) if c.max_grad_norm else None
+            lr = self.optimizer.lr
+            self.optimizer.step()
         self.schedule.step()
         self.step += 1
         self.tokens_seen += tokens
         k = c.grad_accum
-        return {"loss": loss_sum / k, "mlm_loss": mlm_sum / k, "nsp_loss": nsp_sum / k,
-                "mlm_correct": counts["mlm_correct"], "mlm_total": counts["mlm_total"],
-                "nsp_correct": counts["nsp_correct"], "nsp_total": counts["nsp_total"],
-                "lr": lr, "grad_norm": norm, "tokens": tokens}
+        record = {"step": self.step, "loss": device["loss"] / k, "mlm_loss": device["mlm_loss"] / k,
+                  "nsp_loss": device["nsp_loss"] / k, "mlm_correct": device["mlm_correct"],
+                  "nsp_correct": device["nsp_correct"], "grad_norm": norm,
+                  "mlm_total": mlm_total, "nsp_total": nsp_total, "lr": lr, "tokens": tokens}
+        self._pending.append(record)
+        return record
 
-    def _non_finite(self, what: str, value) -> None:
+    # the values of a step that live on the device until read_pending reads them
+    DEVICE_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct", "grad_norm")
+
+    def read_pending(self) -> list[dict]:
+        """Read the device values of the steps not read yet, in one transfer (one host
+        synchronisation), and check them: NonFiniteLossError at the first step whose loss or
+        gradient norm is not finite (the weights after it are not trusted: nothing is saved).
+        Returns every step read since the loop last took them (:meth:`take_read_steps`)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            xp = backend.xp()
+            keys = [k for k in self.DEVICE_KEYS if pending[0][k] is not None]
+            stacked = xp.stack([xp.asarray(m[k], dtype=xp.float64) for m in pending for k in keys])
+            values = backend.to_host(stacked).reshape(len(pending), len(keys))   # the one sync
+            for m, row in zip(pending, values):
+                host = dict(m, **{k: float(v) for k, v in zip(keys, row)})
+                for k in ("mlm_correct", "nsp_correct"):
+                    host[k] = int(host[k])
+                for what, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
+                    if host.get(key) is not None and not math.isfinite(host[key]):
+                        self._pending = pending          # still unread, so saving stays refused
+                        self._non_finite(what, host[key], host["step"], host["lr"])
+                self._read_steps.append(host)
+        return self._read_steps
+
+    def take_read_steps(self) -> list[dict]:
+        """The host records of the steps read so far, handed over once (to the metrics)."""
+        steps, self._read_steps = self._read_steps, []
+        return steps
+
+    def _non_finite(self, what: str, value, step: int, lr: float) -> None:
         where = (f"the last good checkpoint is '{self.last_checkpoint}' (step {self._checkpoint_step()}); "
                  "lower --lr, check the data, then --resume" if self.last_checkpoint is not None
                  else "no checkpoint was written yet")
-        raise NonFiniteLossError(f"{what} is {value} at step {self.step + 1} (lr {self.optimizer.lr:.3g}): "
+        raise NonFiniteLossError(f"{what} is {value} at step {step} (lr {lr:.3g}): "
                                  f"training stopped, nothing saved after step {self._checkpoint_step()}; {where}")
 
     def _checkpoint_step(self) -> int:
@@ -568,7 +620,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically, then point ``latest.json`` at it, then
-        delete checkpoints beyond ``keep_checkpoints``."""
+        delete checkpoints beyond ``keep_checkpoints``. Refuses (NonFiniteLossError) when a step
+        since the last read had a non-finite loss: a broken model is never saved."""
+        self.read_pending()
         ckdir = self.out / "checkpoints"
         name = f"step-{self.step:06d}"
         state = {
@@ -638,19 +692,13 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=end, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True,
                        file=sys.stderr)
-        window, t_window = Counter(), time.perf_counter()
+        window = Counter()
         try:
             while self.step < end:
                 t0 = time.perf_counter()
-                m = self.train_step()
+                self.train_step()
                 dt = time.perf_counter() - t0
                 self.train_time += dt
-                for key in ("loss", "mlm_loss", "nsp_loss"):
-                    window[key] += m[key]
-                for key in ("mlm_correct", "mlm_total", "nsp_correct", "nsp_total", "tokens"):
-                    window[key] += m[key]
-                window["grad_norm"] += m["grad_norm"] or 0.0
-                window["n"] += 1
                 window["time"] += dt
                 if bar is not None:
                     bar.update(1)
@@ -660,30 +708,47 @@ class Trainer:
                         bar.total = end
                         bar.refresh()
                 last = self.step == end
-                if self.step % c.log_every == 0 or last:
-                    rec = self._window_record(window, m["lr"])
+                log_now = self.step % c.log_every == 0 or last
+                eval_now = bool(self.eval_batches) and (self.step % c.eval_every == 0 or last)
+                over = c.time_budget is not None and self.train_time > OVERTIME * c.time_budget and not last
+                save_now = self.step % c.checkpoint_every == 0 or last or over
+                if not (log_now or eval_now or save_now):
+                    continue                            # the device values wait: no synchronisation
+                t0 = time.perf_counter()
+                self.read_pending()                     # one host sync; raises if a loss was not finite
+                steps = self.take_read_steps()
+                dt = time.perf_counter() - t0           # the wait for the GPU belongs to the steps
+                self.train_time += dt
+                window["time"] += dt
+                for m in steps:
+                    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_total", "nsp_correct",
+                                "nsp_total", "tokens"):
+                        window[key] += m[key]
+                    window["grad_norm"] += m["grad_norm"] or 0.0
+                    window["n"] += 1
+                if log_now:
+                    rec = self._window_record(window, steps[-1]["lr"])
                     self._write_metrics(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm=f"{rec['mlm_acc']:.3f}",
                                         nsp=f"{rec['nsp_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
                     window = Counter()
-                if self.eval_batches and (self.step % c.eval_every == 0 or last):
+                if eval_now:
                     ev = self.evaluate()
                     self._write_metrics({"split": "eval", "step": self.step, **ev})
                     self.plot()
                     if bar is not None:
                         bar.write(f"step {self.step}: held-out loss {ev['loss']:.3f}  MLM acc {ev['mlm_acc']:.3f}"
                                   f"  NSP acc {ev['nsp_acc']:.3f}")
-                over = c.time_budget is not None and self.train_time > OVERTIME * c.time_budget
-                if over and not last:
+                if over:
                     self.log(f"note: the time budget ({c.time_budget:.0f} s) is exceeded by "
                              f"{100 * (OVERTIME - 1):.0f}% (a busy or slower machine): stopping at step "
                              f"{self.step} of {c.steps}")
                     self.truncated = True
-                    if self.eval_batches and self.step % c.eval_every:
+                    if self.eval_batches and not eval_now:
                         ev = self.evaluate()
                         self._write_metrics({"split": "eval", "step": self.step, **ev})
-                if self.step % c.checkpoint_every == 0 or last or self.truncated:
+                if save_now:
                     self.save_checkpoint()
                 if self.truncated:
                     break

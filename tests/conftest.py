@@ -1,4 +1,6 @@
 """Shared test helpers: tiny distinct shapes, seeded data, and the GPU skip marker."""
+import os
+
 import numpy as np
 import pytest
 
@@ -6,12 +8,17 @@ import bertnp as bn
 from bertnp import backend
 
 
+# BERTNP_TEST_BACKEND=cupy runs every test on CuPy (the whole suite on a GPU, issue 9); unset, every
+# test starts on NumPy, whatever BERTNP_BACKEND says, so a user's setting cannot change the results.
+TEST_BACKEND = os.environ.get("BERTNP_TEST_BACKEND", "numpy").strip().lower() or "numpy"
+
+
 @pytest.fixture(autouse=True)
-def _numpy_backend():
-    """Every test starts (and ends) on the NumPy backend unless it switches itself."""
+def _test_backend():
+    """Every test starts (and ends) on the test backend (NumPy unless BERTNP_TEST_BACKEND says)."""
     saved = backend.get_backend()
-    if saved != "numpy":
-        bn.set_backend("numpy")
+    if saved != TEST_BACKEND:
+        bn.set_backend(TEST_BACKEND)      # a clear error if CuPy or the GPU is missing
     yield
     if backend.get_backend() != saved:
         bn.set_backend(saved)

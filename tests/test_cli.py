@@ -204,3 +204,19 @@ def test_tokenizer_train_and_pretrain_with_a_trained_vocab(capsys, world, tmp_pa
     assert code == 0, err
     assert (tmp_path / "run" / "vocab.txt").read_text(encoding="utf-8") == \
         (tmp_path / "run" / "model" / "vocab.txt").read_text(encoding="utf-8")
+
+
+def test_use_kernels_reaches_the_model_and_is_runtime_only(capsys, world, tmp_path):
+    """--use-kernels builds the model on the kernel op table (on NumPy the wrappers fall back to
+    the reference ops, so the run is the same); a resume may switch it, like --backend."""
+    from bertnp.cli import _train_config_from_args, build_parser
+    from bertnp.train import TrainConfig
+    args = build_parser().parse_args(tiny_args(world, tmp_path / "k", "--steps", "2", "--use-kernels"))
+    assert _train_config_from_args(args).use_kernels is True
+    args = build_parser().parse_args(tiny_args(world, tmp_path / "k", "--steps", "2"))
+    assert _train_config_from_args(args).use_kernels is False
+    assert "use_kernels" in TrainConfig.RUNTIME_ONLY
+    code, stdout, err = run_cli(capsys, tiny_args(world, tmp_path / "k", "--steps", "2", "--use-kernels"))
+    assert code == 0, err
+    with pytest.raises(ValueError, match="use_kernels"):
+        TrainConfig(steps=1, use_kernels="yes").validate()

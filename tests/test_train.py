@@ -243,7 +243,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tm
     trainer.model.parameters()[name][0, 0] = np.nan                  # something went badly wrong
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5.*step-000004"):
         trainer.train()
-    assert trainer.step == 4
+    # the loss is read on the host every log_every (2) steps, not each step (a GPU would stall):
+    # step 5 is found bad when step 6 is read, and neither is saved
+    assert trainer.step == 6
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        trainer.save_checkpoint()                                   # refused: the steps are still bad
     assert latest_checkpoint(tmp_path / "run") == good
     weights = checkpoint.load_tensors(good / "model.safetensors")
     assert all(np.isfinite(w).all() for w in weights.values())
@@ -339,3 +343,53 @@ def test_time_budget_run_retunes_its_length_from_the_measured_speed(tiny_world, 
     assert trainer.optimizer.lr == trainer.schedule.lr_at(10)
     trainer.step = trainer.schedule.last_step = 11
     assert not trainer._retune_steps()                              # only at 10%, 25%, 50%
+
+
+# ----------------------------------------------------------------------------- the CuPy path, on a CPU
+
+def test_training_steps_never_read_the_device_between_log_intervals(tiny_world, tmp_path, monkeypatch):
+    """On CuPy every read of a device value on the host (float(loss), int(count), .get()) makes the
+    host wait for the GPU. The whole loop -- steps, logging, evaluation, checkpoints, resume -- runs
+    here on the strict stand-in for CuPy (tests/strict_xp.py), and a training step reads nothing:
+    the values are read together, once per log interval (read_pending)."""
+    from bertnp import backend
+    from strict_xp import STRICT, HostReadWatch, StrictArray
+    watch = HostReadWatch(monkeypatch)
+    real_step, real_read = Trainer.train_step, Trainer.read_pending
+    syncs = []
+
+    def step_armed(self):
+        watch.armed = True
+        try:
+            return real_step(self)
+        finally:
+            watch.armed = False
+
+    def read_counted(self):
+        if self._pending:
+            syncs.append(self.step)
+        return real_read(self)
+    monkeypatch.setattr(Trainer, "train_step", step_armed)
+    monkeypatch.setattr(Trainer, "read_pending", read_counted)
+    monkeypatch.setattr(backend, "set_backend", lambda name: None)    # stay on the stand-in
+
+    with backend.using(STRICT, "strict"):
+        options = dict(steps=12, log_every=4, eval_every=6, checkpoint_every=6)
+        trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", **options), log=quiet)
+        assert isinstance(trainer.model.parameters()["bert.pooler.dense.weight"], StrictArray)
+        trainer.train(stop_at=6)
+        resumed = Trainer(tiny_config(tiny_world, tmp_path / "run", resume=True, **options), log=quiet)
+        summary = resumed.train()
+        final = {k: p.get() for k, p in resumed.model.parameters().items()}
+    assert not watch.reads, f"a training step read device values on the host: {watch.reads}"
+    assert syncs == [4, 6, 8, 12], syncs             # log steps 4, 8, 12; the pause (and checkpoint) at 6
+    assert summary["complete"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [4, 6, 8, 12]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["mlm_acc"] <= 1 for r in train_records)
+
+    straight = Trainer(tiny_config(tiny_world, tmp_path / "numpy", **options), log=quiet)   # plain NumPy
+    straight.train()
+    for k, p in straight.model.parameters().items():
+        np.testing.assert_array_equal(final[k], p, err_msg=k)    # the stand-in computes NumPy's numbers
