@@ -303,6 +303,7 @@ def memory_child(variant: str, mode: str, args) -> dict:
     if variant in ("B", "C"):
         import torch  # noqa: F401  (imported before the baseline: libraries are not the model)
         import transformers  # noqa: F401
+    bn.backend.retain_freed_host_memory()
     base = _proc_status().get("VmRSS")
     exact = _reset_peak() and base is not None
     if variant == "A":
@@ -383,6 +384,7 @@ def run(args) -> dict:
         idle = wait_idle(args.wait_idle)
         print(f"machine idle: {idle} (load average {' '.join(loadavg())})", file=sys.stderr)
     load_start = loadavg()
+    retained = bn.backend.retain_freed_host_memory()   # as bertnp's training loop does (all variants)
     config = make_config(args.config, **_overrides(args))
     batch = make_batch(config, args.batch, args.seq, args.predictions)
     flops = step_flops(config, args.batch, args.seq, args.predictions)
@@ -430,6 +432,7 @@ def run(args) -> dict:
         "infer": {n: summarise(t) for n, t in infer_times.items()},
         "eval_losses": eval_losses, "notes": notes, "torch_version": torch_version,
         "attn_implementation": attn, "machine": machine_info(), "loadavg_start": load_start,
+        "retained": retained,
         "command": " ".join(["python benchmarks/bench_cpu.py"] + list(getattr(args, "argv", []))),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -513,6 +516,10 @@ def render(result: dict) -> str:
              f"- Threads: NumPy/OpenBLAS {result['threads']['numpy_env'].get('OPENBLAS_NUM_THREADS')}"
              + (f", torch {result['threads']['torch']}" if result["threads"]["torch"] else "")
              + " (set for this process only)",
+             "- Allocator: " + ("glibc keeps freed memory for reuse in every variant "
+                                "(`bertnp.backend.retain_freed_host_memory()`, which bertnp's training loop calls: "
+                                "no page faults re-allocating activations each step)" if result.get("retained")
+                                else "the C library's defaults"),
              f"- Model: preset `{result['preset']}`: vocab {cfg['vocab_size']}, hidden {cfg['hidden_size']}, "
              f"{cfg['num_hidden_layers']} layers, {cfg['num_attention_heads']} heads, intermediate "
              f"{cfg['intermediate_size']}, dropout {cfg['hidden_dropout_prob']}; batch {result['batch']} x seq "

@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=bench_cpu.THREADS_DEFAULT)
     p.add_argument("--top", type=int, help="show only the N most expensive rows")
     args = p.parse_args(argv)
+    bn.backend.retain_freed_host_memory()          # as the training loop and bench_cpu.py do
     config = bench_cpu.make_config(args.config, vocab_size=args.vocab)
     batch = bench_cpu.make_batch(config, args.batch, args.seq, args.predictions)
     result = profile(config, batch, steps=args.steps, warmup=args.warmup)

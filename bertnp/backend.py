@@ -133,6 +133,39 @@ def synchronize() -> None:
         _cupy.cuda.Stream.null.synchronize()
 
 
+# ----------------------------------------------------------------------------- host memory
+
+_retained = None   # the answer of the first retain_freed_host_memory() call
+
+
+def retain_freed_host_memory() -> bool:
+    """Ask the C library's allocator (glibc) to keep freed memory for reuse, process-wide.
+
+    By default glibc serves every large block (above 128 KB, adaptively up to 32 MB) straight from
+    the OS with mmap and gives it back on free. A training step frees and re-allocates the same
+    activations every step, so each step page-faults them back in: measured ~35,000 faults and
+    ~90 ms of a ~750 ms BERT-mini step on a 2-core machine. With the thresholds raised, the freed
+    blocks stay in the heap and are reused without a fault; the peak memory is the same (the
+    step's own peak), it is only not returned between steps. Returns True if applied; False where
+    the C library is not glibc (nothing changes). The training loops and benchmarks call it.
+    """
+    global _retained
+    if _retained is not None:
+        return _retained
+    _retained = False
+    try:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # from glibc's <malloc.h>
+    one_gib = 1 << 30
+    _retained = bool(mallopt(M_MMAP_THRESHOLD, one_gib)) and bool(mallopt(M_TRIM_THRESHOLD, one_gib))
+    return _retained
+
+
 # ----------------------------------------------------------------------------- functions without a common name
 
 def erf(x):

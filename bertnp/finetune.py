@@ -546,6 +546,8 @@ class Finetuner:
         config.validate()
         self.config, self.out = config, out
         backend.set_backend(config.backend)
+        if config.backend == "numpy":
+            backend.retain_freed_host_memory()     # no page faults re-allocating activations each step
         self._build()
         out.mkdir(parents=True, exist_ok=True)
         if self.resumed_from is not None:

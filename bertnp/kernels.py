@@ -349,7 +349,7 @@ def gelu_forward(x, approximate: str = "none", *, version=None):
 def gelu_backward(dout, cache: GeluCache, *, version=None):
     """Drop-in for :func:`bertnp.ops.gelu_backward`: dout (...) -> dx (...)."""
     xp = backend.xp()
-    x, approximate = cache
+    x, approximate = cache.x, cache.approximate
     if (approximate not in _APPROX or not kernels_active(dout, x) or dout.shape != x.shape
             or x.size == 0):
         return _ref.gelu_backward(dout, cache)

@@ -147,57 +147,80 @@ class AdamW:
     # ------------------------------------------------------------------ the update
     def step(self) -> None:
         """One AdamW update of every parameter, in place, at the current ``self.lr``."""
-        xp = backend.xp()
         grads = self.grads
         self.step_count += 1
         t = self.step_count
         b1, b2 = self.betas
         lr, eps = self.lr, self.eps
+        step_size = bc2_sqrt = None                       # (used only with the bias correction)
         if self.correct_bias:
             step_size = lr / (1.0 - b1 ** t)              # lr / (1 - b1^t)
             bc2_sqrt = math.sqrt(1.0 - b2 ** t)           # sqrt(1 - b2^t)
+        # On the CPU the ~14 elementwise passes of an update run over blocks of BLOCK entries, so
+        # that the block of p, g, m, v stays in the L2 cache between passes instead of streaming
+        # every pass through memory (measured: 42 -> 24 ms for the 7.8M-entry word embedding).
+        # Elementwise, so the result is bit-identical. On a GPU: whole tensors (or one kernel).
+        blocked = backend.get_backend() == "numpy"
         for name, p in self.params.items():
             g, m, v = grads[name], self.exp_avg[name], self.exp_avg_sq[name]
             if g.shape != p.shape:
                 raise ValueError(f"grads: {name} has shape {tuple(g.shape)}, expected {tuple(p.shape)}")
-            s = self._scratch[p.dtype][:p.size].reshape(p.shape)   # a view: no allocation
             wd = self.weight_decay * self.decay[name]
             if self.use_kernels:
                 from bertnp import kernels
                 kernels.adamw_step(p, g, m, v, lr=lr, step=t, beta1=b1, beta2=b2, eps=eps,
                                    weight_decay=wd, correct_bias=self.correct_bias)
                 continue
-            if self.correct_bias:
-                if wd:
-                    p *= 1.0 - lr * wd                    # decoupled decay on the old weights
-                xp.subtract(g, m, out=s)                  # m += (1 - b1) (g - m)  (torch's lerp)
-                s *= 1.0 - b1
-                m += s
-                xp.multiply(g, g, out=s)                  # v = b2 v + (1 - b2) g^2
-                s *= 1.0 - b2
-                v *= b2
-                v += s
-                xp.sqrt(v, out=s)                         # denom = sqrt(v) / sqrt(1 - b2^t) + eps
-                s /= bc2_sqrt
-                s += eps
-                xp.divide(m, s, out=s)                    # p -= step_size * m / denom
-                s *= step_size
-                p -= s
-            else:                                         # Google BERT's AdamWeightDecayOptimizer
-                m *= b1                                   # m = b1 m + (1 - b1) g
-                xp.multiply(g, 1.0 - b1, out=s)
-                m += s
-                v *= b2                                   # v = b2 v + (1 - b2) g^2
-                xp.multiply(g, g, out=s)
-                s *= 1.0 - b2
-                v += s
-                xp.sqrt(v, out=s)                         # update = m / (sqrt(v) + eps) + wd p
-                s += eps
-                xp.divide(m, s, out=s)
-                if wd:
-                    p *= 1.0 - lr * wd                    # (p - lr wd p, the decay term of the update)
-                s *= lr
-                p -= s
+            scratch = self._scratch[p.dtype]
+            contiguous = all(a.flags.c_contiguous for a in (p, g, m, v)) if blocked else False
+            if not contiguous or p.size <= self.BLOCK:
+                s = scratch[:p.size].reshape(p.shape)                   # a view: no allocation
+                self._update(p, g, m, v, s, lr, wd, step_size, bc2_sqrt)
+                continue
+            p1, g1, m1, v1 = (a.reshape(-1) for a in (p, g, m, v))    # (...) -> (n,), views
+            for start in range(0, p.size, self.BLOCK):
+                stop = min(start + self.BLOCK, p.size)
+                self._update(p1[start:stop], g1[start:stop], m1[start:stop], v1[start:stop],
+                             scratch[:stop - start], lr, wd, step_size, bc2_sqrt)
+
+    BLOCK = 65536        # entries per cache block on the CPU (256 KB of float32 per array)
+
+    def _update(self, p, g, m, v, s, lr, wd, step_size, bc2_sqrt) -> None:
+        """The AdamW update of one tensor (or one block of it), in place; ``s`` is scratch space."""
+        xp = backend.xp()
+        b1, b2 = self.betas
+        eps = self.eps
+        if self.correct_bias:
+            if wd:
+                p *= 1.0 - lr * wd                    # decoupled decay on the old weights
+            xp.subtract(g, m, out=s)                  # m += (1 - b1) (g - m)  (torch's lerp)
+            s *= 1.0 - b1
+            m += s
+            xp.multiply(g, g, out=s)                  # v = b2 v + (1 - b2) g^2
+            s *= 1.0 - b2
+            v *= b2
+            v += s
+            xp.sqrt(v, out=s)                         # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+            s /= bc2_sqrt
+            s += eps
+            xp.divide(m, s, out=s)                    # p -= step_size * m / denom
+            s *= step_size
+            p -= s
+        else:                                         # Google BERT's AdamWeightDecayOptimizer
+            m *= b1                                   # m = b1 m + (1 - b1) g
+            xp.multiply(g, 1.0 - b1, out=s)
+            m += s
+            v *= b2                                   # v = b2 v + (1 - b2) g^2
+            xp.multiply(g, g, out=s)
+            s *= 1.0 - b2
+            v += s
+            xp.sqrt(v, out=s)                         # update = m / (sqrt(v) + eps) + wd p
+            s += eps
+            xp.divide(m, s, out=s)
+            if wd:
+                p *= 1.0 - lr * wd                    # (p - lr wd p, the decay term of the update)
+            s *= lr
+            p -= s
 
     # ------------------------------------------------------------------ checkpoints
     def hyperparameters(self) -> dict:

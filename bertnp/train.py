@@ -358,6 +358,8 @@ class Trainer:
         self.config = config
         self.out = out
         backend.set_backend(config.backend)
+        if config.backend == "numpy":
+            backend.retain_freed_host_memory()     # no page faults re-allocating activations each step
         out.mkdir(parents=True, exist_ok=True)
         self._build()
         if self.resumed_from is not None:

@@ -188,6 +188,36 @@ def test_updates_are_in_place():
     assert not model.grads["w"].any()
 
 
+@pytest.mark.parametrize("correct_bias", [True, False])
+def test_cache_blocked_update_is_bit_identical(correct_bias, monkeypatch):
+    """On the CPU a large tensor is updated block by block (cache blocking): the same numbers, to
+    the bit, as one pass over the whole tensor -- also for a tensor whose size is not a multiple
+    of the block, and for a non-contiguous gradient (which takes the whole-tensor path)."""
+    shapes = {"emb.weight": (37, 29), "b.bias": (11,)}
+    runs = {}
+    for block in (64, 10**9):                         # 64: many blocks and a ragged last one
+        monkeypatch.setattr(AdamW, "BLOCK", block)
+        model = StandIn(shapes, seed=3, dtype=np.float32)
+        opt = AdamW(model, lr=1e-2, weight_decay=0.1, correct_bias=correct_bias)
+        rng = np.random.default_rng(5)
+        for _ in range(3):
+            for name, g in model.grads.items():
+                g[...] = rng.standard_normal(g.shape)
+            opt.step()
+        runs[block] = ({n: p.copy() for n, p in model.parameters().items()},
+                       {n: m.copy() for n, m in opt.exp_avg_sq.items()})
+    for n in shapes:
+        np.testing.assert_array_equal(runs[64][0][n], runs[10**9][0][n], err_msg=n)
+        np.testing.assert_array_equal(runs[64][1][n], runs[10**9][1][n], err_msg=n)
+    monkeypatch.setattr(AdamW, "BLOCK", 64)
+    model = StandIn({"w": (40, 30)}, seed=1, dtype=np.float32)
+    transposed = np.asfortranarray(np.ones((40, 30), dtype=np.float32))   # not C-contiguous
+    opt = AdamW(model.parameters(), grads={"w": transposed})
+    before = model.parameters()["w"].copy()
+    opt.step()
+    assert not np.array_equal(model.parameters()["w"], before)
+
+
 # ----------------------------------------------------------------------------- state save/load
 
 def test_state_round_trip_through_checkpoint(tmp_path):

@@ -46,74 +46,104 @@ _CDF_R = (
 class GeluCache(NamedTuple):
     x: object            # (...) the input
     approximate: str     # "none" (erf) or "tanh"
+    cdf: object = None   # (...) Phi(x) (or its tanh form) from the forward, reused by the backward;
+                         # None (the CUDA kernels recompute it) -> the backward recomputes it
+
+
+_CDF_BLOCK = 65536        # entries per cache block of the float32 form on the CPU (256 KB)
 
 
 def normal_cdf(x):
     """Phi(x) = 0.5 (1 + erf(x / sqrt 2)), the standard normal CDF, elementwise: a new array.
 
     float64: SciPy's exact erf. float32: the fitted tanh form (module docstring), exact to float32
-    rounding and ~8x cheaper; every step works in place on one buffer. On CuPy the exact erf is one
-    fused GPU kernel, cheaper than the form's ~25 elementwise launches, so CuPy always uses it."""
+    rounding and ~8x cheaper. Its ~25 elementwise passes run block by block on the CPU, so a block
+    stays in the L2 cache between passes (measured 14 -> 12 ms on 2M values). On CuPy the exact
+    erf is one fused GPU kernel, cheaper than the form's ~25 launches, so CuPy always uses it."""
     xp = backend.xp()
     if x.dtype.itemsize >= 8 or backend.get_backend() == "cupy":
         cdf = backend.erf(x * _SQRT_HALF)                 # (...) erf(x / sqrt 2), exact
-    else:
-        s = xp.abs(x)                                     # (...) the buffer reused below
-        xp.minimum(s, _CDF_X_MAX, out=s)                  # clamp: past |x| = 5.5, Phi is 0 or 1 anyway
-        s *= s                                            # s = min(|x|, 5.5)^2
-        cdf = s * _CDF_R[-1]                              # Horner's rule for R(s), highest power first
-        cdf += _CDF_R[-2]
-        for c in _CDF_R[-3::-1]:
-            cdf *= s
-            cdf += c
-        cdf *= x                                          # x R(x^2)
-        xp.tanh(cdf, out=cdf)                             # = erf(x / sqrt 2) to float32 rounding
-    cdf += 1.0
-    cdf *= 0.5                                            # Phi = (1 + erf) / 2
+        cdf += 1.0
+        cdf *= 0.5                                        # Phi = (1 + erf) / 2
+        return cdf
+    cdf = xp.empty_like(x)
+    if backend.get_backend() != "numpy" or not x.flags.c_contiguous or x.size <= _CDF_BLOCK:
+        _normal_cdf_float32(x, cdf, xp.empty_like(x))
+        return cdf
+    x1, cdf1 = x.reshape(-1), cdf.reshape(-1)             # (...) -> (n,), views
+    scratch = xp.empty(_CDF_BLOCK, dtype=x.dtype)
+    for start in range(0, x.size, _CDF_BLOCK):
+        stop = min(start + _CDF_BLOCK, x.size)
+        _normal_cdf_float32(x1[start:stop], cdf1[start:stop], scratch[:stop - start])
     return cdf
 
 
-def gelu_forward(x, approximate: str = "none"):
-    """x: (...) -> out: (...), GELU(x) = x * Phi(x). Returns (out, cache)."""
+def _normal_cdf_float32(x, cdf, s) -> None:
+    """cdf = Phi(x) = (1 + tanh(x R(x^2))) / 2 written into ``cdf``; ``s`` is scratch space."""
     xp = backend.xp()
+    xp.abs(x, out=s)
+    xp.minimum(s, _CDF_X_MAX, out=s)                      # clamp: past |x| = 5.5, Phi is 0 or 1 anyway
+    s *= s                                                # s = min(|x|, 5.5)^2
+    xp.multiply(s, _CDF_R[-1], out=cdf)                   # Horner's rule for R(s), highest power first
+    cdf += _CDF_R[-2]
+    for c in _CDF_R[-3::-1]:
+        cdf *= s
+        cdf += c
+    cdf *= x                                              # x R(x^2)
+    xp.tanh(cdf, out=cdf)                                 # = erf(x / sqrt 2) to float32 rounding
+    cdf += 1.0
+    cdf *= 0.5                                            # Phi = (1 + erf) / 2
+
+
+def gelu_forward(x, approximate: str = "none"):
+    """x: (...) -> out: (...), GELU(x) = x * Phi(x). Returns (out, cache).
+
+    Phi is kept in the cache: the backward needs it too, and computing it is most of the cost."""
     require_float("x", x)
-    if approximate == "none":
-        out = normal_cdf(x)                                       # Phi(x), the normal CDF (a new array)
-    elif approximate == "tanh":
-        out = x * x                                               # x*x*x: x**3 is slow in NumPy
-        out *= _GELU_TANH_COEF
-        out += 1.0
-        out *= x
-        out *= _SQRT_2_OVER_PI                                    # u = sqrt(2/pi) (x + c x^3)
-        xp.tanh(out, out=out)
-        out += 1.0
-        out *= 0.5                                                # 0.5 (1 + tanh(u))
-    else:
+    if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-    out *= x                                                      # x * Phi(x), in place
-    return out, GeluCache(x, approximate)
+    cdf = normal_cdf(x) if approximate == "none" else _tanh_cdf(x)   # (...) Phi(x) or its tanh form
+    out = x * cdf                                                     # (...) x * Phi(x)
+    return out, GeluCache(x, approximate, cdf)
+
+
+def _tanh_cdf(x):
+    """GPT-2's approximation of Phi: 0.5 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3); a new array."""
+    xp = backend.xp()
+    cdf = x * x                                                   # x*x*x: x**3 is slow in NumPy
+    cdf *= _GELU_TANH_COEF
+    cdf += 1.0
+    cdf *= x
+    cdf *= _SQRT_2_OVER_PI                                        # u = sqrt(2/pi) (x + c x^3)
+    xp.tanh(cdf, out=cdf)
+    cdf += 1.0
+    cdf *= 0.5                                                    # 0.5 (1 + tanh(u))
+    return cdf
 
 
 def gelu_backward(dout, cache: GeluCache):
     """dout: (...) -> dx: (...)."""
     xp = backend.xp()
-    x, approximate = cache
+    x, approximate, cdf = cache
     if approximate == "none":
-        # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi the standard normal density.
+        if cdf is None:
+            cdf = normal_cdf(x)
+        # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi = Phi' the standard normal density.
         dx = x * x
         dx *= -0.5
         xp.exp(dx, out=dx)
         dx *= _INV_SQRT_2PI                                        # phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
         dx *= x
-        dx += normal_cdf(x)                                       # Phi(x) + x phi(x)
+        dx += cdf                                                 # Phi(x) + x phi(x)
         dx *= dout
         return dx
-    # tanh form: out = 0.5 x (1 + t), t = tanh(u), u = sqrt(2/pi) (x + c x^3);
-    # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, with du/dx = sqrt(2/pi) (1 + 3 c x^2).
-    x2 = x * x
-    t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_COEF * x2 * x))
-    du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_COEF * x2)
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+    if cdf is None:
+        cdf = _tanh_cdf(x)
+    # tanh form: out = x * cdf, cdf = 0.5 (1 + t), t = tanh(u), u = sqrt(2/pi) (x + c x^3);
+    # d/dx = cdf + 0.5 x (1 - t^2) du/dx, with du/dx = sqrt(2/pi) (1 + 3 c x^2) and t = 2 cdf - 1.
+    t = 2.0 * cdf - 1.0
+    du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_COEF * (x * x))
+    return dout * (cdf + 0.5 * x * (1.0 - t * t) * du_dx)
 
 
 # ----------------------------------------------------------------------------- tanh
