@@ -513,6 +513,10 @@ class _BertBase:
     def _load_weights(directory: Path) -> dict:
         from bertnp.checkpoint import load_tensors
         path = directory / "model.safetensors"
+        if not path.is_file() and (directory / "model.safetensors.index.json").is_file():
+            raise FileNotFoundError(f"{path}: {directory} holds a sharded checkpoint "
+                                    "(model.safetensors.index.json), which bertnp does not read; save it "
+                                    "unsharded (HF: save_pretrained(dir, max_shard_size='100GB'))")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model.safetensors in {directory} "
                                     "(only the safetensors format is read; never pickle)")

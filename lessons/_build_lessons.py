@@ -123,16 +123,14 @@ def lesson_01():
             '''f() takes no argument and reads x. Returns an array shaped like x.'''
             grad = np.zeros_like(x)
             ### BEGIN SOLUTION
-            flat_x = x.reshape(-1)             # a view: writing flat_x[i] changes x
-            flat_grad = grad.reshape(-1)
-            for i in range(flat_x.size):
-                saved = flat_x[i]
-                flat_x[i] = saved + h
+            for i in np.ndindex(x.shape):      # every entry, by index into x itself (x.reshape(-1)
+                saved = x[i]                   # is a copy for a transposed x: writes would miss x)
+                x[i] = saved + h
                 f_plus = f()
-                flat_x[i] = saved - h
+                x[i] = saved - h
                 f_minus = f()
-                flat_x[i] = saved              # restore: the next entry must see the original x
-                flat_grad[i] = (f_plus - f_minus) / (2 * h)
+                x[i] = saved                   # restore: the next entry must see the original x
+                grad[i] = (f_plus - f_minus) / (2 * h)
             ### END SOLUTION
             return grad
         """),

@@ -317,6 +317,9 @@ def test_missing_directory_config_or_weights(tmp_path, good_dir):
     (no_weights / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors.*never pickle"):
         BertModel.from_pretrained(no_weights)
+    (no_weights / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(FileNotFoundError, match="sharded checkpoint"):
+        BertModel.from_pretrained(no_weights)
 
 
 def test_truncated_or_corrupt_safetensors(good_dir):
