@@ -243,8 +243,6 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
     A special token written literally in the text (``[SEP]``...) becomes ``[UNK]`` so that the
     text can never forge a segment boundary or a mask.
     """
-    unk = tokenizer.unk_token_id
-    forbidden = _forbidden_in_text(tokenizer)
     # bertnp.tokenizer.BertTokenizer has this cache built in (shared across calls); for any
     # other tokenizer with tokenize / convert_tokens_to_ids we keep our own.
     encode = getattr(tokenizer, "encode_words_cached", None)
@@ -262,11 +260,19 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
         return ids
 
     encode = encode or encode_with_own_cache
+    return _documents_of_ids(documents, lambda d, k, sentence: encode(sentence), tokenizer)
+
+
+def _documents_of_ids(documents, encode, tokenizer) -> list[list[list[int]]]:
+    """``encode(d, k, sentence) -> ids`` for every sentence k of every document d; a literal
+    ``[CLS] [SEP] [MASK] [PAD]`` id becomes ``[UNK]``; empty sentences and documents are dropped."""
+    unk = tokenizer.unk_token_id
+    forbidden = _forbidden_in_text(tokenizer)
     out: list[list[list[int]]] = []
-    for doc in documents:
+    for d, doc in enumerate(documents):
         doc_ids: list[list[int]] = []
-        for sentence in doc:
-            ids = encode(sentence)
+        for k, sentence in enumerate(doc):
+            ids = encode(d, k, sentence)
             if any(i in forbidden for i in ids):
                 ids = [unk if i in forbidden else i for i in ids]
             if ids:
@@ -687,27 +693,17 @@ def collate(instances: Sequence[TrainingInstance], pad_id: int, max_seq_length: 
 
 
 def _clean_token_id_documents(documents, tokenizer, vocab_size: int) -> list[list[list[int]]]:
-    """Already-tokenized documents: lists of Python ints, empty sentences and documents dropped,
-    every id checked to be in ``[0, vocab_size)`` (ValueError naming the document and sentence),
-    and ``[CLS] [SEP] [MASK] [PAD]`` replaced by ``[UNK]`` as for text (see tokenize_documents)."""
-    unk = tokenizer.unk_token_id
-    forbidden = _forbidden_in_text(tokenizer)
-    out: list[list[list[int]]] = []
-    for d, doc in enumerate(documents):
-        doc_ids: list[list[int]] = []
-        for k, sentence in enumerate(doc):
-            ids = [int(i) for i in sentence]
-            if any(not 0 <= i < vocab_size for i in ids):
-                bad = next(i for i in ids if not 0 <= i < vocab_size)
-                raise ValueError(f"documents[{d}][{k}]: token id {bad} is outside the vocabulary "
-                                 f"[0, {vocab_size})")
-            if any(i in forbidden for i in ids):
-                ids = [unk if i in forbidden else i for i in ids]
-            if ids:
-                doc_ids.append(ids)
-        if doc_ids:
-            out.append(doc_ids)
-    return out
+    """Already-tokenized documents: lists of Python ints, every id checked to be in
+    ``[0, vocab_size)`` (ValueError naming the document and sentence), then as for text
+    (:func:`_documents_of_ids`: specials -> ``[UNK]``, empties dropped)."""
+    def checked(d, k, sentence):
+        ids = [int(i) for i in sentence]
+        bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"documents[{d}][{k}]: token id {bad} is outside the vocabulary "
+                             f"[0, {vocab_size})")
+        return ids
+    return _documents_of_ids(documents, checked, tokenizer)
 
 
 def _is_token_ids(documents) -> bool:

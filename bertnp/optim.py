@@ -172,8 +172,7 @@ class AdamW:
                                    weight_decay=wd, correct_bias=self.correct_bias)
                 continue
             scratch = self._scratch[p.dtype]
-            contiguous = all(a.flags.c_contiguous for a in (p, g, m, v)) if blocked else False
-            if not contiguous or p.size <= self.BLOCK:
+            if not (blocked and p.size > self.BLOCK and all(a.flags.c_contiguous for a in (p, g, m, v))):
                 s = scratch[:p.size].reshape(p.shape)                   # a view: no allocation
                 self._update(p, g, m, v, s, lr, wd, step_size, bc2_sqrt)
                 continue

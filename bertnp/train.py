@@ -550,27 +550,26 @@ class Trainer:
     # the values of a step that live on the device until read_pending reads them
     DEVICE_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct", "grad_norm")
 
-    def read_pending(self) -> list[dict]:
+    def read_pending(self) -> None:
         """Read the device values of the steps not read yet, in one transfer (one host
-        synchronisation), and check them: NonFiniteLossError at the first step whose loss or
-        gradient norm is not finite (the weights after it are not trusted: nothing is saved).
-        Returns every step read since the loop last took them (:meth:`take_read_steps`)."""
+        synchronisation), into host records for :meth:`take_read_steps`. NonFiniteLossError at
+        the first step whose loss or gradient norm is not finite: that step and the ones after
+        it stay unread, so a later save_checkpoint is refused too (their weights are not trusted)."""
         pending, self._pending = self._pending, []
-        if pending:
-            xp = backend.xp()
-            keys = [k for k in self.DEVICE_KEYS if pending[0][k] is not None]
-            stacked = xp.stack([xp.asarray(m[k], dtype=xp.float64) for m in pending for k in keys])
-            values = backend.to_host(stacked).reshape(len(pending), len(keys))   # the one sync
-            for m, row in zip(pending, values):
-                host = dict(m, **{k: float(v) for k, v in zip(keys, row)})
-                for k in ("mlm_correct", "nsp_correct"):
-                    host[k] = int(host[k])
-                for what, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
-                    if host.get(key) is not None and not math.isfinite(host[key]):
-                        self._pending = pending          # still unread, so saving stays refused
-                        self._non_finite(what, host[key], host["step"], host["lr"])
-                self._read_steps.append(host)
-        return self._read_steps
+        if not pending:
+            return
+        xp = backend.xp()
+        keys = [k for k in self.DEVICE_KEYS if pending[0][k] is not None]
+        stacked = xp.stack([xp.asarray(m[k], dtype=xp.float64) for m in pending for k in keys])
+        values = backend.to_host(stacked).reshape(len(pending), len(keys))   # the one sync
+        for i, (m, row) in enumerate(zip(pending, values)):
+            host = dict(m, **{k: float(v) for k, v in zip(keys, row)})
+            host["mlm_correct"], host["nsp_correct"] = int(host["mlm_correct"]), int(host["nsp_correct"])
+            for what, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
+                if host.get(key) is not None and not math.isfinite(host[key]):
+                    self._pending = pending[i:]
+                    self._non_finite(what, host[key], host["step"], host["lr"])
+            self._read_steps.append(host)
 
     def take_read_steps(self) -> list[dict]:
         """The host records of the steps read so far, handed over once (to the metrics)."""
