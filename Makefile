@@ -33,7 +33,8 @@ install: $(VENV_STAMP)
 
 # two pytest workers on two cores: one BLAS thread each, or they fight over the cores (7-10x slower)
 test: install
-	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --nbmake tests lessons
+	BERTNP_LESSONS_FAST=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+		$(PY) -m pytest -n $(JOBS) --nbmake --nbmake-timeout=180 tests lessons
 
 test-fast: install
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) tests -m "not slow"

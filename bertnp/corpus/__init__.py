@@ -8,11 +8,16 @@
 File's lexicon, one document per initial letter); ``heldout``: 62 other documents (every 20th
 in source order). Provenance, licence, sizes and how
 to rebuild it (``scripts/build_corpus.py``): README.md in this folder.
+
+Also bundled: BERT-base's uncased WordPiece vocabulary (30,522 tokens; Apache-2.0, the
+vocabulary of all-MiniLM-L6-v2), so lessons and examples can tokenize like BERT from any folder::
+
+    tok = bn.BertTokenizer(bert_base_uncased_vocab(), do_lower_case=True)
 """
 
 from pathlib import Path
 
-__all__ = ["bundled_corpus", "CORPUS_NAME", "SPLITS"]
+__all__ = ["bundled_corpus", "bert_base_uncased_vocab", "CORPUS_NAME", "SPLITS"]
 
 CORPUS_NAME = "english"
 SPLITS = ("train", "heldout")
@@ -27,4 +32,13 @@ def bundled_corpus(split: str = "train") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"bundled corpus file missing: '{path}' (is the package installed with its "
                                 "package data? rebuild with scripts/build_corpus.py)")
+    return path
+
+
+def bert_base_uncased_vocab() -> Path:
+    """Path of the bundled 30,522-token uncased BERT-base vocabulary (``vocab.txt`` format)."""
+    path = _HERE / "bert-base-uncased-vocab.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled vocabulary missing: '{path}' (is the package installed with "
+                                "its package data?)")
     return path
