@@ -272,11 +272,11 @@ def my_embedding_backward(de, cache):
     B, T, C = de.shape
     de_rows = de.reshape(-1, C)                            # (B, T, C) -> (B*T, C): one row per token
     dword = np.zeros(word_shape)                           # (V, C)
-    np.add.at(dword, input_ids.reshape(-1), de_rows)       # row ids[n] += de[n], repeats accumulate
+    np.add.at(dword, input_ids.reshape(-1), de_rows)       # ids (B, T) -> (B*T,); row ids[n] += de[n], repeats accumulate
     dposition = np.zeros(position_shape)                   # (P, C): rows T.. were not used
     dposition[:T] = de.sum(axis=0)                         # (B, T, C) -> (T, C): row t fed every sequence
     dtoken_type = np.zeros(token_type_shape)               # (2, C)
-    np.add.at(dtoken_type, token_type_ids.reshape(-1), de_rows)
+    np.add.at(dtoken_type, token_type_ids.reshape(-1), de_rows)   # types (B, T) -> (B*T,): a scatter-add too
     ### END SOLUTION
     return dword, dposition, dtoken_type
 
@@ -354,9 +354,10 @@ real_ids = np.array([corpus_tokenizer(" ".join(doc[:12]), max_length=128, trunca
                                       padding="max_length")["input_ids"] for doc in documents[:32]])   # (32, 128)
 real_de = rng.standard_normal(real_ids.shape + (16,))           # (B, T, 16): a narrow C is enough here
 right = np.zeros((corpus_tokenizer.vocab_size, 16))
-np.add.at(right, real_ids.reshape(-1), real_de.reshape(-1, 16))
+token_ids, token_rows = real_ids.reshape(-1), real_de.reshape(-1, 16)   # (32, 128) -> (4096,), (32, 128, 16) -> (4096, 16)
+np.add.at(right, token_ids, token_rows)
 wrong = np.zeros_like(right)
-wrong[real_ids.reshape(-1)] += real_de.reshape(-1, 16)
+wrong[token_ids] += token_rows
 distinct = len(np.unique(real_ids))
 lost = np.linalg.norm(wrong - right) / np.linalg.norm(right)
 print(f"{real_ids.size} tokens, {distinct} distinct ids: {1 - distinct / real_ids.size:.0%} of the tokens repeat an id")

@@ -165,7 +165,7 @@ teach.check_equal("merge_heads(split_heads(x)) == x", merge_heads(split_heads(x_
 # %%
 labelled = (10 * np.arange(4)[:, None] + np.arange(6)[None, :])[None].astype(float)   # (1, T=4, C=6)
 right = split_heads(labelled, 2)                    # (1, 2, 4, 3)
-wrong = labelled.reshape(1, 2, 4, 3)                # the same shape, the wrong entries
+wrong = labelled.reshape(1, 2, 4, 3)                # (1, 4, 6) -> (1, 2, 4, 3): the same shape, the wrong entries
 print("head 0, right (positions 0-3, channels 0-2):\n", right[0, 0])
 print("head 0, wrong (positions 0-1 and their channels, cut into rows of 3):\n", wrong[0, 0])
 teach.check(not np.array_equal(right, wrong), "reshape(B, nh, T, hs) is not the head split")
@@ -356,9 +356,9 @@ L_layers, H, T_pair, _ = maps.shape                                           # 
 previous = np.array([[np.diagonal(maps[l, h], -1).mean() for h in range(H)] for l in range(L_layers)])  # P[i, i-1]
 following = np.array([[np.diagonal(maps[l, h], 1).mean() for h in range(H)] for l in range(L_layers)])  # P[i, i+1]
 on_cls = maps[..., 0].mean(axis=-1)                                           # (L, nh): mean of P[:, 0]
-prev_layer, prev_head = np.unravel_index(np.argmax(previous), previous.shape)
-next_layer, next_head = np.unravel_index(np.argmax(following), following.shape)
-cls_layer, cls_head = np.unravel_index(np.argmax(on_cls), on_cls.shape)
+prev_layer, prev_head = map(int, np.unravel_index(np.argmax(previous), previous.shape))
+next_layer, next_head = map(int, np.unravel_index(np.argmax(following), following.shape))
+cls_layer, cls_head = map(int, np.unravel_index(np.argmax(on_cls), on_cls.shape))
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), layout="constrained")
 for ax, table, what in zip(axes, (previous, following, on_cls), ("the previous token", "the next token", "[CLS]")):
@@ -392,13 +392,11 @@ fig.colorbar(im, ax=axes, shrink=0.7, label="attention probability")
 plt.show()
 
 # %% [markdown]
-# Many heads put most of their attention on `[CLS]` (or `[SEP]`): a head that has nothing useful to
-# add for a token can "switch off" by attending to a position whose value vector contributes little — the
-# softmax forces every row to sum to 1, so the attention has to go somewhere.
-#
-# **Where the head split meets a real checkpoint.** A head is *defined* by which channels of $Q$, $K$ and $V$
-# it owns. Recompute layer 0 from MiniLM's own embeddings with `mha_forward` — once with the right split,
-# once with the wrong `reshape(B, nh, T, hs)` of section 1 — and look for the previous-token head:
+# Many heads put most of their attention on `[CLS]` (Clark et al., 2019, saw BERT-base's heads do the same
+# with `[SEP]`). The softmax forces every row to sum to 1, so a head that has nothing to add for a token must
+# still attend *somewhere*. Does attending to `[CLS]` add anything? What a head adds is the attention-weighted
+# sum of the value vectors, passed through that head's slice of the output projection. Recompute the
+# `[CLS]` head's layer with `mha_forward` and compare what `[CLS]` offers with what the other tokens offer:
 
 # %%
 def embed(ids, types):
@@ -409,9 +407,46 @@ def embed(ids, types):
     return layernorm_forward(e, weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"],
                              minilm.config.layer_norm_eps)[0]
 
-layer0 = {f"{proj}_{kind}": weights[f"encoder.layer.0.attention.self.{proj}.{kind}"]
-          for proj in ("query", "key", "value") for kind in ("weight", "bias")}
-x0 = embed(pair_ids, pair_types)
+
+def layer_input(layer, ids, types):
+    """The hidden states entering MiniLM's layer `layer` (B, T, C): a copy of MiniLM cut after layer - 1."""
+    if layer == 0:
+        return embed(ids, types)
+    cut = bn.BertModel(bn.BertConfig.from_dict(dict(minilm.config.to_dict(), num_hidden_layers=layer)), dtype="float64")
+    cut.load_state_dict({n: t for n, t in weights.items()
+                         if not n.startswith("encoder.layer.") or int(n.split(".")[2]) < layer})
+    return cut.eval()(input_ids=ids, token_type_ids=types).last_hidden_state
+
+
+def self_attention_parameters(layer):
+    return {f"{proj}_{kind}": weights[f"encoder.layer.{layer}.attention.self.{proj}.{kind}"]
+            for proj in ("query", "key", "value") for kind in ("weight", "bias")}
+
+
+head_size = minilm.config.hidden_size // H
+_, cls_cache = mha_forward(layer_input(cls_layer, pair_ids, pair_types), self_attention_parameters(cls_layer), H)
+teach.check_close(f"layer {cls_layer} maps from mha_forward vs the library's", cls_cache.probs[0], maps[cls_layer],
+                  rtol=1e-9, atol=1e-12)
+output_slice = weights[f"encoder.layer.{cls_layer}.attention.output.dense.weight"][:, cls_head * head_size:(cls_head + 1) * head_size]
+offered = cls_cache.v[0, cls_head] @ output_slice.T              # (T, hs) @ (hs, C) -> (T, C): what each key offers
+offered_norm = np.linalg.norm(offered, axis=-1)                  # (T,)
+ratio = offered_norm[0] / offered_norm[1:].mean()
+print(f"layer {cls_layer} head {cls_head}: |what [CLS] offers| = {offered_norm[0]:.2f}, "
+      f"mean over the other tokens = {offered_norm[1:].mean():.2f} (ratio {ratio:.3f})")
+teach.check(ratio < 0.2, "what [CLS] offers the [CLS] head / what the other tokens offer", ratio, "< 0.2")
+
+# %% [markdown]
+# Almost nothing: `[CLS]`'s value vector for this head is tiny, so attending to it is a way of *not* changing the
+# token — a "no-op" (Kobayashi et al., 2020, measured the same small norms in BERT). The attention weights alone
+# would have suggested that `[CLS]` matters most.
+#
+# **Where the head split meets a real checkpoint.** A head is *defined* by which channels of $Q$, $K$ and $V$
+# it owns. Recompute layer 0 with `mha_forward` — once with the right split, once with the wrong
+# `reshape(B, nh, T, hs)` of section 1 — and look for the previous-token head:
+
+# %%
+layer0 = self_attention_parameters(0)
+x0 = layer_input(0, pair_ids, pair_types)
 _, ours = mha_forward(x0, layer0, H)
 teach.check_close("layer 0 maps from mha_forward vs the library's", ours.probs[0], maps[0], rtol=1e-9, atol=1e-12)
 
@@ -446,6 +481,7 @@ teach.check(scrambled_previous.max() < 0.5, "wrong split: the best previous-toke
 #   the real tokens exactly the hidden states they have alone.
 # * The key bias has an exactly zero gradient (shift invariance): check it with an absolute floor, never
 #   by loosening the threshold.
-# * Trained heads specialise: previous-token, next-token, `[CLS]`-parking heads.
+# * Trained heads specialise: previous-token, next-token, and `[CLS]`-parking heads that add (almost) nothing,
+#   because `[CLS]`'s value vector for them is tiny.
 #
 # Next: lesson 7 — GELU, the feed-forward block, and dropout.

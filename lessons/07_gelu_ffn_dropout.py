@@ -22,8 +22,8 @@
 # 3. **inverted dropout**: why it scales by $1/(1-p)$ (the expectation is preserved — measured), and why
 #    the backward must reuse the forward's mask — **your second exercise**.
 #
-# **Prerequisites:** lesson 1 (gradient checks), lesson 5 (embeddings, residual, post-LN: section 2
-# uses them). Math: the product and chain rules; the normal distribution's density and CDF; expectation
+# **Prerequisites:** lesson 1 (gradient checks); lessons 5 and 6 for section 2, which recomputes one
+# layer of a trained model (embeddings, attention, residual, post-LN). Math: the product and chain rules; the normal distribution's density and CDF; expectation
 # and variance of a Bernoulli variable.
 #
 # **Time:** about 50–60 minutes.
@@ -165,7 +165,7 @@ def my_gelu_backward(dout, cache):
 
 # %% tags=["check"]
 check_rng = np.random.default_rng(21)
-x_check = np.concatenate([np.linspace(-3.1, 3.1, 32), 1.2 * check_rng.standard_normal(48)]).reshape(8, 10)
+x_check = np.concatenate([np.linspace(-3.1, 3.1, 32), 1.2 * check_rng.standard_normal(48)]).reshape(8, 10)   # (80,) -> (8, 10)
 dout_check = check_rng.standard_normal(x_check.shape)           # random upstream gradient, never all-ones
 numeric = teach.finite_differences(lambda: float((my_gelu_forward(x_check)[0] * dout_check).sum()), x_check)
 _, cache_check = my_gelu_forward(x_check)
