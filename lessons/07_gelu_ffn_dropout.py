@@ -394,8 +394,9 @@ print(f"p = {p}: cosine(gradient with the forward's mask, gradient with a fresh 
 teach.check(abs(cos_fresh - (1 - p)) < 0.01, "cosine between the right gradient and a fresh-mask one", cos_fresh, f"{1 - p} +- 0.01")
 
 # %% [markdown]
-# About 0.9: close enough to train *somewhat*, wrong in one entry out of five. Bugs like this make training
-# slightly worse rather than crash, which is why only a gradient check with dropout **on and seeded** finds them.
+# About 0.9, and wrong in nearly one entry out of five ($2p(1-p)$ of them: where exactly one of the two masks kept).
+# A bug like this crashes nothing and produces plausible gradients, which is why only a gradient check with
+# dropout **on and seeded** finds it.
 #
 # ### The expectation, measured
 #
