@@ -89,5 +89,16 @@ class Lesson:
         check = self.cells[self.check_index(exercise)].source
         exec(compile(_code(check), f"{self.path.name}:check", "exec"), namespace)
 
-    def blanked(self, function: str) -> str:
-        return self.edited(function, body=f'raise NotImplementedError("{function}: your code here")')
+    def check_blanked(self, function: str) -> None:
+        """Blanked (as a handout is), the exercise cell still runs, its check fails with the
+        NotImplementedError that names the function, and no other cell calls the function."""
+        try:
+            self.run_check(function, body=f'raise NotImplementedError("{function}: your code here")')
+        except NotImplementedError as exc:
+            assert function in str(exc), f"the check failed with another NotImplementedError: {exc}"
+        else:
+            raise AssertionError(f"{function}: the check passed with the solution blanked")
+        exercise = self.exercise_index(function)
+        users = [i for i, c in enumerate(self.cells) if c.cell_type == "code" and function in c.source
+                 and i not in (exercise, self.check_index(exercise))]
+        assert not users, f"{self.path.name}: cells {users} call {function}: only its check cell may"

@@ -16,7 +16,7 @@ handout included). The two files here are small subsets of the test suite's fixt
 Read them with :func:`load_l09` / :func:`load_l10` (plain dicts of NumPy arrays; JSON strings
 are decoded). Regenerate them from the fixtures (bit-identical copies of the arrays) with::
 
-    python -m bertnp.lesson_data.reference tests/reference
+    python -m bertnp.lesson_data.lessons_09_10 tests/reference
 """
 from __future__ import annotations
 
@@ -101,6 +101,6 @@ def make(fixture_dir, out_dir=None) -> list[Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m bertnp.lesson_data.reference FIXTURE_DIR   (e.g. tests/reference)")
+        sys.exit("usage: python -m bertnp.lesson_data.lessons_09_10 FIXTURE_DIR   (e.g. tests/reference)")
     for path in make(sys.argv[1]):
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
