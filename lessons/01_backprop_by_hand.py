@@ -71,11 +71,13 @@ from bertnp.ops.layernorm import layernorm_forward
 # The one-sided quotient $\frac{f(x+h e_i) - f(x)}{h}$ is off by about $\frac h2 \partial_i^2 f$: an error
 # $O(h)$. **Your task:** combine the two evaluations $f(x + h e_i)$ and $f(x - h e_i)$ into an
 # estimate of $\partial_i f$ whose error is $O(h^2)$ — the expansion above shows which combination
-# cancels the $h$ term — and apply it to every entry of `x`.
+# cancels the $\frac{h^2}{2}\partial_i^2 f$ term, the one behind the one-sided error — and apply it to
+# every entry of `x`.
 #
 # The function `f` takes no argument: it reads the array `x` itself. So perturb `x` **in place**, one
 # entry at a time, and leave `x` exactly as you found it. The check also hands you a transposed
-# (non-contiguous) view, so make sure your writes land in `x` itself.
+# (non-contiguous) view, so make sure your writes land in `x` itself. (`np.ndindex(x.shape)` iterates
+# over every multi-index of an array of that shape.)
 
 # %% tags=["exercise"]
 # EXERCISE: the centered-difference gradient of a scalar function f() with respect to the array x
@@ -107,7 +109,8 @@ def my_numerical_gradient(f, x, h=1e-5):
 # Relative, because a gradient of size $10^3$ off by $10^{-6}$ is perfect while one of size $10^{-6}$ off
 # by $10^{-6}$ is wrong. Rules of thumb in float64 at tiny sizes: **$\le 10^{-7}$ is a correct smooth
 # layer**, $10^{-7}$–$10^{-2}$ is suspicious, **$> 10^{-2}$ is a bug**. `teach.check_gradient` computes it
-# and, when it fails, shows the worst entries and what the pattern suggests.
+# and, when it fails, shows the worst entries and what the pattern suggests. (Against an exact derivative
+# the check can be stricter: $10^{-8}$.)
 
 # %% tags=["check"]
 check_rng = np.random.default_rng(101)

@@ -137,7 +137,7 @@ def my_wordpiece(word, vocab, unk_token="[UNK]", max_chars=100):
 # 2. words tokenized by Hugging Face's pure-Python `BertTokenizer` on the BERT-base vocabulary — copied
 #    here from bertnp's test fixtures (generated with transformers 5.23), among them the example of
 #    Google's README, `johanson` → `johan ##son`, and the limit at 100 characters;
-# 3. properties every greedy longest match must have, on 3,000 distinct words of the corpus: the pieces
+# 3. properties every greedy longest match must have, on about 3,000 distinct words of the corpus: the pieces
 #    spell the word, every piece is in the vocabulary, no piece could have been longer, and a word of plain
 #    lower-case letters is never `[UNK]` (every letter and every `##letter` is in the vocabulary).
 
@@ -231,14 +231,14 @@ heldout_text = "\n".join(s for doc in heldout for s in doc)
 
 stats = {}
 for size in (300, 600, 1200):
-    vocab = bn.train_wordpiece("\n".join(lines), vocab_size=size, show_progress=False)
+    learned = bn.train_wordpiece("\n".join(lines), vocab_size=size, show_progress=False)   # a list of tokens
     path = workdir / f"vocab{size}.txt"
-    path.write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    path.write_text("".join(t + "\n" for t in learned), encoding="utf-8")
     tok = BertTokenizer(str(path))
     stats[size] = tokenization_stats(tok, heldout_text)
     print(f"vocab {size:>5}: {stats[size]['tokens_per_word']:.2f} tokens/word, "
           f"[UNK] {100 * stats[size]['unk_rate']:.2f}% of words;  "
-          f"the last merges: {vocab[-6:]}")
+          f"the last merges: {learned[-6:]}")
 stats[30522] = tokenization_stats(bert_tok, heldout_text)
 print(f"BERT-base's 30,522: {stats[30522]['tokens_per_word']:.2f} tokens/word")
 print("with the 1,200-token vocabulary:", tok.tokenize("The Jebusites dwelt in Jerusalem."))
@@ -258,8 +258,9 @@ teach.check(all(a > b for a, b in zip(per_word, per_word[1:])), "tokens per word
             f"{sizes}, strictly falling", [round(p, 3) for p in per_word], "a falling sequence")
 teach.check(stats[1200]["unk_rate"] < 0.01, "share of held-out words that are [UNK] with 1,200 tokens",
             stats[1200]["unk_rate"], "< 0.01")
-teach.check(vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "the first five tokens ([PAD] is id 0, as in every BERT vocabulary)",
-            vocab[:5], ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+teach.check(learned[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+            "the first five tokens ([PAD] is id 0, as in every BERT vocabulary)",
+            learned[:5], ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
 
 # %% [markdown]
 # ## 4. One pretraining instance
@@ -298,8 +299,9 @@ print(format_instance(dataset[3], tokenizer))
 # %% [markdown]
 # Write the masking rule yourself. `vocab` is a `MaskingVocab`: it has `cls_id`, `sep_id`, `mask_id`, and
 # `random_ids`, the ids a random replacement may draw (every token except the special ones, so `[PAD]`
-# or `[CLS]` never appear in the middle of a text). Use only the `rng` you are given (a `random.Random`):
-# reproducible data comes from explicit seeds, and the check calls your function twice with the same seed.
+# or `[CLS]` never appear in the middle of a text). Use only the `rng` you are given (a `random.Random`;
+# `rng.shuffle`, `rng.random()` and `rng.choice` are all you need): reproducible data comes from explicit
+# seeds, and the check calls your function twice with the same seed.
 
 # %% tags=["exercise"]
 # EXERCISE: BERT's masking of one sequence -- choose the positions, then 80% [MASK] / 10% random / 10% kept

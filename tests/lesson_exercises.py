@@ -56,6 +56,29 @@ class Exercise:
     last_check: int      # index of the last check cell before the next exercise
 
 
+@contextlib.contextmanager
+def _blanked(module, attribute: str, namespace: dict):
+    """``module.attribute`` (a function, or ``Class.method`` written as "Class.method") raises
+    NotImplementedError, in the module and wherever ``namespace`` holds it."""
+    owner = module
+    *path, last = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original = getattr(owner, last)
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError(f"the library's {attribute} is blanked (a handout): a check called it")
+
+    held = [k for k, v in namespace.items() if v is original]
+    setattr(owner, last, stub)
+    for k in held:
+        namespace[k] = stub
+    try:
+        yield
+    finally:
+        setattr(owner, last, original)
+
+
 class Lesson:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -116,13 +139,23 @@ class Lesson:
             self._prefix[cell] = namespace
         return self._prefix[cell]
 
-    def run(self, name: str, replace=(), body: str | None = None, source: str | None = None) -> str:
+    def run(self, name: str, replace=(), body: str | None = None, source: str | None = None,
+            blank_library=()) -> str:
         """Run the exercise (changed as asked) and the cells up to its last check; return their output.
-        Raises whatever a check raises."""
-        import matplotlib.pyplot as plt
+        Raises whatever a check raises. ``blank_library``: ``(module, attribute)`` pairs that raise
+        while the checks run, wherever the lesson holds them (as in a handout, which blanks the
+        library's own solution of the task)."""
         exercise = self.exercises[name]
         cell_source = source if source is not None else self.variant(name, replace, body)
         namespace = dict(self.prefix(name))
+        with contextlib.ExitStack() as stack:
+            for module, attribute in blank_library:
+                stack.enter_context(_blanked(module, attribute, namespace))
+            return self._run_exercise(exercise, cell_source, namespace)
+
+    def _run_exercise(self, exercise, cell_source, namespace) -> str:
+        import matplotlib.pyplot as plt
+        name = exercise.name
         out = io.StringIO()
         try:
             with fast_mode(), contextlib.redirect_stdout(out):

@@ -7,6 +7,7 @@ lesson leaves every cell that is not a check running. See tests/lesson_exercises
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,20 @@ EXERCISES = [("01", "my_numerical_gradient"), ("01", "my_linear_backward"), ("01
              ("02", "my_softmax_backward"), ("03", "my_wordpiece"), ("03", "my_mask_tokens"), ("04", "train_step")]
 
 
+# what each exercise re-implements: a course handout blanks it in the library too, so a check that
+# called it would fail there with NotImplementedError instead of judging the student's answer
+LIBRARY_SOLUTIONS = {
+    "my_numerical_gradient": [("bertnp.gradcheck", "numerical_gradient")],
+    "my_linear_backward": [("bertnp.ops.linear", "linear_backward")],
+    "my_layernorm_backward": [("bertnp.ops.layernorm", "layernorm_backward")],
+    "my_softmax_backward": [("bertnp.ops.softmax", "softmax_backward")],
+    "my_wordpiece": [("bertnp.tokenizer", "WordpieceTokenizer.tokenize_word")],
+    "my_mask_tokens": [("bertnp.data", "create_masked_lm_predictions"), ("bertnp.data", "num_to_predict")],
+    "train_step": [("bertnp.optim", "clip_grad_norm"), ("bertnp.optim", "global_grad_norm"),
+                   ("bertnp.train", "Trainer.train")],
+}
+
+
 def test_every_exercise_is_listed_and_has_three_mutants():
     found = [(n, name) for n in ("01", "02", "03", "04") for name in lesson(n).exercises]
     assert sorted(found) == sorted(EXERCISES), f"exercises in the lessons {found} vs listed here {EXERCISES}"
@@ -197,6 +212,13 @@ def test_the_solution_passes_its_checks(number, name):
 
 
 @pytest.mark.parametrize("number,name", EXERCISES, ids=[f"{n}-{e}" for n, e in EXERCISES])
+def test_the_checks_do_not_call_the_library_solution(number, name):
+    import importlib
+    blank = [(importlib.import_module(module), attribute) for module, attribute in LIBRARY_SOLUTIONS[name]]
+    lesson(number).run(name, blank_library=blank)
+
+
+@pytest.mark.parametrize("number,name", EXERCISES, ids=[f"{n}-{e}" for n, e in EXERCISES])
 def test_a_blank_exercise_fails_its_check(number, name):
     with pytest.raises(NotImplementedError, match=f"write {name}"):
         lesson(number).run(name, source=lesson(number).blank(name))
@@ -208,7 +230,6 @@ def test_a_wrong_answer_fails_with_a_message_that_points_at_it(number, name, bug
     with pytest.raises(AssertionError) as failure:         # teach.CheckFailed is an AssertionError
         lesson(number).run(name, **change)
     assert failure.type.__name__ == "CheckFailed", f"{bug}: a bare {failure.type.__name__}: {failure.value}"
-    import re
     assert re.search(message, str(failure.value), re.S), \
         f"lesson {number}, {name}, mutant '{bug}': the check failed, but its message does not say so:\n{failure.value}"
 
