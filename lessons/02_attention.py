@@ -227,8 +227,8 @@ def numerical_grads(forward, inputs, dout, wrt, **settings):
 
 # %% tags=["check"]
 check_rng = np.random.default_rng(201)
-cases = {"one attention map (T, T) = (5, 5), the last key padding": ((5, 5), (1, 5), np.s_[..., 4:]),
-         "(B, nh, T, T) = (2, 3, 5, 5), keys 3 and 4 of sequence 1 padding": ((2, 3, 5, 5), (2, 1, 1, 5), np.s_[1, ..., 3:])}
+cases = {"map (5, 5)": ((5, 5), (1, 5), np.s_[..., 4:]),                          # the last key is padding
+         "scores (2, 3, 5, 5)": ((2, 3, 5, 5), (2, 1, 1, 5), np.s_[1, ..., 3:])}     # keys 3, 4 of sequence 1
 for label, (shape, mask_shape, padded) in cases.items():
     scores = check_rng.standard_normal(shape)
     mask = np.zeros(mask_shape)
@@ -308,7 +308,7 @@ teach.check(raw["key_bias"] > 1e3 * max(e for n, e in raw.items() if n != "key_b
             f"> {1e3 * max(e for n, e in raw.items() if n != 'key_bias'):.1e}")
 
 # %% [markdown]
-# Everything is near $10^{-9}$ or below except `key_bias`, whose relative error is thousands of times larger
+# Everything is near $10^{-8}$ or below except `key_bias`, whose relative error is thousands of times larger
 # (how much larger depends on the sizes and the seed). Is the backward wrong there? Look at the last
 # column: its numerical gradient is $\sim 10^{-11}$, rounding noise. What the key bias does: it adds the same
 # vector $b_k$ to every key, so every score of query row $i$ gains the *same* amount $q_i \cdot b_k / \sqrt{d_h}$,

@@ -228,7 +228,8 @@ teach.check(len(errors) == len(tiny.state_dict()), "tensors checked", len(errors
 #
 # What the library gives you:
 #
-# * `out = model(**batch)` — the forward pass; `out.loss` (= `out.mlm_loss + out.nsp_loss`) is a 0-d array.
+# * `out = model(**batch)` — the forward pass; `out.loss` (= `out.mlm_loss + out.nsp_loss`) is a NumPy number
+#   (a 0-d array on the GPU), not a Python float.
 # * `model.backward()` — **adds** the gradient of the last forward's `out.loss` into `model.grads`, a dict
 #   `{name: array}`. As in PyTorch, gradients *accumulate* across `backward()` calls; `model.zero_grad()`
 #   sets them to zero. `model.grads` returns a new dict each time, but its arrays are the live ones: change
