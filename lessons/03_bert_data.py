@@ -534,7 +534,7 @@ teach.check_equal("library's number of predictions for n = 3..160", counts,
 
 # %%
 lengths_seen = [len(x.tokens) for x in epoch0]
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
 ax.hist(lengths_seen, bins=range(5, MAX_LEN + 2), log=True)
 ax.set_xlabel("tokens in the instance"); ax.set_ylabel("instances (log scale)")
 ax.set_title("most pairs fill max_seq_length; short_seq_prob = 0.1 makes some short")
