@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertnp import checkpoint
 from bertnp.finetune import (Example, FinetuneConfig, Finetuner, accuracy, add_finetune_parser, build_labels,
                              confusion_matrix, encode_examples, f1_macro, finetune, make_batches, read_examples,
                              run_finetune, train_dev_split)
