@@ -604,8 +604,32 @@ class BertModel(_BertBase):
             raise RuntimeError("backward() needs a forward pass first")
         if dlast_hidden_state is None and dpooler_output is None:
             raise ValueError("give dlast_hidden_state and/or dpooler_output")
+        batch, seq_len = self._cache["shape"]
+        H = self.config.hidden_size
+        dlast_hidden_state = self._upstream("dlast_hidden_state", dlast_hidden_state, (batch, seq_len, H))
+        dpooler_output = self._upstream("dpooler_output", dpooler_output, (batch, H))
+        if dpooler_output is not None and not self.has_pooler:
+            raise ValueError("dpooler_output: this model has no pooler (add_pooling_layer=False)")
         self._encoder_backward(dlast_hidden_state, dpooler_output)
         return self.grads
+
+    def _upstream(self, name: str, grad, shape: tuple):
+        """An upstream gradient as an array of the model's dtype on its backend (lists and host
+        arrays are converted), or TypeError / ValueError naming it."""
+        if grad is None:
+            return None
+        if isinstance(grad, (str, bytes)) or not (hasattr(grad, "shape") or isinstance(grad, (list, tuple))):
+            raise TypeError(f"{name} must be an array, got {type(grad).__name__}")
+        if not hasattr(grad, "shape"):
+            try:
+                grad = np.asarray(grad, dtype=self.dtype)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} must be a rectangular array of numbers ({exc})") from None
+        if tuple(grad.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(grad.shape)}, expected {shape} like the last forward's output")
+        if getattr(grad, "dtype", None) is None or grad.dtype.kind != "f":
+            raise TypeError(f"{name} must hold floating-point numbers, got dtype {getattr(grad, 'dtype', None)}")
+        return backend.to_device(grad, dtype=self.dtype)
 
 
 # ============================================================================ pretraining: MLM + NSP

@@ -243,8 +243,9 @@ def test_cache_is_bounded_and_still_exact():
 
 @pytest.mark.slow
 def test_encoding_a_corpus_takes_seconds():
-    """The issue's figure: the whole bundled corpus (5.4 MB) encodes in seconds through the word
-    cache, and the ids equal the reference path's on a sample."""
+    """The whole bundled corpus (5.4 MB) encodes in seconds through the word cache (a generous
+    guard against losing the cache; the speed itself is a benchmark's business), and the ids equal
+    the reference path's on a sample."""
     import gzip
     import time
 
@@ -257,7 +258,7 @@ def test_encoding_a_corpus_takes_seconds():
     ids = tok.encode_words_cached(lines)
     seconds = time.perf_counter() - start
     assert sum(map(len, ids)) > 1_000_000
-    assert seconds < 10, f"{seconds:.1f} s (measured 0.6-1.1 s on a shared 2-core CPU)"
+    assert seconds < 10, f"{seconds:.1f} s: the word cache is not working (a guard, not a benchmark)"
     sample = lines[::50]
     assert tok.encode_words_cached(sample) == [tok.convert_tokens_to_ids(tok.tokenize(t)) for t in sample]
 
