@@ -123,7 +123,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_exact(world, reference, tmp
     assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 
 
-LONG = 60          # steps of the run a signal stops (it must still be running when the signal comes)
+LONG = 100         # steps of the run a signal stops (it must still be running when the signal comes)
 
 
 @pytest.fixture(scope="module")

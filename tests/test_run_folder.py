@@ -393,3 +393,26 @@ def test_memory_error_in_training_is_one_line_saying_what_to_reduce(world, tmp_p
     assert line == ("bertnp: error: out of memory during pretrain: reduce --batch-size (now 4), --seq-length "
                     "(now 24) or the model (--preset / --config); --grad-accum K keeps the update's batch "
                     "with a K times smaller --batch-size")
+
+
+# ----------------------------------------------------------------------------- switches are booleans
+
+def test_do_lower_case_no_is_not_true(world, tmp_path):
+    """"no" (or 0) for do_lower_case was read as true; every switch takes a boolean only."""
+    from bertnp.finetune import FinetuneConfig
+    from bertnp.tokenizer import BertTokenizer
+    with pytest.raises(TypeError, match="do_lower_case must be true or false, got 'no'"):
+        BertTokenizer(world["vocab"], do_lower_case="no")
+    folder = tmp_path / "tok"
+    BertTokenizer(world["vocab"]).save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, do_lower_case="no")))
+    with pytest.raises(TypeError, match=r"tokenizer_config\.json'?: do_lower_case must be true or false, got 'no'"):
+        BertTokenizer.from_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, tokenize_chinese_chars=0)))
+    with pytest.raises(TypeError, match="tokenize_chinese_chars must be true or false, got 0"):
+        BertTokenizer.from_pretrained(folder)
+    with pytest.raises(ValueError, match="do_lower_case must be true or false"):
+        tiny_config(world, tmp_path / "run", do_lower_case="no").validate()
+    with pytest.raises(ValueError, match="do_lower_case must be true, false or null"):
+        FinetuneConfig(train="x.tsv", model="m", do_lower_case="no").validate()
