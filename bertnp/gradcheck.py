@@ -11,7 +11,11 @@ The field's convention (CS231n, llm.c):
 
 Noise floor: finite differences carry ~1e-11 absolute noise at h = 1e-5, so an entry whose true
 gradient is ~0 shows a large *relative* error for no fault of the backward. ``rel_error`` accepts a
-``floor``: entries where both gradients are below it count as matching. Use it only for that.
+``floor``: an entry with ``|a| + |n| < floor`` is measured against the floor instead of against
+itself, ``|a - n| / floor``. A result <= t then holds such entries to an *absolute* bound,
+``|a - n| <= t * floor``: nothing is forgiven, and a wrong sign still fails
+(``rel_error([9e-6], [-9e-6], floor=1e-5) == 1.0``). Choose the floor so that ``t * floor`` sits
+just above the noise (order-2 stencil, t = 1e-7: floor 1e-3 allows 1e-10).
 
 Example (what a student runs)::
 
@@ -31,19 +35,20 @@ from bertnp import backend
 
 
 def rel_error(analytic, numeric, floor: float = 0.0) -> float:
-    """Largest elementwise relative error ``|a - n| / max(1e-8, |a| + |n|)``.
+    """Largest elementwise relative error ``|a - n| / max(1e-8, |a| + |n|, floor)``.
 
-    Entries where both ``|a|`` and ``|n|`` are below ``floor`` are treated as matching (the
-    finite-difference noise floor, see the module docstring)."""
+    ``floor`` (the finite-difference noise floor, see the module docstring): entries with
+    ``|a| + |n|`` below it are measured against the floor, so a result <= t bounds them
+    absolutely, ``|a - n| <= t * floor``."""
     a = np.asarray(backend.to_host(analytic), dtype=np.float64)
     n = np.asarray(backend.to_host(numeric), dtype=np.float64)
     if a.shape != n.shape:
         raise ValueError(f"analytic gradient has shape {a.shape} but numeric has {n.shape}")
     if a.size == 0:
         return 0.0
-    err = np.abs(a - n) / np.maximum(1e-8, np.abs(a) + np.abs(n))
-    if floor > 0:
-        err = np.where((np.abs(a) < floor) & (np.abs(n) < floor), 0.0, err)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < np.inf:
+        raise ValueError(f"floor must be a number >= 0, got {floor!r}")
+    err = np.abs(a - n) / np.maximum(max(1e-8, float(floor)), np.abs(a) + np.abs(n))
     return float(err.max())
 
 

@@ -340,7 +340,7 @@ def attention_maps(model, tokenizer, text: str, text_pair: str | None = None,
                    max_length: int | None = None) -> AttentionMaps:
     """Run one text (or pair) with ``output_attentions=True`` and return every layer's and head's
     attention probabilities (after softmax, before dropout; eval mode) as host float arrays.
-    Draw them with :func:`bertnp.viz_attention.plot_attention`."""
+    Draw them with :func:`bertnp.viz.plot_attention`."""
     _check_tokenizer(model, tokenizer)
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")

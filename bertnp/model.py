@@ -29,13 +29,13 @@ import numpy as np
 
 from bertnp import backend
 from bertnp.config import BertConfig
-from bertnp.ops.activations import activation_backward, activation_forward, tanh_backward, tanh_forward
+from bertnp.ops.activations import tanh_backward, tanh_forward
 from bertnp.ops.attention import attention_backward, attention_forward
 from bertnp.ops.dropout import dropout_backward, dropout_forward
 from bertnp.ops.embedding import embedding_backward, embedding_forward
-from bertnp.ops.layernorm import layernorm_backward, layernorm_forward
 from bertnp.ops.linear import linear_backward, linear_forward
-from bertnp.ops.losses import cross_entropy_backward, cross_entropy_forward
+# LayerNorm, the activations, softmax and cross-entropy are reached through the op table self.F
+# (bertnp.ops, or the CUDA kernels behind the same signatures)
 
 IGNORE_INDEX = -100
 
@@ -112,6 +112,17 @@ def _check_range(name: str, array, low: int, high: int, allowed_extra: tuple = (
         raise ValueError(f"{name} must lie in [{low}, {high}){also}; found {value}")
 
 
+def _loss_share(name: str, denominator, count: int) -> float | None:
+    """``count / denominator`` for a loss averaged over a larger whole (None: no denominator given)."""
+    if denominator is None:
+        return None
+    if isinstance(denominator, bool) or not isinstance(denominator, (int, np.integer)) or denominator < 1:
+        raise ValueError(f"{name} must be a positive integer (the update's count), got {denominator!r}")
+    if denominator < count:
+        raise ValueError(f"{name} is {denominator}, fewer than this batch's own {count}")
+    return count / int(denominator)
+
+
 def _parse_dtype(dtype) -> np.dtype:
     try:
         parsed = np.dtype(dtype)
@@ -136,6 +147,7 @@ class _BertBase:
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
         config.validate()
+        config.check_fits_in_memory(_parse_dtype(dtype))    # a clear error, not minutes of allocation
         self.config = config
         # the operation table: bertnp.ops (the reference), or the CUDA kernels of kernels/ behind the
         # same signatures (used on CuPy in float32; everywhere else they fall back to bertnp.ops)
@@ -498,6 +510,7 @@ class _BertBase:
         data = read_json(config_path)
         try:
             config = BertConfig.from_dict(data)
+            config.check_fits_in_memory()
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{config_path}: {exc}") from exc
         # variants bertnp does not compute: refuse them rather than give silently wrong outputs
@@ -510,8 +523,7 @@ class _BertBase:
         return directory, data, config
 
     @staticmethod
-    def _load_weights(directory: Path) -> dict:
-        from bertnp.checkpoint import load_tensors
+    def _weights_path(directory: Path) -> Path:
         path = directory / "model.safetensors"
         if not path.is_file() and (directory / "model.safetensors.index.json").is_file():
             raise FileNotFoundError(f"{path}: {directory} holds a sharded checkpoint "
@@ -520,7 +532,7 @@ class _BertBase:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model.safetensors in {directory} "
                                     "(only the safetensors format is read; never pickle)")
-        return load_tensors(path)
+        return path
 
     def _load_pretrained_weights(self, weights: dict, path_label: str) -> None:
         """Load weights non-strictly: missing head tensors keep their fresh init, with a warning."""
@@ -550,10 +562,12 @@ class _BertBase:
         """Load an HF-layout directory (``config.json`` + ``model.safetensors``). Returns the model
         in eval mode, as Hugging Face does. Tensors the checkpoint lacks (a head) are initialised
         fresh with a warning naming them."""
+        from bertnp.checkpoint import load_tensors, tensor_shapes
         directory, data, config = cls._from_pretrained_config(directory)
+        path = cls._weights_path(directory)
+        config.check_tensor_shapes(tensor_shapes(path), path)     # the file's header, before allocating
         model = cls._new_from_config(config, data, dtype=dtype, **kwargs)
-        weights = cls._load_weights(directory)
-        model._load_pretrained_weights(weights, str(directory / "model.safetensors"))
+        model._load_pretrained_weights(load_tensors(path), str(path))
         return model.eval()
 
     @classmethod
@@ -590,8 +604,32 @@ class BertModel(_BertBase):
             raise RuntimeError("backward() needs a forward pass first")
         if dlast_hidden_state is None and dpooler_output is None:
             raise ValueError("give dlast_hidden_state and/or dpooler_output")
+        batch, seq_len = self._cache["shape"]
+        H = self.config.hidden_size
+        dlast_hidden_state = self._upstream("dlast_hidden_state", dlast_hidden_state, (batch, seq_len, H))
+        dpooler_output = self._upstream("dpooler_output", dpooler_output, (batch, H))
+        if dpooler_output is not None and not self.has_pooler:
+            raise ValueError("dpooler_output: this model has no pooler (add_pooling_layer=False)")
         self._encoder_backward(dlast_hidden_state, dpooler_output)
         return self.grads
+
+    def _upstream(self, name: str, grad, shape: tuple):
+        """An upstream gradient as an array of the model's dtype on its backend (lists and host
+        arrays are converted), or TypeError / ValueError naming it."""
+        if grad is None:
+            return None
+        if isinstance(grad, (str, bytes)) or not (hasattr(grad, "shape") or isinstance(grad, (list, tuple))):
+            raise TypeError(f"{name} must be an array, got {type(grad).__name__}")
+        if not hasattr(grad, "shape"):
+            try:
+                grad = np.asarray(grad, dtype=self.dtype)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} must be a rectangular array of numbers ({exc})") from None
+        if tuple(grad.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(grad.shape)}, expected {shape} like the last forward's output")
+        if getattr(grad, "dtype", None) is None or grad.dtype.kind != "f":
+            raise TypeError(f"{name} must hold floating-point numbers, got dtype {getattr(grad, 'dtype', None)}")
+        return backend.to_device(grad, dtype=self.dtype)
 
 
 # ============================================================================ pretraining: MLM + NSP
@@ -614,7 +652,12 @@ class BertForPreTraining(_BertBase):
         return self._params["bert.embeddings.word_embeddings.weight"]
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                 next_sentence_label=None, output_attentions=False) -> PreTrainingOutput:
+                 next_sentence_label=None, output_attentions=False, *, mlm_denominator=None,
+                 nsp_denominator=None) -> PreTrainingOutput:
+        """HF's forward. ``mlm_denominator`` / ``nsp_denominator`` (keyword only) divide the summed
+        MLM / NSP cross-entropies instead of this batch's own counts (labelled tokens, sequences):
+        give the counts of a whole update, and the losses (and gradients) of its micro-batches --
+        or of its data-parallel shares -- simply add up to the update's exact mean losses."""
         c, P = self.config, self._params
         ids, mask, types = self._prepare_inputs(input_ids, attention_mask, token_type_ids)
         labels = _as_host_int("labels", labels)
@@ -622,6 +665,9 @@ class BertForPreTraining(_BertBase):
             if labels.shape != ids.shape:
                 raise ValueError(f"labels has shape {labels.shape}, expected {ids.shape} like input_ids")
             _check_range("labels", labels, 0, c.vocab_size, allowed_extra=(IGNORE_INDEX,))
+        mlm_count = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
+        share = {"mlm": _loss_share("mlm_denominator", mlm_denominator, mlm_count),
+                 "nsp": _loss_share("nsp_denominator", nsp_denominator, ids.shape[0])}
         nsp_labels = _as_host_int("next_sentence_label", next_sentence_label)
         if nsp_labels is not None:
             if nsp_labels.shape != (ids.shape[0],):
@@ -654,14 +700,20 @@ class BertForPreTraining(_BertBase):
         out = PreTrainingOutput(prediction_logits=prediction_logits, seq_relationship_logits=nsp_logits,
                                 last_hidden_state=hidden, pooler_output=pooled, attentions=attentions)
         losses = []
+        # a loss share s = count / denominator turns this batch's mean into sum / denominator
         if labels is not None:
             out.mlm_loss, head["mlm_ce"] = self.F.cross_entropy_forward(prediction_logits, mlm_targets,
                                                                   IGNORE_INDEX, check_range=False)
+            if share["mlm"] is not None:
+                out.mlm_loss = out.mlm_loss * share["mlm"]
             losses.append(out.mlm_loss)
         if nsp_labels is not None:
             out.nsp_loss, head["nsp_ce"] = self.F.cross_entropy_forward(nsp_logits, backend.to_device(nsp_labels),
                                                                   IGNORE_INDEX, check_range=False)
+            if share["nsp"] is not None:
+                out.nsp_loss = out.nsp_loss * share["nsp"]
             losses.append(out.nsp_loss)
+        head["share"] = share
         if losses:
             out.loss = losses[0] if len(losses) == 1 else losses[0] + losses[1]
         self._head_cache = head
@@ -679,12 +731,14 @@ class BertForPreTraining(_BertBase):
         batch, seq_len = self._cache["shape"]
         H = c.hidden_size
         acc = self._accumulate
-        one = self.dtype.type(1.0)            # dL/dmlm_loss = dL/dnsp_loss = 1, since loss is their sum
+        # dL/d(batch mean) is 1 (the loss is the sum of the two means), or the loss share
+        # count / denominator when an update's denominators were given
+        dmlm, dnsp = (self.dtype.type(1.0 if s is None else s) for s in (head["share"]["mlm"], head["share"]["nsp"]))
 
         dhidden = None
         if has_mlm:
             # walk the MLM head in reverse: loss <- logits <- LayerNorm <- GELU <- dense <- gathered rows
-            dlogits = self.F.cross_entropy_backward(one, head["mlm_ce"])                # (N, V) (softmax - onehot) / N
+            dlogits = self.F.cross_entropy_backward(dmlm, head["mlm_ce"])               # (N, V) (softmax - onehot) / N
             # logits = t @ E^T + bias: a Linear whose weight is the word embedding E (V, C)
             dt, dW, db = linear_backward(dlogits, head["decoder"])                      # (N, C), (V, C), (V,)
             acc("bert.embeddings.word_embeddings.weight", dW)   # tied: the decoder's share (+= the lookup's below)
@@ -702,8 +756,8 @@ class BertForPreTraining(_BertBase):
             dhidden = dhidden.reshape(batch, seq_len, H)                                # (B*T, C) -> (B, T, C)
         dpooled = None
         if has_nsp:
-            dnsp = self.F.cross_entropy_backward(one, head["nsp_ce"])                   # (B, 2) (softmax - onehot) / B
-            dpooled, dW, db = linear_backward(dnsp, head["nsp"])                        # nsp_logits = pooled Wsr^T + bsr: (B, C)
+            dnsp_logits = self.F.cross_entropy_backward(dnsp, head["nsp_ce"])           # (B, 2) (softmax - onehot) / B
+            dpooled, dW, db = linear_backward(dnsp_logits, head["nsp"])                        # nsp_logits = pooled Wsr^T + bsr: (B, C)
             acc("cls.seq_relationship.weight", dW)
             acc("cls.seq_relationship.bias", db)
         if dhidden is None:                  # NSP only: the hidden states reach the loss through the pooler alone

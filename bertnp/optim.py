@@ -4,8 +4,8 @@ One optimizer step of BERT pretraining, in the order the training loop calls it:
 
     model.zero_grad()
     for micro_batch in micro_batches:            # gradient accumulation: grads add up in backward()
-        model(**micro_batch).loss; model.backward()
-    scale_grads(model.grads, 1 / len(micro_batches))   # mean over micro-batches (skip when 1)
+        model(**micro_batch, mlm_denominator=N, nsp_denominator=B).loss; model.backward()
+                                                 # N, B: the whole update's labelled tokens, sequences
     norm = clip_grad_norm(model.grads, 1.0)      # global norm over ALL tensors, before clipping
     opt.step()                                   # AdamW with the learning rate of this update
     schedule.step()                              # sets opt.lr for the next update
@@ -130,6 +130,7 @@ class AdamW:
         missing = [n for n in self.params if n not in grads]
         if missing:
             raise ValueError(f"grads: no gradient for parameter {missing[0]}")
+        _check_grads(grads)
         return grads
 
     def zero_grad(self) -> None:
@@ -158,7 +159,7 @@ class AdamW:
             bc2_sqrt = math.sqrt(1.0 - b2 ** t)           # sqrt(1 - b2^t)
         # On the CPU the ~14 elementwise passes of an update run over blocks of BLOCK entries, so
         # that the block of p, g, m, v stays in the L2 cache between passes instead of streaming
-        # every pass through memory (measured: 42 -> 24 ms for the 7.8M-entry word embedding).
+        # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py).
         # Elementwise, so the result is bit-identical. On a GPU: whole tensors (or one kernel).
         blocked = backend.get_backend() == "numpy"
         for name, p in self.params.items():
@@ -271,12 +272,23 @@ class AdamW:
 
 # ---------------------------------------------------------------------------------- gradients
 
+def _check_grads(grads) -> None:
+    """TypeError naming the first gradient that is not an array (a list has no in-place ops)."""
+    if not hasattr(grads, "items"):
+        raise TypeError(f"grads must be a mapping of names to arrays, got {type(grads).__name__}")
+    for name, g in grads.items():
+        if not (hasattr(g, "dtype") and hasattr(g, "reshape")) or getattr(g.dtype, "kind", None) != "f":
+            raise TypeError(f"gradient {name!r} must be a floating-point array of the backend, "
+                            f"got {type(g).__name__}")
+
+
 def global_grad_norm(grads: Mapping, sync: bool = True):
     """``sqrt(sum over all tensors of sum(g * g))`` (inf/nan if any entry is).
 
     ``sync=True``: a Python float (on CuPy one host synchronisation). ``sync=False``: a 0-d
     float64 array of the backend, never read on the host (the training loop reads it later,
     together with the loss, at its logging interval)."""
+    _check_grads(grads)
     xp = backend.xp()
     total = None
     for g in grads.values():
@@ -324,7 +336,8 @@ def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: boo
 
 
 def scale_grads(grads: Mapping, factor: float) -> None:
-    """``g *= factor`` for every gradient, in place (gradient accumulation: factor = 1 / k)."""
+    """``g *= factor`` for every gradient, in place."""
+    _check_grads(grads)
     if factor == 1.0:
         return
     for g in grads.values():

@@ -61,11 +61,10 @@ def test_tokenized_corpus_is_clean(train_docs, tok):
 
 
 def test_data_is_fast_compared_to_a_training_step(train_docs, tok):
-    """A training step must not wait for data. BERT-mini takes 443 ms a step at 16 x 128 on the
-    2-core machine (benchmarks/RESULTS.md), about twice that at 32 x 128. Measured on the bundled
-    corpus there (8k WordPiece vocab): building all ~14k instances 1.8 s (tokenizing included),
-    a dynamically masked 32 x 128 batch 2.2 ms median (static masks 0.4 ms): ~0.5% of even a
-    0.4 s step. The bound leaves a wide margin for slow or busy machines: 25 ms is < 7%."""
+    """A training step must not wait for data: a BERT-mini step at 32 x 128 takes several hundred
+    ms on a 2-core machine (benchmarks/RESULTS.md), so a dynamically masked batch must take a few
+    per cent of that at most. The bounds are generous guards for slow or busy machines, not
+    measurements."""
     t0 = time.perf_counter()
     ds = PretrainingDataset(train_docs, tok, max_seq_length=128, seed=0)  # tokenizes too
     build = time.perf_counter() - t0

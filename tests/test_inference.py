@@ -1,4 +1,4 @@
-"""Inference helpers (bertnp.inference) and attention figures (bertnp.viz_attention) on tiny
+"""Inference helpers (bertnp.inference) and attention figures (bertnp.viz) on tiny
 models: fill-mask equals the full-logit softmax, NSP probability, mean pooling (also against the
 recorded MiniLM hidden states), padding invariance, attention maps recomputed by hand, and the
 figures written as PNG files. The real-checkpoint checks are in test_pretrained.py."""
@@ -231,7 +231,7 @@ def test_attention_figures(tok, tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from bertnp.viz_attention import plot_attention, plot_attention_heads
+    from bertnp.viz import plot_attention, plot_attention_heads
     model = BertForPreTraining(config(tok), seed=2)
     maps = inf.attention_maps(model, tok, "the cat sat on the mat .")
     path = plot_attention(maps, layer=1, head=2, path=tmp_path / "figs" / "one.png")

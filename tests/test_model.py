@@ -145,11 +145,12 @@ def _tiny_batch():
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
 def test_whole_model_gradcheck(hidden_act):
     """Every parameter tensor, every entry, float64, dropout off: relative error <= 1e-6.
-    Order-4 stencil with h = 1e-3 (bertnp.gradcheck explains why); entries where both gradients
-    are below 1e-9 are at the finite-difference noise floor and count as matching (the attention
-    key bias, whose true gradient is 0, needs it). ReLU has its own test below."""
+    Order-4 stencil with h = 1e-3 (bertnp.gradcheck explains why); entries with |a| + |n| below
+    1e-5 are measured against that floor, i.e. held to |a - n| <= 1e-11, ten times the stencil's
+    rounding noise (the attention key bias, whose true gradient is 0, is such an entry). ReLU has
+    its own test below."""
     model = _tiny_model(hidden_act=hidden_act)
-    errors = check_model(model, _tiny_batch(), floor=1e-9)
+    errors = check_model(model, _tiny_batch(), floor=1e-5)
     assert len(errors) == len(model.state_dict())
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-6, (worst, errors[worst])
@@ -168,7 +169,7 @@ def test_whole_model_gradcheck_relu():
         name = f"bert.encoder.layer.{i}.intermediate.dense"
         pre, _ = linear_forward(layer["ffn1"].x, P[name + ".weight"], P[name + ".bias"])   # (B, T, I)
         assert np.abs(pre).min() > 1e-3, (i, np.abs(pre).min())
-    errors = check_model(model, batch, h=1e-4, order=4, floor=1e-9)
+    errors = check_model(model, batch, h=1e-4, order=4, floor=1e-5)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-6, (worst, errors[worst])
 
@@ -191,7 +192,7 @@ def test_sequence_classifier_gradcheck():
     for name, p in model.parameters().items():
         p[...] = r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0)
     batch = dict(input_ids=r.integers(1, 17, (3, 5)), labels=np.array([0, 2, 1]))
-    errors = check_model(model, batch, floor=1e-9)
+    errors = check_model(model, batch, floor=1e-5)
     assert len(errors) == len(model.state_dict())
     assert max(errors.values()) <= 1e-6, max(errors.items(), key=lambda kv: kv[1])
 
@@ -245,7 +246,7 @@ def test_tied_embedding_gets_the_sum_of_both_gradients():
     lookup_share = total - decoder_share
     assert np.abs(decoder_share).max() > 1e-3 and np.abs(lookup_share).max() > 1e-3
     # and the whole is right: finite differences agree with the sum
-    errors = check_model(model, batch, names=[name], floor=1e-9)
+    errors = check_model(model, batch, names=[name], floor=1e-5)
     assert errors[name] <= 1e-6
 
 

@@ -15,13 +15,11 @@ from bertnp.config import BertConfig
 from bertnp.model import BertForPreTraining
 from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from bertnp.inference import fill_mask, next_sentence_probability
-from bertnp.train import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint
+from bertnp.train import NonFiniteLossError, Trainer, latest_checkpoint
+from tiny_world import make_world, quiet, tiny_config
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "adamw_trajectory_f64.npz"
 
-WORDS = ("the a one old young red blue green small big king queen man woman dog cat bird horse house "
-         "river city tree stone saw found took gave loved built crossed left near under over by with "
-         "and but then so").split()
 
 
 # ----------------------------------------------------------------------------- a tiny world
@@ -29,37 +27,7 @@ WORDS = ("the a one old young red blue green small big king queen man woman dog 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """A 14-document corpus in BERT's format, its vocab.txt and a tiny model config.json."""
-    root = tmp_path_factory.mktemp("world")
-    rng = np.random.default_rng(0)
-    docs = []
-    for _ in range(14):
-        sentences = []
-        for _ in range(int(rng.integers(4, 9))):
-            n = int(rng.integers(4, 9))
-            words = [WORDS[int(i)] for i in rng.integers(0, len(WORDS), size=n)]
-            sentences.append(" ".join(words).capitalize() + ".")
-        docs.append("\n".join(sentences))
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS) + "\n",
-                     encoding="utf-8")
-    config = root / "config.json"
-    BertConfig(vocab_size=len(WORDS) + 7, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=24, max_position_embeddings=32).to_json_file(config)
-    return {"corpus": str(corpus), "vocab": str(vocab), "config": str(config), "root": root}
-
-
-def tiny_config(world, out, **kw) -> TrainConfig:
-    options = dict(corpus=[world["corpus"]], vocab=world["vocab"], model_config=world["config"],
-                   max_seq_length=24, batch_size=4, steps=8, lr=5e-3, warmup=2, out_dir=str(out),
-                   eval_every=4, eval_batches=2, checkpoint_every=4, log_every=2, progress=False, seed=3)
-    options.update(kw)
-    return TrainConfig(**options)
-
-
-def quiet(*_):
-    pass
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
 # ----------------------------------------------------------------------------- parity with PyTorch
