@@ -323,7 +323,7 @@ def test_dropout_rate_and_mean():
     assert abs((out == 0).mean() - 0.1) < 0.005                   # 100k draws: sd 0.001
     assert abs(out.mean() - 1.0) < 0.01                           # inverted dropout keeps the mean
     same, cache = dropout_forward(x, 0.1, training=False)
-    assert same is x and cache.scale is None
+    assert same is x and cache.mask is None
 
 
 def test_cross_entropy_value_matches_definition(rng):
