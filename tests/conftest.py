@@ -29,28 +29,41 @@ if TEST_BACKEND not in TEST_BACKENDS:
     raise ValueError(f"BERTNP_TEST_BACKEND={TEST_BACKEND!r}: choose one of {', '.join(TEST_BACKENDS)}")
 
 
-def _enter_test_backend():
-    """A context manager that makes the test backend the active one for one test."""
-    if TEST_BACKEND == "strict":
-        from strict_xp import STRICT
-        return backend.using(STRICT, "strict")
-    if TEST_BACKEND == "cupy":
-        bn.set_backend("cupy")            # a clear error if CuPy or the GPU is missing
-    else:
-        bn.set_backend("numpy")
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def _on_test_backend(monkeypatch):
+    """Make the test backend the active one for the duration; restore exactly what was active after
+    (a test may switch backends, e.g. to CuPy and back to NumPy, inside)."""
+    saved = (backend._name, backend._xp)
+    try:
+        if TEST_BACKEND == "strict":
+            from strict_xp import STRICT, guard_host_conversions
+            guard_host_conversions(monkeypatch)       # np.asarray(device array) fails, as on CuPy
+            with backend.using(STRICT, "strict"):
+                yield
+        else:
+            bn.set_backend(TEST_BACKEND)              # cupy: a clear error if CuPy or the GPU is missing
+            yield
+    finally:
+        backend._name, backend._xp = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_backend():
+    """The test backend for the whole session, so module- and session-scoped fixtures build their
+    models and arrays on it too."""
+    patcher = pytest.MonkeyPatch()
+    try:
+        with _on_test_backend(patcher):
+            yield
+    finally:
+        patcher.undo()
 
 
 @pytest.fixture(autouse=True)
-def _test_backend():
-    """Every test starts on the test backend, and the process's backend is restored after it."""
-    saved = backend.get_backend() if backend.get_backend() in ("numpy", "cupy") else "numpy"
-    try:
-        with _enter_test_backend():
-            yield
-    finally:
-        if backend.get_backend() != saved:
-            bn.set_backend(saved)
+def _test_backend(monkeypatch):
+    """Every test starts on the test backend (whatever the test before it switched to)."""
+    with _on_test_backend(monkeypatch):
+        yield
 
 
 def dev(array, dtype=None):

@@ -185,6 +185,10 @@ def test_strict_stand_in_catches_direct_numpy_calls():
             np.sum(x)
         with pytest.raises(TypeError, match="mix a device array with a host"):
             x + np.ones(3)
+        with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
+            x[0] = np.ones(3)
+        x[0] = STRICT.ones(3)                               # device into device, or a scalar: fine
+        x[1, 0] = np.float64(2.0)
         assert isinstance(STRICT.exp(x) + 1.0, StrictArray)
         assert isinstance(x.sum(), StrictArray)             # reductions stay on the "device"
 
