@@ -64,11 +64,10 @@ __device__ __forceinline__ void tile_bits(unsigned short* bits, long long tile, 
     }
 }
 
-// ---------------------------------------------------------------------------------------- forward
-
-extern "C" __global__ void dropout_forward_f32(float* out, bool* mask, const float* x, long long n,
-                                               unsigned long long seed, unsigned long long step,
-                                               unsigned long long site, unsigned int threshold, float scale) {
+template <class Visit>
+__device__ __forceinline__ void for_each_element(long long n, u64 seed, u64 step, u64 site, Visit visit) {
+    // visit(e, bits16(e)) for every element, tile by tile: the block's threads compute the tile's
+    // bits into shared memory, then walk the tile with consecutive threads on consecutive elements
     __shared__ unsigned short bits[TILE];
     long long tiles = (n + TILE - 1) / TILE;
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -77,31 +76,28 @@ extern "C" __global__ void dropout_forward_f32(float* out, bool* mask, const flo
         long long base = tile * TILE;
         for (int j = threadIdx.x; j < TILE; j += DROPOUT_BLOCK) {      // coalesced over the tile
             long long e = base + j;
-            if (e < n) {
-                bool keep = bits[j] >= threshold;
-                mask[e] = keep;
-                out[e] = (x[e] * scale) * (keep ? 1.0f : 0.0f);
-            }
+            if (e < n) visit(e, bits[j]);
         }
         __syncthreads();                                             // bits is rewritten next tile
     }
 }
 
+// ---------------------------------------------------------------------------------------- forward
+
+extern "C" __global__ void dropout_forward_f32(float* out, bool* mask, const float* x, long long n,
+                                               unsigned long long seed, unsigned long long step,
+                                               unsigned long long site, unsigned int threshold, float scale) {
+    for_each_element(n, seed, step, site, [&](long long e, unsigned int b) {
+        bool keep = b >= threshold;
+        mask[e] = keep;
+        out[e] = (x[e] * scale) * (keep ? 1.0f : 0.0f);
+    });
+}
+
 extern "C" __global__ void dropout_mask(bool* mask, long long n, unsigned long long seed,
                                         unsigned long long step, unsigned long long site,
                                         unsigned int threshold) {
-    __shared__ unsigned short bits[TILE];
-    long long tiles = (n + TILE - 1) / TILE;
-    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        tile_bits(bits, tile, seed, step, site);
-        __syncthreads();
-        long long base = tile * TILE;
-        for (int j = threadIdx.x; j < TILE; j += DROPOUT_BLOCK) {
-            long long e = base + j;
-            if (e < n) mask[e] = bits[j] >= threshold;
-        }
-        __syncthreads();
-    }
+    for_each_element(n, seed, step, site, [&](long long e, unsigned int b) { mask[e] = b >= threshold; });
 }
 
 // ---------------------------------------------------------------------------------------- backward
