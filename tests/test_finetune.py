@@ -19,6 +19,7 @@ from bertnp.finetune import (Example, FinetuneConfig, Finetuner, accuracy, add_f
                              run_finetune, train_dev_split)
 from bertnp.model import BertForSequenceClassification
 from bertnp.tokenizer import BertTokenizer
+from conftest import host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,13 +160,13 @@ def test_pretrained_start_keeps_encoder_and_adds_classifier(tiny_task, tmp_path)
                               vocab=None, model_config=None, steps=1), log=logs.append)
     assert any("classifier.weight" in m and "newly initialised" in m for m in logs)
     assert any("not used" in m and "cls.predictions" in m for m in logs)
-    np.testing.assert_array_equal(f.model.state_dict()["bert.encoder.layer.1.output.dense.weight"],
-                                  src.state_dict()["bert.encoder.layer.1.output.dense.weight"])
+    np.testing.assert_array_equal(host(f.model.state_dict()["bert.encoder.layer.1.output.dense.weight"]),
+                                  host(src.state_dict()["bert.encoder.layer.1.output.dense.weight"]))
     g = Finetuner(tiny_config(tiny_task, tmp_path / "run2", init="scratch", model=str(tmp_path / "pre"),
                               vocab=None, model_config=None, steps=1), log=lambda m: None)
-    w = g.model.state_dict()["bert.encoder.layer.1.output.dense.weight"]
+    w = host(g.model.state_dict()["bert.encoder.layer.1.output.dense.weight"])
     assert w.shape == src.state_dict()["bert.encoder.layer.1.output.dense.weight"].shape
-    assert not np.array_equal(w, src.state_dict()["bert.encoder.layer.1.output.dense.weight"])
+    assert not np.array_equal(w, host(src.state_dict()["bert.encoder.layer.1.output.dense.weight"]))
 
 
 def test_bad_runs(tiny_task, tmp_path):
