@@ -81,7 +81,8 @@ class TrainConfig:
     preset: str = "mini"
     model_config: str | None = None
     max_seq_length: int = 128
-    max_predictions_per_seq: int | None = None     # default: round(0.15 * max_seq_length)
+    max_predictions_per_seq: int | None = None     # default: round(masked_lm_prob * max_seq_length)
+    masked_lm_prob: float = 0.15                    # training masks only; held-out pairs keep 0.15
     masking: str = "dynamic"
     dupe_factor: int = 1
     batch_size: int = 32
@@ -107,11 +108,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
+    plot: bool = True                               # redraw training.png at each evaluation (matplotlib)
     resume: bool = False
     overwrite: bool = False
 
     # options that may differ on resume without changing the trajectory
-    RUNTIME_ONLY = ("out_dir", "progress", "resume", "overwrite", "backend", "use_kernels", "eval_every",
+    RUNTIME_ONLY = ("out_dir", "progress", "plot", "resume", "overwrite", "backend", "use_kernels", "eval_every",
                     "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every")
 
     def to_dict(self) -> dict:
@@ -328,6 +330,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print):
         self.log = log
+        # a time budget covers the whole run: vocabulary, data, evaluations and checkpoints included
+        self._wall_start = time.perf_counter()
         config = dataclasses.replace(config)
         out = Path(config.out_dir)
         self.resumed_from = None
@@ -401,9 +405,11 @@ class Trainer:
         mcfg.validate()
         self.model_config = mcfg
 
-        max_pred = c.max_predictions_per_seq or max(1, round(0.15 * c.max_seq_length))
+        max_pred = c.max_predictions_per_seq or max(1, round(c.masked_lm_prob * c.max_seq_length))
+        eval_max_pred = max(1, round(0.15 * c.max_seq_length))    # held-out masks: always BERT's 15%
         t0 = time.perf_counter()
         self.dataset = PretrainingDataset(train_docs, tok, max_seq_length=c.max_seq_length,
+                                          masked_lm_prob=c.masked_lm_prob,
                                           max_predictions_per_seq=max_pred, masking=c.masking,
                                           dupe_factor=c.dupe_factor, seed=c.seed)
         self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
@@ -411,7 +417,7 @@ class Trainer:
         if heldout_docs and c.eval_batches > 0:
             try:
                 heldout = PretrainingDataset(heldout_docs, tok, max_seq_length=c.max_seq_length,
-                                             max_predictions_per_seq=max_pred, masking="static",
+                                             max_predictions_per_seq=eval_max_pred, masking="static",
                                              dupe_factor=1, seed=c.seed + 1)
             except ValueError as exc:
                 log(f"note: no held-out evaluation ({exc})")
@@ -437,6 +443,7 @@ class Trainer:
         self._pending: list[dict] = []            # steps whose device values are not read yet
         self._read_steps: list[dict] = []         # steps read, not yet in the metrics
         self.truncated = False                    # stopped by the time budget's hard limit
+        self._setup_time = None                   # seconds before the first step (vocabulary, data)
         self.adaptive_steps = False               # steps estimated from a time budget: re-checked while training
         if c.steps is None:
             self._estimate_steps()
@@ -474,8 +481,11 @@ class Trainer:
         self.model.forward_count = count
         self.loader.load_state_dict(loader_state)
         per_step_all = per_step + per_eval / c.eval_every
-        c.steps = max(1, int(c.time_budget / per_step_all))
-        self.log(f"time budget {c.time_budget:.0f} s at ~{per_step:.3f} s/step -> {c.steps} steps")
+        spent = time.perf_counter() - self._wall_start        # vocabulary, data, model: inside the budget
+        left = c.time_budget - spent - per_eval                # the final evaluation too
+        c.steps = max(1, int(left / per_step_all))
+        self.log(f"time budget {c.time_budget:.0f} s: {spent:.0f} s spent on vocabulary and data; the rest at "
+                 f"~{per_step:.3f} s/step (evaluations included: {per_step_all:.3f}) -> {c.steps} steps")
 
     def _retune_steps(self) -> bool:
         """A time-budget run re-estimates its length at 10%, 25% and 50% of the planned steps from
@@ -485,8 +495,9 @@ class Trainer:
         c = self.config
         if self.step not in {max(1, int(f * c.steps)) for f in (0.1, 0.25, 0.5)} or self.step >= c.steps:
             return False
-        per_step = self.train_time / self.step * 1.02
-        total = self.step + max(1, int((c.time_budget - self.train_time) / per_step))
+        elapsed = self._budget_elapsed()
+        per_step = (elapsed - self._setup_time) / self.step * 1.02     # wall clock: evaluations included
+        total = self.step + max(1, int((c.time_budget - elapsed) / per_step))
         total = max(total, self.step + 1)
         if abs(total - c.steps) <= 0.1 * c.steps:
             return False
@@ -494,8 +505,10 @@ class Trainer:
         if self.step < warmup and c.warmup < 1:         # still warming up: keep the warmup fraction
             warmup = max(self.step, c.warmup_steps(total))
         self.schedule.warmup_steps = min(warmup, total)
-        self.log(f"note: {per_step:.3f} s/step so far: the time budget fits {total} steps, not {c.steps}; "
-                 "the learning-rate decay now ends there")
+        slower = total < c.steps
+        self.log(f"note: {per_step:.3f} s/step so far ({'slower' if slower else 'faster'} than estimated"
+                 f"{': a busy or slower machine' if slower else ''}): the time budget fits {total} steps, "
+                 f"not {c.steps}; the learning-rate decay now ends there")
         c.steps = total
         self.schedule.total_steps = total
         self.optimizer.lr = self.schedule.lr_at(self.schedule.last_step)
@@ -611,7 +624,10 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> Path | None:
-        """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib)."""
+        """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib, or
+        with ``config.plot=False``: drawing takes a second or two of the time budget each time)."""
+        if not self.config.plot:
+            return None
         try:
             from bertnp.viz import plot_training
             return plot_training(self.metrics_path, self.out / "training.png")
@@ -680,7 +696,13 @@ class Trainer:
                 if rec.get("step", 0) <= self.step:
                     kept.append(line + "\n")
         self.metrics_path.write_text("".join(kept), encoding="utf-8")
-        self.log(f"resumed from '{path}' at step {self.step} of {self.config.steps}")
+        if self.step >= self.config.steps:
+            self.log(f"'{self.out}' is a complete run: step {self.step} of {self.config.steps} "
+                     f"(model in '{self.out / 'model'}'). To train it further, give a longer run: "
+                     f"bertnp pretrain --out {self.out} --resume --steps N, with N > {self.step} "
+                     "(the learning-rate schedule is stretched to N steps)")
+        else:
+            self.log(f"resumed from '{path}' at step {self.step} of {self.config.steps}")
 
     # ------------------------------------------------------------------ the loop
     def train(self, stop_at: int | None = None) -> dict:
@@ -689,10 +711,15 @@ class Trainer:
         c = self.config
         end = c.steps if stop_at is None else min(stop_at, c.steps)
         bar = None
+        log = self.log
         if c.progress and self.step < end:
             from tqdm.auto import tqdm
             bar = tqdm(total=end, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True,
                        file=sys.stderr)
+            if log is print:                    # notes on their own line, not squeezed onto the bar
+                self.log = lambda message: bar.write(str(message), file=sys.stdout)
+        if self._setup_time is None:
+            self._setup_time = self._budget_elapsed() - self.train_time
         window = Counter()
         try:
             while self.step < end:
@@ -711,7 +738,7 @@ class Trainer:
                 last = self.step == end
                 log_now = self.step % c.log_every == 0 or last
                 eval_now = bool(self.eval_batches) and (self.step % c.eval_every == 0 or last)
-                over = c.time_budget is not None and self.train_time > OVERTIME * c.time_budget and not last
+                over = c.time_budget is not None and self._budget_elapsed() > OVERTIME * c.time_budget and not last
                 save_now = self.step % c.checkpoint_every == 0 or last or over
                 if not (log_now or eval_now or save_now):
                     continue                            # the device values wait: no synchronisation
@@ -756,6 +783,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self.log = log
         self.plot()
         summary = {"step": self.step, "steps": c.steps, "complete": self.step >= c.steps,
                    "train_time": self.train_time, "tokens_seen": self.tokens_seen,
@@ -766,6 +794,13 @@ class Trainer:
             summary["model_dir"] = str(self.save_final())
         summary["truncated"] = self.truncated
         return summary
+
+    def _budget_elapsed(self) -> float:
+        """Seconds counted against the time budget: the wall clock since the Trainer was made (a
+        resumed run, whose setup was paid before: its training time)."""
+        if self.resumed_from is not None:
+            return self.train_time
+        return time.perf_counter() - self._wall_start
 
     def _window_record(self, w: Counter, lr: float) -> dict:
         n = max(w["n"], 1)

@@ -1384,7 +1384,7 @@ def lesson_04():
         from bertnp.inference import fill_mask
         for text in ["in the beginning god created the heavens and the [MASK].",
                      "and he said to them, [MASK] not afraid."]:
-            top = fill_mask(model, tok, text, top_k=5)[0]
+            top = fill_mask(model, tok, text, top_k=5)          # one [MASK]: a flat list, best first
             print(f"{text:<58} -> " + ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in top))
             assert len(top) == 5 and sum(p["score"] for p in top) <= 1.0 + 1e-6
         """),
