@@ -127,6 +127,8 @@ def cmd_train(args) -> None:
         if args.curve_every < args.steps and trainer.step < args.steps:
             ev = heldout_evaluation(trainer.model, trainer.tokenizer, max_batches=8)
             curve.append((trainer.step, round(ev["mlm_acc"], 4)))
+            print(f"step {trainer.step}: held-out MLM accuracy (8 batches) {ev['mlm_acc']:.4f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
     ev = heldout_evaluation(trainer.model, trainer.tokenizer)
     row = {"recipe": name, "settings": r, "steps": args.steps, "seed": args.seed,

@@ -199,10 +199,10 @@ def render(r: dict) -> str:
     b, h = r["bertnp"], r["hf"]
     rows = [("bertnp (NumPy, MLM decoder at the masked positions)", b),
             (f"Hugging Face BertForPreTraining (torch {h['torch']}, transformers {h['transformers']}, "
-             f"eager, decoder at every position)", h)]
+             f"eager mode, attention '{h['attn_implementation']}', decoder at every position)", h)]
     lines = [SECTION, "",
              f"`{r['command']}` on {r['date']}: the demo's recipe ({r['recipe']}), the same data, masks, "
-             f"initial weights, optimizer, schedule and {r['threads']} BLAS threads, and {r['budget']:.0f} s "
+             f"initial weights, optimizer, schedule and BLAS threads ({r['threads']}), and {r['budget']:.0f} s "
              "of training each, one after the other in one process; held-out = the whole bundled held-out "
              f"split ({r['heldout_pairs']} pairs, {r['heldout_tokens']} masked tokens), as `bertnp eval` "
              f"computes it. Load average (1 min): {r['load_before']:.2f} before, {r['load_between']:.2f} "
