@@ -49,6 +49,7 @@ RECIPES = {
     "mask25": dict(masked_lm_prob=0.25),
     "mask40": dict(masked_lm_prob=0.40),
     "beta98": dict(betas=(0.9, 0.98)),
+    "lr3e-3b98": dict(lr=3e-3, betas=(0.9, 0.98)),
 }
 
 
@@ -106,11 +107,16 @@ def cmd_time(args) -> None:
             trainer.read_pending()
             if i >= args.warm:
                 times.append(time.perf_counter() - t0)
-        print(json.dumps({"recipe": name, "s_per_step": round(statistics.median(times), 4),
-                          "min": round(min(times), 4), "max": round(max(times), 4),
-                          "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-                          "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
-                          "numpy": np.__version__}), flush=True)
+        row = {"recipe": name, "s_per_step": round(statistics.median(times), 4),
+               "min": round(min(times), 4), "max": round(max(times), 4),
+               "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+               "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
+               "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+        print(json.dumps(row), flush=True)
+        timings = Path(args.timings)
+        timings.parent.mkdir(parents=True, exist_ok=True)
+        with open(timings, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def cmd_train(args) -> None:
@@ -121,17 +127,18 @@ def cmd_train(args) -> None:
     trainer = make_trainer(r, args.steps, out, Path(args.cache), seed=args.seed)
     t0 = time.perf_counter()
     curve = []
-    while trainer.step < args.steps:
-        stop = min(args.steps, trainer.step + args.curve_every)
+    end = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
+    while trainer.step < end:
+        stop = min(end, trainer.step + args.curve_every)
         trainer.train(stop_at=stop)
-        if args.curve_every < args.steps and trainer.step < args.steps:
+        if args.curve_every < args.steps and trainer.step < end:
             ev = heldout_evaluation(trainer.model, trainer.tokenizer, max_batches=8)
             curve.append((trainer.step, round(ev["mlm_acc"], 4)))
             print(f"step {trainer.step}: held-out MLM accuracy (8 batches) {ev['mlm_acc']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
     ev = heldout_evaluation(trainer.model, trainer.tokenizer)
-    row = {"recipe": name, "settings": r, "steps": args.steps, "seed": args.seed,
+    row = {"recipe": name, "settings": r, "steps": args.steps, "stopped_at": trainer.step, "seed": args.seed,
            "mlm_acc": round(ev["mlm_acc"], 4), "nsp_acc": round(ev["nsp_acc"], 4),
            "mlm_loss": round(ev["mlm_loss"], 4), "nsp_loss": round(ev["nsp_loss"], 4),
            "baseline_mlm_acc": round(ev["baseline_mlm_acc"], 4), "word_top1_share": ev.get("word_top1_share"),
@@ -144,10 +151,49 @@ def cmd_train(args) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+SECTION = "## The demo's recipe (benchmarks/demo_recipe.py)"
+
+
+def cmd_report(args) -> None:
+    """Print (``--write``: put into RESULTS.md) the table of the fixed-step runs and the timings."""
+    runs = [json.loads(line) for line in Path(args.results).read_text(encoding="utf-8").splitlines() if line.strip()]
+    timings = {}
+    if Path(args.timings).is_file():
+        for line in Path(args.timings).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["threads"] == "2" and row["load_before"] < 1.0:      # quiet-machine timings only
+                timings[row["recipe"]] = row
+    lines = [SECTION, "",
+             "Held-out figures after a fixed number of steps (the schedule spanning them; deterministic, so "
+             "independent of the machine's load): `python benchmarks/demo_recipe.py train RECIPE --steps N`, "
+             "one BLAS thread; held-out = the whole bundled held-out split evaluated as `bertnp eval` does "
+             "(sequences of 128, BERT's 15% static masks, seed 1), whatever the recipe trained with. "
+             "Seconds a step: `OPENBLAS_NUM_THREADS=2 python benchmarks/demo_recipe.py time RECIPE ...` on "
+             "the quiet 2-core machine (load average < 1), where measured.", "",
+             "| recipe | changes from the old demo | steps (stopped at) | held-out MLM accuracy | unigram baseline "
+             "| held-out NSP accuracy | s/step, quiet, 2 threads |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        changes = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if BASE.get(k) != v
+                            and not (isinstance(v, list) and tuple(v) == BASE.get(k))) or "-"
+        stopped = r.get("stopped_at", r["steps"])
+        t = timings.get(r["recipe"])
+        lines.append(f"| {r['recipe']} | {changes} | {r['steps']}" + (f" ({stopped})" if stopped != r["steps"] else "")
+                     + f" | {r['mlm_acc']:.3f} | {r['baseline_mlm_acc']:.3f} | {r['nsp_acc']:.3f} | "
+                     + (f"{t['s_per_step']:.3f}" if t else "not measured") + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from demo_vs_hf import write_section
+        write_section(text, section=SECTION)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", default="runs/demo_recipe/cache", help="trained vocabularies")
     p.add_argument("--scratch", default="runs/demo_recipe/scratch")
+    p.add_argument("--timings", default="runs/demo_recipe/timings.jsonl", help="where `time` appends its rows")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("time", help="median seconds a step of each recipe")
     t.add_argument("recipes", nargs="+")
@@ -159,9 +205,15 @@ def main(argv=None) -> None:
     r.add_argument("--steps", type=int, required=True)
     r.add_argument("--lr", type=float, default=None)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--stop-at", type=int, default=None,
+                   help="a screening run: stop (and evaluate) here, the schedule still spanning --steps")
     r.add_argument("--curve-every", type=int, default=10 ** 9, help="held-out MLM accuracy (8 batches) every N steps")
     r.add_argument("--results", default="runs/demo_recipe/results.jsonl")
     r.set_defaults(func=cmd_train)
+    rep = sub.add_parser("report", help="the table of the runs so far (--write: into RESULTS.md)")
+    rep.add_argument("--results", default="runs/demo_recipe/results.jsonl")
+    rep.add_argument("--write", action="store_true")
+    rep.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     args.func(args)
 

@@ -217,11 +217,11 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this script's section of RESULTS.md (or append it), keep the rest."""
+def write_section(text: str, path: Path = RESULTS, section: str = SECTION) -> None:
+    """Replace the section headed ``section`` of RESULTS.md (or append it), keep the rest."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == section), None)
     if start is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
