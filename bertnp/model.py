@@ -220,6 +220,14 @@ class _BertBase:
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self._params.values()))
 
+    def __repr__(self) -> str:
+        """``BertForPreTraining(L2 H128 A2 I512 V8000, 1.47M parameters, float32, eval)``."""
+        c = self.config
+        extra = f", num_labels={self.num_labels}" if hasattr(self, "num_labels") else ""
+        return (f"{type(self).__name__}(L{c.num_hidden_layers} H{c.hidden_size} A{c.num_attention_heads} "
+                f"I{c.intermediate_size} V{c.vocab_size}{extra}, {self.num_parameters() / 1e6:.2f}M parameters, "
+                f"{self.dtype.name}, {'train' if self.training else 'eval'})")
+
     def zero_grad(self) -> None:
         for grad in self._grads.values():
             grad.fill(0)

@@ -536,7 +536,7 @@ print("\n".join(found[:8]))
 from bertnp.inference import fill_mask
 for text in ["in the beginning god created the heavens and the [MASK].",
              "and he said to them, [MASK] not afraid."]:
-    top = fill_mask(model, tok, text, top_k=5)[0]
+    top = fill_mask(model, tok, text, top_k=5)                  # one [MASK]: a flat list of 5
     print(f"{text:<58} -> " + ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in top))
     total = sum(p["score"] for p in top)
     teach.check(len(top) == 5 and total <= 1.0 + 1e-6, "five guesses whose probabilities sum to at most 1",

@@ -61,8 +61,20 @@ def test_fill_mask_equals_softmax_of_full_logits(tok, pre64):
             assert "[CLS]" not in d["sequence"] and "[SEP]" not in d["sequence"]
             assert d["sequence"].count("[MASK]") == 1                       # the other mask stays
     batch = inf.fill_mask(pre64, tok, [text, "a [MASK] ran ."], top_k=2)
-    assert len(batch) == 2 and len(batch[0]) == 2 and len(batch[1]) == 1
+    assert len(batch) == 2 and len(batch[0]) == 2 and len(batch[1]) == 2
     assert [d["token"] for d in batch[0][0]] == [d["token"] for d in result[0][:2]]
+    assert all(isinstance(d, dict) for d in batch[1])                      # one mask: a flat list
+
+
+def test_fill_mask_one_mask_is_a_flat_list_as_hf_pipeline(tok, pre64):
+    """HF's pipeline: one text with one [MASK] -> [dict, ...]; a list of such texts -> [[dict, ...], ...]."""
+    one = inf.fill_mask(pre64, tok, "the [MASK] ran .", top_k=3)
+    assert isinstance(one, list) and len(one) == 3 and all(isinstance(d, dict) for d in one)
+    assert one[0]["score"] >= one[1]["score"] >= one[2]["score"]
+    two = inf.fill_mask(pre64, tok, ["the [MASK] ran .", "a [MASK] sat ."], top_k=3)
+    assert len(two) == 2 and all(isinstance(r, list) and len(r) == 3 for r in two)
+    assert all(isinstance(d, dict) for r in two for d in r)
+    assert [d["token"] for d in two[0]] == [d["token"] for d in one]
 
 
 def test_fill_mask_errors_and_mode_restored(tok, pre64):
