@@ -16,7 +16,8 @@ import bertnp as bn
 from bertnp import demo
 from bertnp.train import TrainConfig, Trainer
 
-from test_train import WORDS, quiet, tiny_config, tiny_world  # noqa: F401  (the tiny corpus fixture)
+from test_train import tiny_world  # noqa: F401  (the tiny corpus fixture)
+from tiny_world import WORDS, quiet, tiny_config
 
 
 # ----------------------------------------------------------------------------- threads for the machine
