@@ -27,15 +27,19 @@ def dropout_forward(x, p: float, rng=None, training: bool = True):
     if isinstance(rng, int):
         rng = backend.rng(rng)
     xp = backend.xp()
+    # TASK 1.6 dropout_forward: inverted dropout's mask and scale (lesson 07)
     scale = rng.random(x.shape, dtype=x.dtype)            # (...) uniform in [0, 1); the buffer becomes scale
     keep = scale >= p                                     # (...) True with probability 1 - p
     xp.multiply(keep, x.dtype.type(1.0 / (1.0 - p)), out=scale)   # (...) 0 or 1/(1-p), in x's dtype
     return x * scale, DropoutCache(scale)
+    # END TASK 1.6
 
 
 def dropout_backward(dout, cache: DropoutCache):
     """dout: (...) -> dx: (...)."""
+    # TASK 1.6 dropout_backward: (lesson 07)
     if cache.scale is None:
         return dout
     # out = x * scale elementwise, so the gradient passes through the same scale.
     return dout * cache.scale
+    # END TASK 1.6
