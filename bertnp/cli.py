@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- finetune (bertnp/finetune.py defines its options and runs it)
     from bertnp.finetune import add_finetune_parser
     add_finetune_parser(sub)
+
+    # ---- course (bertnp/course/cli.py: release, check, grade)
+    from bertnp.course.cli import add_course_parser
+    add_course_parser(sub)
     return parser
 
 

@@ -78,4 +78,65 @@ def close(what: str, actual, expected, rtol: float = 1e-10, atol: float = 1e-12)
 
 
 def check(condition, what: str, actual=None, expected=None) -> None:
-    teach.check(condition, what, actual, expected)
+    """A condition that, when false, says what was expected and what came (silent when true)."""
+    if not bool(condition):
+        shown = what if actual is None and expected is None else f"{what}: got {actual!r}, expected {expected!r}"
+        raise CheckFailed(shown)
+
+
+# ---------------------------------------------------------------------------------- whole model
+
+def tiny_model(seed: int = 0, layers: int = 2):
+    """A float64 BERT small enough to difference: vocabulary 13, width 8, 2 heads, no dropout."""
+    import bertnp as bn
+    cfg = bn.BertConfig(vocab_size=13, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=12, max_position_embeddings=8, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    model = bn.BertForPreTraining(cfg, seed=seed, dtype="float64").eval()
+    r = rng(seed + 7)
+    for name, p in model.parameters().items():      # weights large enough to bend every nonlinearity
+        p[...] = r.standard_normal(p.shape) * (0.5 if p.ndim == 2 else 0.2) + (1.0 if name.endswith("LayerNorm.weight") else 0.0)
+    return model
+
+
+def tiny_batch(with_mlm: bool = True, with_nsp: bool = True) -> dict:
+    """Two sequences of 6 tokens; the second ends in 2 [PAD]s; labels at scattered positions."""
+    ids = np.array([[1, 5, 7, 2, 9, 2], [1, 4, 4, 2, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64),
+             "token_type_ids": np.array([[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]])}
+    if with_mlm:
+        labels = np.full(ids.shape, -100)
+        labels[0, [1, 4]] = [5, 9]
+        labels[1, 2] = 11                      # 11 appears nowhere in the input: its row of the
+        batch["labels"] = labels               # tied matrix gets a gradient from the decoder only
+    if with_nsp:
+        batch["next_sentence_label"] = np.array([1, 0])
+    return batch
+
+
+def model_gradient_check(what: str, model, batch: dict, parts: dict, *, threshold: float = 1e-5,
+                         floor: float = 1e-7) -> dict:
+    """``model.backward()`` against centered differences of ``model(**batch).loss`` for the given
+    parts of the parameters: {name: index expression (a basic slice, so a view is perturbed)}."""
+    params = model.parameters()
+    model.zero_grad()
+    model(**batch)
+    grads = {name: np.asarray(g).copy() for name, g in model.backward().items()}
+
+    def loss() -> float:
+        return float(model(**batch).loss)
+
+    analytic, numerical = {}, {}
+    for name, part in parts.items():
+        if name not in params:
+            raise CheckFailed(f"{what}: the model has no parameter {name}")
+        view = params[name][part]
+        label = f"{what}: {name}" + ("" if part == slice(None) else f"[{_show(part)}]")
+        numerical[label] = numeric(loss, view)
+        analytic[label] = grads[name][part]
+    return teach.check_gradients(analytic, numerical, threshold, floor)
+
+
+def _show(part) -> str:
+    parts = part if isinstance(part, tuple) else (part,)
+    return ", ".join(f"{p.start or 0}:{p.stop}" if isinstance(p, slice) else str(p) for p in parts)
