@@ -85,10 +85,15 @@ def main():
 
 
 def _longrepr(report):
-    try:
-        text = report.longreprtext
-    except Exception:
-        text = str(report.longrepr)
+    """The exception's message and where it was raised (not the test's source: hidden tests stay hidden)."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        text = f"{crash.message}\n  (raised at {crash.path}:{crash.lineno})"
+    else:
+        try:
+            text = report.longreprtext
+        except Exception:
+            text = str(report.longrepr)
     for name, content in getattr(report, "sections", []):
         if "stdout" in name or "stderr" in name:
             text += f"\n--- {name} ---\n{_tail(content, 1500)}"

@@ -208,7 +208,7 @@ def _environment(home: Path, gpu: bool) -> dict:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(HOME=str(home), TMPDIR=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0",
                PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", BERTNP_BACKEND="cupy" if gpu else "numpy",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", BERTNP_BACKEND="numpy",
                BERTNP_LESSONS_FAST="1", PYTHONIOENCODING="utf-8")
     return env
 
@@ -300,7 +300,7 @@ def judge(task, run: dict) -> TaskResult:
     if failed or skipped or missing or not tests:
         parts = []
         for t in failed:
-            parts.append(f"{t['nodeid'].split('/')[-1]}:\n{_explain(task, t['text'])}")
+            parts.append(f"{_explain(task, t['text'])}\n  [test {t['nodeid'].split('/')[-1]}]")
         for t in skipped:
             parts.append(f"{t['nodeid'].split('/')[-1]} was skipped: {t['text'].strip()}")
         for n in missing:
@@ -315,13 +315,15 @@ def judge(task, run: dict) -> TaskResult:
 
 
 def _explain(task, text: str) -> str:
-    """Test output with a first line saying whether the task (or another) is still a stub."""
+    """A failure's message, led by a line saying whether the task (or another one) is still a stub."""
+    text = re.sub(r"(\.\./)+package/", "", text)
+    text = re.sub(r"(\.\./)+tests/", "course/tests/", text)
     match = _NOT_DONE.search(text)
     if match:
         other = match.group(1)
-        first = (f"not written yet: {match.group(0).split(': ', 1)[1]}" if other == task.id
-                 else f"blocked by task {other} ({match.group(2)} is not written yet)")
-        return first + "\n" + text
+        if other == task.id:
+            return f"not written yet: {match.group(0).split(': ', 1)[1]}"
+        return f"blocked by task {other} ({match.group(2)} is not written yet)\n{text}"
     return text
 
 
@@ -340,8 +342,11 @@ def _cache_key(task, package: Path, tests_hash: str) -> str:
 
 
 def grade(submission, root=None, tasks=None, assignments=None, jobs: int = 2, cache=None,
-          workdir=None, keep: bool = False, log=None, lessons=()) -> GradeReport:
-    """Grade one submission folder (a student's tree with bertnp/). Returns a GradeReport."""
+          workdir=None, keep: bool = False, log=None, lessons=(), time_limit=None) -> GradeReport:
+    """Grade one submission folder (a student's tree with bertnp/). Returns a GradeReport.
+
+    ``time_limit`` (seconds) caps every task's own limit; ``cache`` is a folder where results are
+    kept by a hash of the task's package, tests and runner (re-grading skips identical work)."""
     root = Path(root) if root is not None else Path.cwd()
     submission = Path(submission)
     if not submission.is_dir():
@@ -375,7 +380,8 @@ def grade(submission, root=None, tasks=None, assignments=None, jobs: int = 2, ca
                 return result, warnings
             tests_root = task_dir / "tests"
             shutil.copytree(tests_source, tests_root, ignore=shutil.ignore_patterns("__pycache__"))
-            run = run_task_process(task, package, tests_root, referee, task_dir / "run", task.time_limit)
+            limit = task.time_limit if time_limit is None else min(task.time_limit, float(time_limit))
+            run = run_task_process(task, package, tests_root, referee, task_dir / "run", limit)
             # the feedback names files in this temporary folder: say where they are in a tree instead
             run["output"] = run["output"].replace(str(package) + os.sep, "")
             for t in run["tests"]:
