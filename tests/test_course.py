@@ -11,12 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from bertnp.course import manifest
+from bertnp.course.manifest import tomllib
 from bertnp.course.grade import grade, grade_folder, write_json
 from bertnp.course.markers import regions_of, replace_regions
 from bertnp.course.release import find_leaks, release, solution_needles
@@ -285,6 +285,11 @@ def test_the_handout_installs_and_imports(handout, tmp_path):
             "import sys; assert 'site' in bertnp.__file__, bertnp.__file__; print(bertnp.__version__)")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
                          capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    # in place (what `pip install -e .` gives): from the handout's folder, wherever it is
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(handout)!r}); "
+                          "import bertnp, bertnp.data, bertnp.course.check; assert bertnp.__file__.startswith("
+                          f"{str(handout)!r}), bertnp.__file__"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     # its lessons: no solution between the markers, and the notebooks match their sources
     for source in sorted((handout / "lessons").glob("[0-9][0-9]_*.py")):

@@ -1,12 +1,13 @@
 """Solution regions: where they are, how they are blanked, how a submission's are spliced.
 
-Library sources mark each region a student writes with two comment lines that read naturally::
+Library sources mark each region a student writes with two comment lines that read naturally
+(shown here behind a bar, so that this docstring holds no marker itself)::
 
-    def layernorm_backward(dout, cache):
-        \"\"\"dout: (..., C) -> (dx, dgamma, dbeta).\"\"\"
-        # TASK 1.3 layernorm_backward: dx, dgamma, dbeta (lesson 01)
-        ...the solution...
-        # END TASK 1.3
+    | def layernorm_backward(dout, cache):
+    |     '''dout: (..., C) -> (dx, dgamma, dbeta).'''
+    |     # TASK 1.3 layernorm_backward: dx, dgamma, dbeta (lesson 01)
+    |     ...the solution...
+    |     # END TASK 1.3
 
 (``//`` instead of ``#`` in CUDA sources). The name after the task id tells two regions of one
 task apart; the text after the colon is for the reader. Lesson sources use nbgrader's delimiters,
