@@ -151,25 +151,22 @@ def _instructor_region_files(root: Path) -> dict[str, str]:
     return files
 
 
-def build_task_package(course, task, submission_copy: Path, target: Path, instructor_files: dict) -> list[str]:
-    """The package a task is graded on: the submission, with every other task's regions from the
-    instructor. Returns warnings (a region whose markers the submission lost)."""
-    shutil.copytree(submission_copy, target)
-    own = {a.rpartition(":")[2] for a in task.regions}
+def task_sources(task, submission_copy: Path, instructor_files: dict) -> tuple[dict, list[str]]:
+    """The files of a task's package that differ from the submission: {path: text}, with every
+    other task's regions from the instructor. Returns (files, warnings)."""
     own_by_file: dict[str, set] = {}
     for address in task.regions:
         path, _, name = address.rpartition(":")
         own_by_file.setdefault(path, set()).add(name)
-    warnings = []
+    changed, warnings = {}, []
     for path, instructor_text in instructor_files.items():
-        file = target / path
+        file = submission_copy / path
         keep = own_by_file.get(path, set())
         if not file.is_file():
             # the submission lacks the file: the instructor's, with this task's regions blank
             regions = {r.name: r for r in regions_of(path, instructor_text)}
             stubs = {n: stub_lines(regions[n], task.stub_message(n)) for n in keep if n in regions}
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(replace_regions(instructor_text, stubs, path) if stubs else instructor_text, encoding="utf-8")
+            changed[path] = replace_regions(instructor_text, stubs, path) if stubs else instructor_text
             if keep:
                 warnings.append(f"{path} is missing from the submission")
             continue
@@ -180,9 +177,32 @@ def build_task_package(course, task, submission_copy: Path, target: Path, instru
             continue
         spliced, file_warnings = splice(text, instructor_text, path, keep=keep)
         if spliced != text:
-            file.write_text(spliced, encoding="utf-8")
-        warnings += [w for w in file_warnings if not any(w.startswith(f"{path}: the markers of region {n} ") for n in own)]
-    return warnings
+            changed[path] = spliced
+        warnings += [w for w in file_warnings if not any(w.startswith(f"{path}: the markers of region {n} ") for n in keep)]
+    return changed, warnings
+
+
+def build_task_package(submission_copy: Path, target: Path, changed: dict) -> None:
+    """Materialise a task's package: the submission's copy with the spliced files written over it."""
+    shutil.copytree(submission_copy, target)
+    for path, text in changed.items():
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        (target / path).write_text(text, encoding="utf-8")
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _package_digest(file_hashes: dict, changed: dict) -> str:
+    """The hash of a task's package, from the submission's file hashes and the spliced files."""
+    merged = dict(file_hashes)
+    merged.update({path: hashlib.sha256(text.encode("utf-8")).hexdigest() for path, text in changed.items()})
+    digest = hashlib.sha256()
+    for path in sorted(merged):
+        digest.update(path.encode() + b"\0" + merged[path].encode())
+    return digest.hexdigest()
 
 
 def _tree_hash(folder: Path) -> str:
@@ -333,9 +353,9 @@ def _cut(text: str) -> str:
 
 # ------------------------------------------------------------------------------- grading
 
-def _cache_key(task, package: Path, tests_hash: str) -> str:
+def _cache_key(task, package_digest: str, tests_hash: str) -> str:
     digest = hashlib.sha256()
-    for part in (task.id, ",".join(task.tests), str(task.time_limit), tests_hash, _tree_hash(package),
+    for part in (task.id, ",".join(task.tests), str(task.time_limit), tests_hash, package_digest,
                  hashlib.sha256(RUNNER.read_bytes()).hexdigest(), sys.version):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()
@@ -367,17 +387,20 @@ def grade(submission, root=None, tasks=None, assignments=None, jobs: int = 2, ca
         tests_hash = _tree_hash(tests_source)
         referee = root / "bertnp" / "teach.py"
 
+        file_hashes = _file_hashes(sub_copy) if cache else {}
+
         def one(task):
             task_dir = work / f"task-{task.id}"
             package = task_dir / "package"
-            warnings = build_task_package(course, task, sub_copy, package, instructor_files)
-            key = _cache_key(task, package, tests_hash) if cache else None
+            changed, warnings = task_sources(task, sub_copy, instructor_files)
+            key = _cache_key(task, _package_digest(file_hashes, changed), tests_hash) if cache else None
             cached_file = Path(cache) / f"{key}.json" if cache else None
             if cached_file is not None and cached_file.is_file():
                 run = json.loads(cached_file.read_text())
                 result = judge(task, run)
                 result.cached = True
                 return result, warnings
+            build_task_package(sub_copy, package, changed)
             tests_root = task_dir / "tests"
             shutil.copytree(tests_source, tests_root, ignore=shutil.ignore_patterns("__pycache__"))
             limit = task.time_limit if time_limit is None else min(task.time_limit, float(time_limit))
@@ -385,7 +408,8 @@ def grade(submission, root=None, tasks=None, assignments=None, jobs: int = 2, ca
             # the feedback names files in this temporary folder: say where they are in a tree instead
             run["output"] = run["output"].replace(str(package) + os.sep, "")
             for t in run["tests"]:
-                t["text"] = t["text"].replace(str(package) + os.sep, "").replace(str(tests_root) + os.sep, "course/tests/")
+                t["text"] = (t["text"].replace(str(package) + os.sep, "").replace(str(tests_root) + os.sep, "course/tests/")
+                             .replace(str(root.resolve()) + os.sep, ""))
             if cached_file is not None and run["status"] == "ran":
                 Path(cache).mkdir(parents=True, exist_ok=True)
                 cached_file.write_text(json.dumps(run))
