@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -393,13 +394,26 @@ def grade(submission, root=None, tasks=None, assignments=None, jobs: int = 2, ca
             task_dir = work / f"task-{task.id}"
             package = task_dir / "package"
             changed, warnings = task_sources(task, sub_copy, instructor_files)
-            key = _cache_key(task, _package_digest(file_hashes, changed), tests_hash) if cache else None
-            cached_file = Path(cache) / f"{key}.json" if cache else None
-            if cached_file is not None and cached_file.is_file():
-                run = json.loads(cached_file.read_text())
-                result = judge(task, run)
-                result.cached = True
-                return result, warnings
+            if not cache:
+                return run_one(task, task_dir, package, changed), warnings
+            key = _cache_key(task, _package_digest(file_hashes, changed), tests_hash)
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            cached_file = Path(cache) / f"{key}.json"
+            # one grader computes a key while others (threads, processes) wait for its result
+            with open(Path(cache) / f"{key}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if cached_file.is_file():
+                    result = judge(task, json.loads(cached_file.read_text()))
+                    result.cached = True
+                    return result, warnings
+                run = run_one(task, task_dir, package, changed, raw=True)
+                if run["status"] == "ran":             # timeouts and crashes are not remembered
+                    tmp = cached_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(run))
+                    os.replace(tmp, cached_file)
+            return judge(task, run), warnings
+
+        def run_one(task, task_dir, package, changed, raw=False):
             build_task_package(sub_copy, package, changed)
             tests_root = task_dir / "tests"
             shutil.copytree(tests_source, tests_root, ignore=shutil.ignore_patterns("__pycache__"))
@@ -410,10 +424,7 @@ def grade(submission, root=None, tasks=None, assignments=None, jobs: int = 2, ca
             for t in run["tests"]:
                 t["text"] = (t["text"].replace(str(package) + os.sep, "").replace(str(tests_root) + os.sep, "course/tests/")
                              .replace(str(root.resolve()) + os.sep, ""))
-            if cached_file is not None and run["status"] == "ran":
-                Path(cache).mkdir(parents=True, exist_ok=True)
-                cached_file.write_text(json.dumps(run))
-            return judge(task, run), warnings
+            return run if raw else judge(task, run)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
             futures = {task.id: pool.submit(one, task) for task in chosen}
