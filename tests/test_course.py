@@ -358,3 +358,16 @@ def test_the_command_line(handout, tmp_path, cache):
                  "--cache", str(cache), "--json", str(json_path)]) == 0
     scores = {t["name"].split()[1]: t["score"] for t in json.loads(json_path.read_text())["tests"]}
     assert scores == {"1.3": 3.0, "4.1": 0.0}            # assignment 4 released: 1.3 is still the solution
+
+
+def test_the_readme_worked_example_runs_as_written():
+    readme = (ROOT / "course" / "README.md").read_text()
+    after = readme.split("<!-- worked-example -->", 1)[1]
+    script = after.split("```sh\n", 1)[1].split("```", 1)[0]
+    expected = after.split("```text\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = out.stdout.splitlines()
+    for line in expected:
+        assert line in printed, f"the README promises {line!r}; the example printed:\n{out.stdout[-3000:]}"

@@ -45,7 +45,7 @@ MAX_SUBMISSION_BYTES = 200 * 2 ** 20
 OUTPUT_LIMIT = 32 * 2 ** 20                 # bytes a task process may write to any file
 FEEDBACK_LIMIT = 6000                       # characters of feedback per task
 RUNNER = Path(__file__).with_name("_runner.py")
-_NOT_DONE = re.compile(r"NotImplementedError: task (\d+\.\d+) ([\w.]+)")
+_NOT_DONE = re.compile(r"NotImplementedError: (task (\d+\.\d+) ([\w.]+)[^\n]*)")
 
 
 @dataclass
@@ -319,9 +319,11 @@ def judge(task, run: dict) -> TaskResult:
         result.feedback = "not graded: " + skipped[0]["text"].strip()
         return result
     if failed or skipped or missing or not tests:
-        parts = []
-        for t in failed:
-            parts.append(f"{_explain(task, t['text'])}\n  [test {t['nodeid'].split('/')[-1]}]")
+        parts, seen = [], {}
+        for t in failed:                     # the same message from several tests: once, with their names
+            seen.setdefault(_explain(task, t["text"]), []).append(t["nodeid"].split("/")[-1])
+        for text, names in seen.items():
+            parts.append(f"{text}\n  [{'test' if len(names) == 1 else 'tests'} {', '.join(names)}]")
         for t in skipped:
             parts.append(f"{t['nodeid'].split('/')[-1]} was skipped: {t['text'].strip()}")
         for n in missing:
@@ -341,10 +343,10 @@ def _explain(task, text: str) -> str:
     text = re.sub(r"(\.\./)+tests/", "course/tests/", text)
     match = _NOT_DONE.search(text)
     if match:
-        other = match.group(1)
+        other = match.group(2)
         if other == task.id:
-            return f"not written yet: {match.group(0).split(': ', 1)[1]}"
-        return f"blocked by task {other} ({match.group(2)} is not written yet)\n{text}"
+            return f"not written yet: {match.group(1).strip()}"
+        return f"blocked by task {other} ({match.group(3)} is not written yet)\n{text}"
     return text
 
 
