@@ -371,3 +371,52 @@ def test_the_readme_worked_example_runs_as_written():
     printed = out.stdout.splitlines()
     for line in expected:
         assert line in printed, f"the README promises {line!r}; the example printed:\n{out.stdout[-3000:]}"
+
+
+def test_lesson_notebooks_are_graded_with_the_instructors_checks(handout, tmp_path):
+    """nbgrader's way: the instructor's notebook runs with only the student's exercise cells in it."""
+    from bertnp.course.grade import grade_lessons
+    solved = grade_lessons(COURSE, ROOT, ROOT, ["07"], tmp_path / "solved")
+    assert len(solved) >= 2 and all(item["score"] == item["max_score"] > 0 for item in solved), solved
+    student = tmp_path / "student"
+    shutil.copytree(handout / "lessons", student / "lessons")
+    notebook = student / "lessons" / "07_gelu_ffn_dropout.ipynb"
+    nb = json.loads(notebook.read_text())
+    for cell in nb["cells"]:                          # a student who "fixes" the checks instead
+        if "check" in cell["metadata"].get("tags", []):
+            cell["source"] = "pass\n"
+    notebook.write_text(json.dumps(nb))
+    blank = grade_lessons(COURSE, ROOT, student, ["07"], tmp_path / "blank")
+    assert [item["name"] for item in blank] == [item["name"] for item in solved]
+    failed = [item for item in blank if item["score"] == 0]
+    assert len(failed) == len(solved), blank
+    assert all("NotImplementedError" in item["output"] or "CHECK FAILED" in item["output"] for item in failed), failed
+
+
+def test_a_handout_lesson_runs_from_anywhere_up_to_its_own_exercises(tmp_path):
+    """In a handout (assignment 5 released), lesson 07 runs from another folder with the handout's
+    package: every cell runs except its check cells, which fail on the blank exercises."""
+    import nbformat
+    from nbgrader.preprocessors import Execute
+    handout = tmp_path / "handout"
+    release(handout, root=ROOT, assignments=[5], log=lambda *a: None)
+    nb = nbformat.read(str(handout / "lessons" / "07_gelu_ffn_dropout.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import bertnp\nprint('PACKAGE', bertnp.__file__)"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "BERTNP_LESSONS_FAST")}
+    os.environ.update(PYTHONPATH=str(handout), BERTNP_LESSONS_FAST="1")
+    try:
+        Execute(timeout=300, allow_errors=True, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(elsewhere)}})
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    failed = {i: [o for o in c.get("outputs", []) if o.get("output_type") == "error"] for i, c in enumerate(nb.cells)
+              if c.cell_type == "code"}
+    failed = {i: errors for i, errors in failed.items() if errors}
+    checks = {i for i, c in enumerate(nb.cells) if "check" in c.get("metadata", {}).get("tags", [])}
+    assert failed and set(failed) <= checks, {i: e[0]["ename"] + ": " + e[0]["evalue"][:200] for i, e in failed.items()}
+    for errors in failed.values():
+        assert "lesson 07 exercise" in errors[0]["evalue"], errors[0]["evalue"]
+    printed = "".join(o.get("text", "") for o in nb.cells[-1]["outputs"])
+    assert f"PACKAGE {handout}" in printed, printed
