@@ -420,3 +420,27 @@ def test_a_handout_lesson_runs_from_anywhere_up_to_its_own_exercises(tmp_path):
         assert "lesson 07 exercise" in errors[0]["evalue"], errors[0]["evalue"]
     printed = "".join(o.get("text", "") for o in nb.cells[-1]["outputs"])
     assert f"PACKAGE {handout}" in printed, printed
+
+
+def test_the_self_checks_dependencies_are_declared_and_sufficient(handout, tmp_path):
+    """In a student's own tree a task's public tests can stop at another task's stub: that task is
+    in its depends_on, and with the task and its depends_on written, its self-check passes."""
+    import concurrent.futures
+    import re
+    from bertnp.course.check import check
+    for result in check(root=handout, log=lambda *a: None):
+        blockers = set(re.findall(r"blocked by task (\d+\.\d+)", result.feedback))
+        assert blockers <= set(COURSE.task(result.id).depends_on), (result.id, blockers, result.feedback[:300])
+        assert result.status in ("failed", "not graded")
+
+    def written(task):                       # 5.5 needs every other task: the full-marks test covers it
+        tree = tmp_path / task.id
+        shutil.copytree(handout, tree, ignore=shutil.ignore_patterns("lessons"))
+        for t in [task] + [COURSE.task(d) for d in task.depends_on]:
+            _restore(tree, t)
+        return check([task.id], root=tree, jobs=1, log=lambda *a: None)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(written, [t for t in GRADED if t.id != "5.5"]))
+    failing = {r.id: r.feedback[:300] for r in results if r.status != "passed"}
+    assert not failing, failing
