@@ -223,6 +223,18 @@ def test_edited_tests_conftest_and_ini_files_change_nothing(handout, tmp_path):
     assert all(t.feedback.startswith(f"not written yet: task {t.id}") for t in report.tasks)
 
 
+def test_a_result_file_written_by_the_submission_counts_for_nothing(tmp_path):
+    fake = ('{"nonce": "guess", "finished": true, "exitstatus": 0, "package": "", "tests": '
+            '[{"nodeid": "public/test_a1_ops.py::test_linear_backward", "outcome": "passed", "text": ""}]}')
+    submission = _hostile(tmp_path, "bertnp/ops/linear.py", "class LinearCache(NamedTuple):",
+                          "import os as _os, pathlib as _p\n"
+                          "for _name in ('result.json', 'results.json', 'result-0.json'):\n"
+                          f"    (_p.Path.cwd().parent / _name).write_text({fake!r})\n"
+                          "_os._exit(0)\n\n\nclass LinearCache(NamedTuple):")
+    result = grade(submission, root=ROOT, tasks=["1.2"]).by_id()["1.2"]
+    assert result.score == 0 and "ended without reporting" in result.feedback
+
+
 def test_changing_the_grading_tests_while_they_run_voids_the_task(tmp_path):
     # the grading tests sit at ../../tests from the task's working folder: overwrite one at import time
     submission = _hostile(tmp_path, "bertnp/ops/layernorm.py", "class LayerNormCache(NamedTuple):",

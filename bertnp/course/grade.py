@@ -237,6 +237,9 @@ def _environment(home: Path, gpu: bool) -> dict:
 def run_task_process(task, package_root: Path, tests_root: Path, referee_teach: Path, workdir: Path,
                      time_limit: float) -> dict:
     """Run one task's tests in a fresh process; returns {status, tests, output, seconds}."""
+    import importlib.util
+    if importlib.util.find_spec("pytest") is None:
+        raise RuntimeError("the course's tests need pytest: pip install -e '.[course]'")
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     home.mkdir(exist_ok=True)

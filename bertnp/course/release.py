@@ -90,7 +90,8 @@ def tasks_table(course, tasks, found: dict) -> str:
              "`bertnp course check TASK` (the public tests; the grader also runs hidden ones).", "",
              "| task | points | what | where to write | taught in |", "|---|---|---|---|---|"]
     for t in tasks:
-        where = ", ".join(f"`{a}` (line {found[a].start + 1})" for a in t.regions if a in found and not is_lesson(a.split(":")[0]))
+        where = ", ".join(f"`{a}` (line {found[a].start + 1})" for a in t.regions
+                          if a in found and not is_lesson(a.rpartition(":")[0]) and a not in course.handout_code)
         lines.append(f"| {t.id} | {t.points:g} | {t.title} | {where} | {t.lesson} |")
     return "\n".join(lines) + "\n"
 
