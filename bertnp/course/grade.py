@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertnp.course import manifest as manifest_mod
-from bertnp.course.markers import MarkerError, regions_of, replace_regions, splice, stub_lines
+from bertnp.course.markers import regions_of, replace_regions, splice, stub_lines
 
 PACKAGE_DIRS = ("bertnp", "kernels")        # what a task's process imports from a submission
 SKIP_NAMES = {"__pycache__", ".git", ".pytest_cache", ".ipynb_checkpoints", ".hypothesis"}
@@ -142,13 +142,9 @@ def _instructor_region_files(root: Path) -> dict[str, str]:
         for path in sorted((root / name).rglob("*")):
             if path.suffix in (".py", ".cu", ".cuh") and "__pycache__" not in path.parts and path.is_file():
                 text = path.read_text(encoding="utf-8")
-                if "TASK " in text:
-                    rel = path.relative_to(root).as_posix()
-                    try:
-                        if regions_of(rel, text):
-                            files[rel] = text
-                    except MarkerError:
-                        raise
+                rel = path.relative_to(root).as_posix()
+                if "TASK " in text and regions_of(rel, text):      # malformed markers raise MarkerError
+                    files[rel] = text
     return files
 
 
