@@ -49,6 +49,15 @@ def blank_lesson_source(text: str, lesson_number: str) -> str:
     return jupytext.writes(nb, fmt="py:percent")
 
 
+def blank_cell(source: str, lesson_number: str) -> str:
+    """One exercise cell's source with its solution regions blanked (as in the handout)."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"language": "python", "name": "python3", "display_name": "Python 3"}
+    nb, _ = _clear_solutions(lesson_number).preprocess(nb, {})
+    return nb.cells[0].source
+
+
 def exercise_functions(source: str) -> list[str]:
     """Names of the functions defined at the top of an exercise cell."""
     return [m["name"] for m in (DEF.match(line) for line in source.split("\n")) if m and not m["indent"]]
@@ -107,7 +116,7 @@ def grade_lesson(instructor_source: Path, submission: Path, timeout: float, work
             if replaced:
                 cell.source = replaced[0]
             else:                                    # nothing submitted: the blank exercise
-                cell.source = blank_lesson_source(f"# %%\n{cell.source}\n", stem[:2]).split("\n", 1)[1]
+                cell.source = blank_cell(cell.source, stem[:2])
         elif _is_tagged(cell, "check"):
             checks.append((i, f"lesson {stem[:2]} check after {last_exercise or 'the setup'}"))
             # a check cell's error must not stop the rest of the notebook: catch it, show it, go on
