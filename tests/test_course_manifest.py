@@ -104,3 +104,15 @@ def test_manifest_errors_name_the_task(tmp_path):
         manifest.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="no course manifest"):
         manifest.load(tmp_path / "nowhere")
+
+
+def test_nbgrader_blanks_only_the_solution_region_of_code_cells():
+    from bertnp.course.notebooks import blank_cell, blank_lesson_source
+    cell = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    y = x * 2\n    ### END SOLUTION\n    return y\n"
+    blanked = blank_cell(cell, "05")
+    assert "x * 2" not in blanked and "y = 1" in blanked and "return y" in blanked
+    assert "    raise NotImplementedError(\"lesson 05 exercise" in blanked
+    source = ("# %% [markdown]\n# Write between `### BEGIN SOLUTION` and `### END SOLUTION`.\n# Keep this line.\n\n"
+              "# %% tags=[\"exercise\"]\n" + cell)
+    out = blank_lesson_source(source, "05")
+    assert "Keep this line." in out and "x * 2" not in out      # Markdown quoting the delimiters is untouched
