@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- finetune
     add_finetune_parser(sub)
+
+    # ---- course (bertnp/course/cli.py: release, check, grade)
+    from bertnp.course.cli import add_course_parser
+    add_course_parser(sub)
     return parser
 
 

@@ -71,6 +71,7 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
     (~1e-10 absolute) would read as a 1e-5 relative error; order 4 resolves them."""
     if order not in _STENCILS:
         raise ValueError(f"order must be 2 or 4, got {order!r}")
+    # TASK 1.1 numerical_gradient: centered differences, entry by entry (lesson 01)
     offsets, weights, denominator = _STENCILS[order]
     x_host = backend.to_host(x)
     if x_host.dtype != np.float64:
@@ -87,6 +88,7 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
         x[index] = saved
         grad[index] = total / (denominator * h)
     return grad
+    # END TASK 1.1
 
 
 def _on_backend(value):
@@ -176,6 +178,7 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
         idx = np.arange(p.size)
         if max_entries is not None and p.size > max_entries:
             idx = np.sort(rng.choice(p.size, size=max_entries, replace=False))
+        # TASK 1.1 check_model: the same differences on a model's parameters (lesson 01)
         numeric = np.empty(idx.size)
         for j, i in enumerate(idx):
             index = np.unravel_index(i, p.shape)  # a multi-index: right for any memory layout
@@ -186,5 +189,6 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
                 total += weight * float(model(**inputs).loss)
             p[index] = saved
             numeric[j] = total / (denominator * h)
+        # END TASK 1.1
         errors[name] = rel_error(grads[name].reshape(-1)[idx], numeric, floor=floor)
     return errors

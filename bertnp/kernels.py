@@ -431,8 +431,10 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
         if bool(bad.any()):
             raise ValueError(f"targets must be in [0, {V}) or equal ignore_index={ignore_index}; "
                              f"got {int(targets[bad][0])}")
+    # TASK 1.8 kernel_ce_rows: which rows count (lesson 04)
     safe_targets = xp.where(valid_bool, targets, 0)               # (N,) the cache's safe index
     valid = valid_bool.astype(logits.dtype)                       # (N,) 1.0 / 0.0
+    # END TASK 1.8
     v = _version("cross_entropy_forward", version)
     logits = xp.ascontiguousarray(logits)
     targets64 = xp.ascontiguousarray(targets.astype(xp.int64, copy=False))
@@ -444,8 +446,10 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
         grid, block = (N,), (cross_entropy_block(V),)
     _function("cross_entropy", f"cross_entropy_forward_v{v}")(
         grid, block, (probs, nll, logits, targets64, np.int64(ignore_index), np.int64(N), np.int32(V)))
+    # TASK 1.8 kernel_ce_loss: the mean over the counted rows (lesson 04)
     count = xp.maximum(valid.sum(), 1.0)                          # () counted rows, at least 1
     loss = (nll * valid).sum() / count                            # () on the device: no sync
+    # END TASK 1.8
     return loss, CrossEntropyCache(probs, safe_targets, valid, count)
 
 
@@ -482,9 +486,11 @@ def _adamw_scalars(lr, step, beta1, beta2, weight_decay):
     """Per-step scalars in double precision (as PyTorch computes them on the host)."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be a positive integer (1 for the first update), got {step!r}")
+    # TASK 5.1 adamw_scalars: the decay factor and the bias corrections (lesson 04)
     decay = 1.0 - lr * weight_decay                  # p *= 1 - lr * wd
     step_size = lr / (1.0 - beta1 ** int(step))      # lr / (1 - b1^t)
     bc2_sqrt = math.sqrt(1.0 - beta2 ** int(step))   # sqrt(1 - b2^t)
+    # END TASK 5.1
     return decay, step_size, bc2_sqrt
 
 
@@ -493,6 +499,7 @@ def adamw_step_reference(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.
     """The AdamW update in array code (any backend, any float dtype), in place on param, exp_avg,
     exp_avg_sq: ``correct_bias=True`` is torch.optim.AdamW, ``False`` Google BERT's optimizer
     (no bias correction, decay inside the update), the same switch as :class:`bertnp.AdamW`."""
+    # TASK 5.1 adamw_step_reference: the same update in array code (lesson 10)
     xp = backend.xp()
     decay, step_size, bc2_sqrt = _adamw_scalars(lr, step, beta1, beta2, weight_decay)
     if correct_bias:
@@ -509,6 +516,7 @@ def adamw_step_reference(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.
         exp_avg_sq += (1.0 - beta2) * (grad * grad)
         update = exp_avg / (xp.sqrt(exp_avg_sq) + eps) + weight_decay * param
         param -= lr * update
+    # END TASK 5.1
 
 
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-6,
@@ -574,18 +582,22 @@ def dropout_philox_forward(x, key, threshold: int, scale: float):
     if n:
         _function("dropout", "dropout_mask")(
             grid, block, (mask, np.int64(n), seed, step, site, np.uint32(threshold)))
+    # TASK 1.6 kernel_dropout_forward: the scale and the mask, in array code (lesson 07)
     out = x * x.dtype.type(scale)                 # (...) the reference's two passes
     out *= mask
     return out, mask
+    # END TASK 1.6
 
 
 def dropout_mask_backward(dout, mask, scale: float):
     """dout (...) -> dx (...) = dout * scale * mask: one kernel for float32, array code otherwise."""
     xp = backend.xp()
     if dout.dtype != np.float32 or dout.shape != mask.shape or dout.size == 0:
+        # TASK 1.6 kernel_dropout_backward: the same mask and scale, in array code (lesson 07)
         dx = dout * dout.dtype.type(scale)
         dx *= mask
         return dx
+        # END TASK 1.6
     dout_c, mask_c = xp.ascontiguousarray(dout), xp.ascontiguousarray(mask)
     dx = xp.empty(dout.shape, dtype=dout.dtype)
     grid, block = elementwise_launch(dout.size, vectorized=False)

@@ -439,6 +439,7 @@ class _BertBase:
         acc = self._accumulate
         dx = dhidden                                                                            # (B, T, C)
         if self.has_pooler and dpooled is not None:
+            # TASK 3.4 pooler_backward: the pooler's gradient lands on [CLS] (lesson 08)
             dpooled = tanh_backward(dpooled, cache["pool_tanh"])
             dfirst, dW, db = linear_backward(dpooled, cache["pool_dense"])
             acc(p + "pooler.dense.weight", dW)
@@ -446,7 +447,9 @@ class _BertBase:
             dx = dx.copy() if dx is not None else backend.xp().zeros(
                 cache["shape"] + (c.hidden_size,), dtype=self.dtype)
             dx[:, 0] += dfirst                             # pooled read x[:, 0] only: its gradient lands there
+            # END TASK 3.4
         for i in reversed(range(c.num_hidden_layers)):
+            # TASK 3.2 encoder_layer_backward: one post-LN layer in reverse (lesson 09)
             L = f"{p}encoder.layer.{i}."
             lc = cache["layers"][i]
             # x_out = LN2(h + f): the residual sends the same gradient to h and to the FFN branch
@@ -477,7 +480,9 @@ class _BertBase:
                 acc(L + f"attention.self.{proj}.bias", getattr(g, proj + "_bias"))
             dx = g.x                                       # x fed both the residual and the attention:
             dx += dsum                                     # sum the two, in place (g.x is a fresh array)
+            # END TASK 3.2
         # embeddings: back through dropout and LayerNorm, then to the three tables (x was their sum)
+        # TASK 3.1 embeddings_backward: to the three tables (lesson 05)
         dx = dropout_backward(dx, cache["emb_drop"])
         dx, dg, db = self.F.layernorm_backward(dx, cache["emb_ln"])
         acc(p + "embeddings.LayerNorm.weight", dg)
@@ -488,6 +493,7 @@ class _BertBase:
         seq_len = cache["shape"][1]
         # position t was added to every sequence of the batch: its gradient sums over the batch axis
         self._grads[p + "embeddings.position_embeddings.weight"][:seq_len] += dx.sum(axis=0)   # (B, T, C) -> (T, C)
+        # END TASK 3.1
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory) -> Path:
@@ -689,10 +695,12 @@ class BertForPreTraining(_BertBase):
         if labels is not None:
             # MLM only where it is scored: gather the N labelled positions (row-major) -- the 30k-way
             # decoder is most of BERT's FLOPs, and ~85% of positions would be thrown away.
+            # TASK 3.5 gather_labelled: the MLM loss is scored at the labelled positions only (lesson 08)
             flat_positions = np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)     # (N,) on the host
             head["positions"] = backend.to_device(flat_positions)
             selected = hidden.reshape(batch * seq_len, H)[head["positions"]]        # (B, T, C) -> (B*T, C) -> (N, C)
             mlm_targets = backend.to_device(labels.reshape(-1)[flat_positions])     # (N,)
+            # END TASK 3.5
         else:
             selected = hidden                                                       # (B, T, C): every position
         t, head["dense"] = linear_forward(selected, P["cls.predictions.transform.dense.weight"],
@@ -746,6 +754,7 @@ class BertForPreTraining(_BertBase):
         dhidden = None
         if has_mlm:
             # walk the MLM head in reverse: loss <- logits <- LayerNorm <- GELU <- dense <- gathered rows
+            # TASK 3.3 mlm_head_backward: the MLM head in reverse; the decoder is tied (lesson 08)
             dlogits = self.F.cross_entropy_backward(dmlm, head["mlm_ce"])               # (N, V) (softmax - onehot) / N
             # logits = t @ E^T + bias: a Linear whose weight is the word embedding E (V, C)
             dt, dW, db = linear_backward(dlogits, head["decoder"])                      # (N, C), (V, C), (V,)
@@ -758,16 +767,21 @@ class BertForPreTraining(_BertBase):
             dselected, dW, db = linear_backward(dt, head["dense"])                      # (N, C) to the gathered rows
             acc("cls.predictions.transform.dense.weight", dW)
             acc("cls.predictions.transform.dense.bias", db)
+            # END TASK 3.3
             # scatter the N gathered rows back to their positions; positions are distinct, so = is exact
+            # TASK 3.5 scatter_labelled: back to the positions they were gathered from (lesson 08)
             dhidden = xp.zeros((batch * seq_len, H), dtype=self.dtype)                  # (B*T, C)
             dhidden[head["positions"]] = dselected
             dhidden = dhidden.reshape(batch, seq_len, H)                                # (B*T, C) -> (B, T, C)
+            # END TASK 3.5
         dpooled = None
         if has_nsp:
+            # TASK 3.4 nsp_head_backward: (lesson 08)
             dnsp_logits = self.F.cross_entropy_backward(dnsp, head["nsp_ce"])           # (B, 2) (softmax - onehot) / B
-            dpooled, dW, db = linear_backward(dnsp_logits, head["nsp"])                        # nsp_logits = pooled Wsr^T + bsr: (B, C)
+            dpooled, dW, db = linear_backward(dnsp_logits, head["nsp"])                 # nsp_logits = pooled Wsr^T + bsr: (B, C)
             acc("cls.seq_relationship.weight", dW)
             acc("cls.seq_relationship.bias", db)
+            # END TASK 3.4
         if dhidden is None:                  # NSP only: the hidden states reach the loss through the pooler alone
             dhidden = xp.zeros((batch, seq_len, H), dtype=self.dtype)
         self._encoder_backward(dhidden, dpooled)

@@ -51,7 +51,9 @@ __all__ = [
 
 def default_no_decay(name: str) -> bool:
     """BERT's rule: no weight decay on biases and LayerNorm parameters."""
+    # TASK 5.1 no_decay: which tensors are not decayed (lesson 10)
     return name.endswith(".bias") or "LayerNorm" in name
+    # END TASK 5.1
 
 
 def _check_number(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:
@@ -155,8 +157,10 @@ class AdamW:
         lr, eps = self.lr, self.eps
         step_size = bc2_sqrt = None                       # (used only with the bias correction)
         if self.correct_bias:
+            # TASK 5.1 bias_correction: (lesson 10)
             step_size = lr / (1.0 - b1 ** t)              # lr / (1 - b1^t)
             bc2_sqrt = math.sqrt(1.0 - b2 ** t)           # sqrt(1 - b2^t)
+            # END TASK 5.1
         # On the CPU the ~14 elementwise passes of an update run over blocks of BLOCK entries, so
         # that the block of p, g, m, v stays in the L2 cache between passes instead of streaming
         # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py).
@@ -191,6 +195,7 @@ class AdamW:
         b1, b2 = self.betas
         eps = self.eps
         if self.correct_bias:
+            # TASK 5.1 adamw_update: decoupled decay, the moments, the update (lesson 10)
             if wd:
                 p *= 1.0 - lr * wd                    # decoupled decay on the old weights
             xp.subtract(g, m, out=s)                  # m += (1 - b1) (g - m)  (torch's lerp)
@@ -206,6 +211,7 @@ class AdamW:
             xp.divide(m, s, out=s)                    # p -= step_size * m / denom
             s *= step_size
             p -= s
+            # END TASK 5.1
         else:                                         # Google BERT's AdamWeightDecayOptimizer
             m *= b1                                   # m = b1 m + (1 - b1) g
             xp.multiply(g, 1.0 - b1, out=s)
@@ -289,6 +295,7 @@ def global_grad_norm(grads: Mapping, sync: bool = True):
     float64 array of the backend, never read on the host (the training loop reads it later,
     together with the loss, at its logging interval)."""
     _check_grads(grads)
+    # TASK 5.3 global_grad_norm: (lesson 10)
     xp = backend.xp()
     total = None
     for g in grads.values():
@@ -301,6 +308,7 @@ def global_grad_norm(grads: Mapping, sync: bool = True):
         return xp.sqrt(xp.asarray(total, dtype=xp.float64))   # the same float64 sqrt as below
     total = float(total) if total is not None else 0.0    # the one host synchronisation
     return math.sqrt(total) if math.isfinite(total) else total
+    # END TASK 5.3
 
 
 def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: bool = True):
@@ -317,6 +325,7 @@ def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: boo
     trusting the update.
     """
     max_norm = _check_number("max_norm", max_norm, 0.0, low_open=True)
+    # TASK 5.3 clip_grad_norm: one coefficient for all tensors (lesson 10)
     norm = global_grad_norm(grads, sync=sync)
     if not sync:
         xp = backend.xp()
@@ -333,6 +342,7 @@ def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: boo
     if coef < 1.0:
         scale_grads(grads, coef)
     return norm
+    # END TASK 5.3
 
 
 def scale_grads(grads: Mapping, factor: float) -> None:
@@ -355,9 +365,11 @@ def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float
         step / warmup_steps                                      if step < warmup_steps
         max(0, (total_steps - step) / (total_steps - warmup_steps))   otherwise
     """
+    # TASK 5.2 linear_warmup_decay: (lesson 10)
     if step < warmup_steps:
         return step / warmup_steps
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    # END TASK 5.2
 
 
 class LinearWarmupDecay:

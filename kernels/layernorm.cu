@@ -69,6 +69,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 extern "C" __global__ void layernorm_forward_v1(float* out, float* xhat, float* rstd, const float* x,
                                                 const float* gamma, const float* beta,
                                                 long long rows, int C, float eps) {
+    // TASK 6.1 layernorm_forward_v1: one thread per row (kernels/README.md)
     long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x;   // one thread per row
     if (row >= rows) return;
     const float* xr = x + row * C;
@@ -84,11 +85,13 @@ extern "C" __global__ void layernorm_forward_v1(float* out, float* xhat, float* 
         xhat[row * C + c] = h;
         out[row * C + c] = h * gamma[c] + beta[c];
     }
+    // END TASK 6.1
 }
 
 extern "C" __global__ void layernorm_forward_v2(float* out, float* xhat, float* rstd, const float* x,
                                                 const float* gamma, const float* beta,
                                                 long long rows, int C, float eps) {
+    // TASK 6.1 layernorm_forward_v2: one warp per row (kernels/README.md)
     int lane = threadIdx.x % WARP;
     long long row = (long long)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;  // one warp per row
     if (row >= rows) return;
@@ -105,6 +108,7 @@ extern "C" __global__ void layernorm_forward_v2(float* out, float* xhat, float* 
         xhat[row * C + c] = h;
         out[row * C + c] = h * gamma[c] + beta[c];
     }
+    // END TASK 6.1
 }
 
 // ---------------------------------------------------------------------------------------- backward: dx

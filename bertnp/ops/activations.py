@@ -102,8 +102,10 @@ def gelu_forward(x, approximate: str = "none"):
     require_float("x", x)
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    # TASK 1.4 gelu_forward: GELU(x) = x Phi(x), the erf form (lesson 07)
     cdf = normal_cdf(x) if approximate == "none" else _tanh_cdf(x)   # (...) Phi(x) or its tanh form
     out = x * cdf                                                     # (...) x * Phi(x)
+    # END TASK 1.4
     return out, GeluCache(x, approximate, cdf)
 
 
@@ -126,6 +128,7 @@ def gelu_backward(dout, cache: GeluCache):
     xp = backend.xp()
     x, approximate, cdf = cache
     if approximate == "none":
+        # TASK 1.4 gelu_backward: the erf form's derivative (lesson 07)
         if cdf is None:
             cdf = normal_cdf(x)
         # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi = Phi' the standard normal density.
@@ -137,6 +140,7 @@ def gelu_backward(dout, cache: GeluCache):
         dx += cdf                                                 # Phi(x) + x phi(x)
         dx *= dout
         return dx
+        # END TASK 1.4
     if cdf is None:
         cdf = _tanh_cdf(x)
     # tanh form: out = x * cdf, cdf = 0.5 (1 + t), t = tanh(u), u = sqrt(2/pi) (x + c x^3);

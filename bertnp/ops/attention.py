@@ -71,6 +71,7 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     scale = 1.0 / math.sqrt(head_size)
 
     # one GEMM for the three projections: stack the weights along the output axis.
+    # TASK 2.1 attention_forward: scores, the padding mask, softmax, context (lesson 06)
     qkv_weight = xp.concatenate([query_weight, key_weight, value_weight], axis=0)   # (3C, C)
     qkv_bias = xp.concatenate([query_bias, key_bias, value_bias], axis=0)           # (3C,)
     qkv, qkv_cache = linear_forward(x, qkv_weight, qkv_bias)                        # (B, T, 3C)
@@ -86,6 +87,7 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     probs_dropped, dropout_cache = dropout_forward(probs, dropout_p, rng, training)  # (B, nh, T, T)
     context = probs_dropped @ v                                                      # (B, nh, T, hs)
     out = context.transpose(0, 2, 1, 3).reshape(batch, seq_len, channels)            # (B, T, C)
+    # END TASK 2.1
     cache = AttentionCache(qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped,
                            num_heads, scale, softmax_bwd)
     return out, cache
@@ -98,6 +100,7 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
     batch, seq_len, channels = dout.shape
     head_size = channels // num_heads
 
+    # TASK 2.2 attention_backward: every gradient of the attention (lesson 06)
     dcontext = dout.reshape(batch, seq_len, num_heads, head_size).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
     # context = probs_dropped @ v: the two factors' gradients are the usual matmul pair.
     dprobs_dropped = dcontext @ v.swapaxes(-1, -2)                # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
@@ -123,3 +126,4 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
                           dqkv_weight[:c], dqkv_bias[:c],
                           dqkv_weight[c:2 * c], dqkv_bias[c:2 * c],
                           dqkv_weight[2 * c:], dqkv_bias[2 * c:])
+    # END TASK 2.2

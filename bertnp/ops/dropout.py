@@ -78,6 +78,7 @@ def dropout_forward(x, p: float, rng=None, training: bool = True):
     if rng is None:
         raise ValueError("rng (an int seed or a (seed, step, site) key) is required when training with p > 0")
     key = dropout_key(rng)
+    # TASK 1.6 dropout_forward: inverted dropout's mask and scale (lesson 07)
     threshold, scale = drop_threshold(p), 1.0 / (1.0 - p)
     kernels = _device_kernels()
     if kernels is not None:                   # one kernel: the bits, the mask and out, in one pass
@@ -88,10 +89,12 @@ def dropout_forward(x, p: float, rng=None, training: bool = True):
     out = x * x.dtype.type(scale)                         # (...) scaled survivors ...
     out *= mask                                           # ... and zeros where dropped
     return out, DropoutCache(mask, scale)
+    # END TASK 1.6
 
 
 def dropout_backward(dout, cache: DropoutCache):
     """dout: (...) -> dx: (...)."""
+    # TASK 1.6 dropout_backward: (lesson 07)
     if cache.mask is None:
         return dout
     # out = x * mask * scale elementwise, so the gradient passes through the same mask and scale.
@@ -101,3 +104,4 @@ def dropout_backward(dout, cache: DropoutCache):
     dx = dout * dout.dtype.type(cache.scale)              # (...)
     dx *= cache.mask
     return dx
+    # END TASK 1.6

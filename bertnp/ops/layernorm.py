@@ -44,6 +44,7 @@ def layernorm_forward(x, gamma, beta, eps: float = 1e-12):
 
 def layernorm_backward(dout, cache: LayerNormCache):
     """dout: (..., C) -> (dx (..., C), dgamma (C,), dbeta (C,))."""
+    # TASK 1.3 layernorm_backward: dx, dgamma, dbeta (lesson 01)
     xp = backend.xp()
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
@@ -65,3 +66,4 @@ def layernorm_backward(dout, cache: LayerNormCache):
     dx -= scratch
     dx *= rstd                                                       # (..., C)
     return dx, dgamma, dbeta
+    # END TASK 1.3

@@ -43,6 +43,7 @@ def linear_forward(x, weight, bias=None):
 
 def linear_backward(dout, cache: LinearCache):
     """dout: (..., out) -> (dx (..., in), dweight (out, in), dbias (out,) or None)."""
+    # TASK 1.2 linear_backward: dx, dweight, dbias (lesson 01)
     x, weight, has_bias = cache
     x2d = x.reshape(-1, x.shape[-1])                 # (..., in) -> (N, in)
     dout2d = dout.reshape(-1, dout.shape[-1])        # (..., out) -> (N, out)
@@ -53,3 +54,4 @@ def linear_backward(dout, cache: LinearCache):
     # the bias is added to every row, so its gradient is dout summed over the rows.
     dbias = dout2d.sum(axis=0) if has_bias else None  # (N, out) -> (out,)
     return dx, dweight, dbias
+    # END TASK 1.2

@@ -39,6 +39,7 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
             raise ValueError(
                 f"targets must be in [0, {num_classes}) or equal ignore_index={ignore_index}; "
                 f"got {int(targets[bad][0])}")
+    # TASK 1.8 cross_entropy_forward: mean over the rows that are not ignored (lesson 08)
     safe_targets = xp.where(valid_bool, targets, 0)               # (N,) an in-range index everywhere
     valid = valid_bool.astype(logits.dtype)                       # (N,) 1.0 / 0.0
 
@@ -52,12 +53,14 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
     count = xp.maximum(valid.sum(), 1.0)                          # () counted rows, at least 1
     loss = (nll * valid).sum() / count                            # ()
     probs /= sum_exp[:, None]                                     # (N, C) softmax, in place
+    # END TASK 1.8
     return loss, CrossEntropyCache(probs, safe_targets, valid, count)
 
 
 def cross_entropy_backward(dloss, cache: CrossEntropyCache):
     """dloss: () upstream gradient of the scalar loss -> dlogits: (N, C)."""
     xp = backend.xp()
+    # TASK 1.8 cross_entropy_backward: (lesson 08)
     probs, targets, valid, count = cache
     # d nll[n] / d z[n, c] = softmax(z[n])[c] - [c == target[n]]  (softmax minus one-hot),
     # and the mean over counted rows scales each counted row by 1/count, ignored rows by 0:
@@ -65,3 +68,4 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
     dlogits = probs * row_scale[:, None]                          # (N, C) scaled softmax, one pass
     dlogits[xp.arange(probs.shape[0]), targets] -= row_scale      # minus the scaled one-hot
     return dlogits
+    # END TASK 1.8

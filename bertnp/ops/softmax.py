@@ -45,6 +45,7 @@ def softmax_forward(scores, additive_mask=None):
 
 def softmax_backward(dprobs, cache: SoftmaxCache):
     """dprobs: (..., K) -> dscores: (..., K). (The mask is a constant: it has no gradient.)"""
+    # TASK 1.5 softmax_backward: dscores from dprobs (lesson 02)
     xp = backend.xp()
     probs = cache.probs
     # Jacobian dp_i/ds_j = p_i (delta_ij - p_j), so ds = p * (dp - sum_j dp_j p_j) row by row.
@@ -53,3 +54,4 @@ def softmax_backward(dprobs, cache: SoftmaxCache):
     xp.subtract(dprobs, dot, out=dscores)                     # (..., K) dp - dot, reusing the buffer
     dscores *= probs                                          # p * (dp - dot)
     return dscores
+    # END TASK 1.5
