@@ -431,7 +431,7 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
         if bool(bad.any()):
             raise ValueError(f"targets must be in [0, {V}) or equal ignore_index={ignore_index}; "
                              f"got {int(targets[bad][0])}")
-    # TASK 1.8 kernel_ce_rows: which rows count (lesson 04)
+    # TASK 1.8 kernel_ce_rows: which rows count (lesson 08)
     safe_targets = xp.where(valid_bool, targets, 0)               # (N,) the cache's safe index
     valid = valid_bool.astype(logits.dtype)                       # (N,) 1.0 / 0.0
     # END TASK 1.8
@@ -446,7 +446,7 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
         grid, block = (N,), (cross_entropy_block(V),)
     _function("cross_entropy", f"cross_entropy_forward_v{v}")(
         grid, block, (probs, nll, logits, targets64, np.int64(ignore_index), np.int64(N), np.int32(V)))
-    # TASK 1.8 kernel_ce_loss: the mean over the counted rows (lesson 04)
+    # TASK 1.8 kernel_ce_loss: the mean over the counted rows (lesson 08)
     count = xp.maximum(valid.sum(), 1.0)                          # () counted rows, at least 1
     loss = (nll * valid).sum() / count                            # () on the device: no sync
     # END TASK 1.8
@@ -486,7 +486,7 @@ def _adamw_scalars(lr, step, beta1, beta2, weight_decay):
     """Per-step scalars in double precision (as PyTorch computes them on the host)."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be a positive integer (1 for the first update), got {step!r}")
-    # TASK 5.1 adamw_scalars: the decay factor and the bias corrections (lesson 04)
+    # TASK 5.1 adamw_scalars: the decay factor and the bias corrections (lesson 10)
     decay = 1.0 - lr * weight_decay                  # p *= 1 - lr * wd
     step_size = lr / (1.0 - beta1 ** int(step))      # lr / (1 - b1^t)
     bc2_sqrt = math.sqrt(1.0 - beta2 ** int(step))   # sqrt(1 - b2^t)
