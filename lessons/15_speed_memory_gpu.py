@@ -613,8 +613,8 @@ for path, array in named_arrays(layer0):
     seen.add(id(owner))
     layer_bytes += owner.nbytes
     square += owner.nbytes if is_attention_square(array, T_) else 0
-    if owner.shape[0] not in (B_, B_ * T_):
-        fixed.append(path)                                       # its size does not depend on the batch
+    if array.shape[0] not in (B_, B_ * T_):
+        fixed.append(path)                                       # no batch axis: its size does not depend on the batch
     view = "" if owner.shape == array.shape else f"  (a view of a {owner.shape} buffer)"
     print(f"  {path:<30} {str(array.shape):<16} {str(array.dtype):<8} {owner.nbytes / MiB:5.2f} MiB{view}")
 print(f"total {layer_bytes / MiB:.2f} MiB per layer = {layer_bytes / (B_ * T_):,.0f} bytes per token; "
