@@ -42,10 +42,10 @@
 import contextlib
 import cProfile
 import dataclasses
+import inspect
 import math
 import os
 import pstats
-import re
 import sys
 import threading
 import time
@@ -857,7 +857,6 @@ assert speedup > 2.0, f"computing the logits at ~15% of the positions should be 
 # the array module (the others use the arrays' own methods, `x.mean(...)`, which CuPy arrays have too):
 
 # %%
-import inspect
 source_lines = inspect.getsource(layernorm_forward).splitlines()
 print("\n".join(line for line in source_lines if "xp" in line or line.lstrip().startswith("def ")))
 print("\nactive backend:", bn.get_backend(), "->", bn.backend.xp().__name__)
@@ -903,7 +902,7 @@ else:
 # operation is one or more kernel launches of a few microseconds each, issued by Python, and a layer is dozens
 # of them. Larger batches and fused kernels are how GPU code fights that.
 #
-# Two rules keep GPU code fast, and `bertnp` follows them: nothing is copied back to the host inside a step
+# Two rules keep GPU code fast: nothing is copied back to the host inside a step
 # (`float(loss)`, `.item()`, a boolean mask's `nonzero` would each make the CPU wait for the GPU), and arrays
 # are allocated through CuPy's memory pool, which reuses freed blocks without asking the driver.
 #
@@ -1238,7 +1237,8 @@ else:
 #   work: ops with no counted FLOPs take a large share of the step, because they are memory-bound.
 # * **Activation memory** is what the caches hold: a handful of (B, T, C)/(B, T, I) arrays per layer, plus three
 #   (B, nh, T, T) attention arrays that grow with $T^2$. Counting the caches' buffers matches `tracemalloc`.
-# * **float32** trains (2× faster, rounding ≪ gradient noise); **float64** checks (finite differences need it).
+# * **float32** trains (about twice the matmul speed, half the memory, rounding ≪ gradient noise); **float64**
+#   checks (finite differences need it).
 #   **Masked-only logits**: the same loss, several times less work.
 # * On a GPU the same code runs through `backend.xp()` = CuPy. A CUDA kernel is written for the warp: v2 of the
 #   LayerNorm forward gives each row a warp (coalesced reads, a butterfly `__shfl_xor_sync` sum that leaves the
