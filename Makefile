@@ -22,13 +22,14 @@ DEMO_ARGS ?=
 # pytest-xdist: use both cores; override with `make test JOBS=1`
 JOBS ?= 2
 
-.PHONY: help install test test-fast demo bench lessons clean
+.PHONY: help install test test-fast demo bench lessons book clean
 
 help:
 	@echo "make test   - set up .venv, install bertnp with its test extras, run the whole suite"
 	@echo "make demo   - pretrain a small BERT on the bundled corpus and show what it learned"
 	@echo "make bench  - CPU speed/memory benchmark against PyTorch (installs torch)"
 	@echo "make lessons - open the step-through notebooks in Jupyter Lab"
+	@echo "make book   - execute every lesson in full mode and build them into a website (book/_build/html)"
 
 .venv/bin/python:
 	$(PYTHON) -m venv .venv
@@ -66,6 +67,45 @@ demo: install
 bench: install
 	$(PY) -m pip install -e '.[bench]'
 	$(PY) benchmarks/bench_cpu.py
+
+# ---- make book: the lessons as a static website, with their outputs and figures (Jupyter Book 1.x).
+# Each lesson runs in FULL mode (BERTNP_LESSONS_FAST unset), at most BOOK_TIMEOUT seconds, into
+# book/lessons/ (gitignored); a lesson runs again only when its notebook or the library changed.
+# `make -j2 book` runs two lessons at a time. Then jupyter-book builds book/_build/html from the
+# executed copies (book/_toc.yml takes every book/lessons/NN_*.ipynb, so new lessons appear).
+BOOK_TIMEOUT ?= 1800
+BOOK_STAMP := $(VENV_DIR)/.bertnp-book-installed
+BOOK_LESSONS := $(patsubst lessons/%,book/lessons/%,$(sort $(wildcard lessons/[0-9][0-9]_*.ipynb)))
+LIBRARY_FILES := $(shell find bertnp kernels -type f -not -path '*/__pycache__/*' 2>/dev/null)
+
+$(BOOK_STAMP): setup.cfg pyproject.toml | $(INSTALL_STAMP)
+	@echo "installing the book extra (jupyter-book 1.x) into $(VENV_DIR)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons,book]'
+	@touch $@
+
+book/lessons/%.ipynb: lessons/%.ipynb $(LIBRARY_FILES) | $(BOOK_STAMP)
+	@mkdir -p book/lessons
+	@echo "executing $< in full mode (at most $(BOOK_TIMEOUT) s)"
+	@start=$$(date +%s); \
+	env -u BERTNP_LESSONS_FAST timeout $(BOOK_TIMEOUT) nice $(PY) -m jupyter nbconvert --to notebook --execute \
+		--ExecutePreprocessor.timeout=-1 --output-dir book/lessons --output $*.partial $< 2>book/lessons/$*.log; \
+	rc=$$?; \
+	if [ $$rc -ne 0 ]; then \
+		tail -n 30 book/lessons/$*.log; rm -f book/lessons/$*.partial.ipynb; \
+		if [ $$rc -eq 124 ]; then echo "$<: still running after BOOK_TIMEOUT=$(BOOK_TIMEOUT) s"; \
+		else echo "$<: a cell failed in full mode (log: book/lessons/$*.log)"; fi; \
+		exit 1; \
+	fi; \
+	mv book/lessons/$*.partial.ipynb $@; \
+	echo "$<: executed in $$(( $$(date +%s) - start )) s"
+
+book: $(BOOK_LESSONS)
+	@rm -f book/lessons/*.partial.ipynb       # left by an interrupted run
+	@for executed in book/lessons/*.ipynb; do \
+		[ -e "lessons/$$(basename $$executed)" ] || { echo "removing $$executed (its lesson is gone)"; rm -f "$$executed"; }; \
+	done
+	$(VENV_DIR)/bin/jupyter-book build --quiet book
+	@echo "open book/_build/html/index.html"
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
