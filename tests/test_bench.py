@@ -36,8 +36,8 @@ def test_harness_runs_bertnp_only_and_writes_results(bench, tmp_path):
     assert bench.main(TINY + ["--memory-steps", "1", "--profile-steps", "1",
                               "--results", str(results), "--json", str(out)]) == 0
     text = results.read_text()
-    for expected in ("## CPU", "### Training step", "### Inference", "### Peak memory",
-                     "### Targets (issue 8)", "### Per-operation profile of the bertnp step",
+    for expected in ("## CPU, with", "### Training step", "### Inference", "### Peak memory",
+                     "### Targets (issue 18)", "### Per-operation profile of the bertnp step",
                      "| A: bertnp (NumPy, float32) |", "## GPU",
                      "Not measured yet: no GPU was available to this session."):
         assert expected in text, expected
