@@ -351,33 +351,49 @@ def _slices(extent: int, pieces: int, align: int = 16) -> list:
     return [slice(start, min(extent, start + step)) for start in range(0, extent, step)]
 
 
-def matmul(a, b):
-    """``a @ b`` (NumPy's rules), with the output cut into slices computed on every core.
+def matmul(a, b, bias=None):
+    """``a @ b`` (NumPy's rules), plus ``bias`` (a vector over the output's last axis) if given,
+    with the output cut into slices computed on every core (each slice adds its part of the bias
+    while it is still in the cache).
 
     2-D: the output's rows are split (or its columns, when it has more columns than rows, as the
     tied 30k-way decoder has); stacks of matrices: the leading axis. BLAS runs in one thread per
     slice whatever the thread count, and the slices depend on the shapes only, so the result is
     the same, to the bit, for any thread count. Small products and other array modules: ``a @ b``."""
-    if (getattr(_local, "inside", False) or not _threaded_backend((a, b))
-            or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.kind != "f"):
-        return a @ b
+    def plain():
+        out = a @ b
+        if bias is not None:
+            out += bias
+        return out
+
+    if (getattr(_local, "inside", False) or not _threaded_backend((a, b, bias))
+            or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.kind != "f"
+            or (bias is not None and (bias.ndim != 1 or bias.dtype != a.dtype))):
+        return plain()
     m, k = a.shape[-2:]
     n = b.shape[-1]
     batch = a.shape[:-2]
     if b.shape[-2] != k or b.shape[:-2] != batch:          # broadcasting or a bad shape: NumPy's way
-        return a @ b
+        return plain()
     if 2 * math.prod(batch) * m * n * k < MATMUL_MIN_FLOPS:
-        return a @ b
+        return plain()
     out = np.empty(batch + (m, n), dtype=a.dtype)
     if batch:
         parts = _slices(batch[0], min(MATMUL_PIECES, batch[0]), align=1)
-        tasks = [(a[s], b[s], out[s]) for s in parts]       # whole matrices of the stack
+        tasks = [(a[s], b[s], out[s], bias) for s in parts]                  # whole matrices of the stack
     elif m >= n:
         parts = _slices(m, max(1, min(MATMUL_PIECES, m // MATMUL_MIN_EXTENT)))
-        tasks = [(a[s], b, out[s]) for s in parts]          # rows of the output
+        tasks = [(a[s], b, out[s], bias) for s in parts]                     # rows of the output
     else:
         parts = _slices(n, max(1, min(MATMUL_PIECES, n // MATMUL_MIN_EXTENT)))
-        tasks = [(a, b[:, s], out[:, s]) for s in parts]    # columns of the output
+        tasks = [(a, b[:, s], out[:, s], None if bias is None else bias[s]) for s in parts]   # columns
+
+    def one_slice(index: int) -> None:
+        a_part, b_part, out_part, bias_part = tasks[index]
+        np.matmul(a_part, b_part, out=out_part)
+        if bias_part is not None:
+            out_part += bias_part
+
     with _single_threaded_blas():
-        run(lambda i: np.matmul(*tasks[i][:2], out=tasks[i][2]), len(tasks))
+        run(one_slice, len(tasks))
     return out

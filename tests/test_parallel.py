@@ -150,6 +150,22 @@ def test_matmul_leaves_blas_threads_as_they_were(small_blocks):
     assert after == before
 
 
+@pytest.mark.parametrize("shape_a, shape_b", [((96, 32), (32, 40)),      # more rows: rows split
+                                              ((24, 32), (32, 200)),     # more columns: columns split
+                                              ((5, 3, 16, 8), (5, 3, 8, 16))])   # a stack: axis 0 split
+def test_matmul_slices_and_bias_give_a_at_b_plus_bias(small_blocks, shape_a, shape_b):
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+    bias = rng.standard_normal(shape_b[-1])
+    with parallel.threads(2):
+        np.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(parallel.matmul(a, b, bias), a @ b + bias, rtol=1e-12, atol=1e-12)
+    with parallel.threads(1):
+        one = parallel.matmul(a, b, bias)
+    with parallel.threads(2):
+        np.testing.assert_array_equal(parallel.matmul(a, b, bias), one)
+
+
 # ----------------------------------------------------------------------------- threaded ops == one thread
 
 def _assert_same(a, b):
