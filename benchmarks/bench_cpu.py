@@ -314,7 +314,7 @@ def memory_child(variant: str, mode: str, args) -> dict:
     import resource
     config = make_config(args.config, **_overrides(args))
     batch = make_batch(config, args.batch, args.seq, args.predictions)
-    if variant in ("B", "C"):
+    if variant in TORCH_VARIANTS:
         import torch  # noqa: F401  (imported before the baseline: libraries are not the model)
         import transformers  # noqa: F401
     bn.backend.retain_freed_host_memory()
@@ -568,6 +568,13 @@ def render(result: dict) -> str:
              "times are median (min-max)",
              "- Same initial weights and batch for all: eval-mode losses "
              + ", ".join(f"{k} {v:.5f}" for k, v in result["eval_losses"].items()), ""]
+    load = result.get("loadavg_start") or []
+    if load and float(load[0]) >= 1.0:
+        lines += [f"**Warning: the machine was busy** (load average {load[0]} at the start, {m.get('loadavg', ['?'])[0]} "
+                  f"at the end, on {m.get('cpus')} CPUs): other jobs took most of the cores, so these figures "
+                  "measure them as much as the variants -- the peak matmul included -- and a static "
+                  "thread split (OpenBLAS's, torch's) suffers more from a taken core than bertnp's "
+                  "dynamic one. Take the targets below from an idle machine's run.", ""]
     for note in result["notes"]:
         lines += [f"Note: {note}", ""]
     for key, title, work in (("train", "Training step (forward with labels, backward, AdamW)", fl["step"]),
@@ -590,7 +597,7 @@ def render(result: dict) -> str:
             lines.append(f"| {mem['variant']} | {mem['mode']} | {_mib(mem['peak_rss'])} | "
                          f"{_mib(mem['above_baseline'])} | {_mib(mem['baseline_rss'])} |")
         lines += ["", f"Method: {result['memory'][0]['method']}. The baseline is the process (interpreter, "
-                  "NumPy, torch for B and C, the batch) just before the model is built; above it: parameters, "
+                  "NumPy, torch for B, C and D, the batch) just before the model is built; above it: parameters, "
                   "gradients, optimizer state and a step's activations.", ""]
     lines += ["### Targets (issue 18)", "", "| target | measured | met |", "|---|---|---|"]
     for target, measured, ok in targets(result):
