@@ -77,8 +77,8 @@ print("labelled positions per sequence:", (batch["labels"] != -100).sum(axis=1),
 #
 # `model.py` reads like the paper (its docstring is the summary). Rather than read all of it, watch it:
 # Python's `sys.setprofile` calls a function of ours at every function call and return, and we keep those
-# of the operations in `bertnp.ops` — each forward and each backward, with the shape of its first input
-# and of its output. Calls made *inside* an operation (the attention's softmax) are indented.
+# of the operations in `bertnp.ops` — each public forward and backward (not the private `_row` helpers the
+# operations split their work into), with the shape of its first input and of its output. Calls made *inside* an operation (the attention's softmax) are indented.
 
 # %%
 print(bn.model.__doc__.split("Parameters live")[0])
@@ -98,6 +98,7 @@ def trace_ops(run):
     def profiler(frame, event, arg):
         code = frame.f_code
         if event not in ("call", "return") or not code.co_name.endswith(("_forward", "_backward")) \
+                or code.co_name.startswith("_") \
                 or not frame.f_globals.get("__name__", "").startswith("bertnp.ops."):
             return
         if event == "call":
