@@ -83,7 +83,8 @@ $(BOOK_STAMP): setup.cfg pyproject.toml | $(INSTALL_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons,book]'
 	@touch $@
 
-book/lessons/%.ipynb: lessons/%.ipynb $(LIBRARY_FILES) | $(BOOK_STAMP)
+book/lessons/%.ipynb: lessons/%.ipynb lessons/%.py $(LIBRARY_FILES) | $(BOOK_STAMP)
+	@$(PY) lessons/make_notebooks.py --check $*      # the notebook is what its source says, or stop
 	@mkdir -p book/lessons
 	@echo "executing $< in full mode (at most $(BOOK_TIMEOUT) s)"
 	@start=$$(date +%s); \
