@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from lesson_exercises import assert_blanked_lesson_fails_only_its_checks, assert_check_fails, run_exercise
+from lesson_exercises import Lesson
 
-LESSON, EXERCISE = "05_embeddings_residuals", "my_embedding_backward"
+LESSON, EXERCISE = Lesson.get("05"), "my_embedding_backward"
 
 # the solution with one mistake each; the regex is what the check's message must say
 CORRECT_PARTS = {
@@ -63,14 +63,11 @@ MUTANTS = {
 }
 
 
-def test_solution_passes():
-    run_exercise(LESSON, EXERCISE)
+def test_the_tests_copy_of_the_solution_passes():
+    LESSON.run(EXERCISE, body=_body())     # the mutants above are edits of it
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_check_fails_for_mutant(mutant):
-    assert_check_fails(LESSON, EXERCISE, *MUTANTS[mutant])
-
-
-def test_blanked_lesson_runs_and_every_check_fails():
-    assert_blanked_lesson_fails_only_its_checks(LESSON)
+    body, message = MUTANTS[mutant]
+    LESSON.assert_fails(EXERCISE, message, body=body)

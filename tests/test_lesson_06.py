@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from lesson_exercises import assert_blanked_lesson_fails_only_its_checks, assert_check_fails, run_exercise
+from lesson_exercises import Lesson
 
-LESSON, EXERCISE = "06_multihead_attention", "my_attention_backward"
+LESSON, EXERCISE = Lesson.get("06"), "my_attention_backward"
 
 SOLUTION = """
 B, T, C = x.shape
@@ -72,15 +72,11 @@ MUTANTS = {
 }
 
 
-def test_solution_passes():
-    run_exercise(LESSON, EXERCISE, SOLUTION)     # the test's copy of the solution is the lesson's
-    run_exercise(LESSON, EXERCISE)
+def test_the_tests_copy_of_the_solution_passes():
+    LESSON.run(EXERCISE, body=SOLUTION)     # the mutants above are edits of it
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_check_fails_for_mutant(name):
-    assert_check_fails(LESSON, EXERCISE, *MUTANTS[name])
-
-
-def test_blanked_lesson_runs_and_every_check_fails():
-    assert_blanked_lesson_fails_only_its_checks(LESSON)
+    body, message = MUTANTS[name]
+    LESSON.assert_fails(EXERCISE, message, body=body)

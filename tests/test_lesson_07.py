@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from lesson_exercises import assert_blanked_lesson_fails_only_its_checks, assert_check_fails, run_exercise
+from lesson_exercises import Lesson
 
-LESSON = "07_gelu_ffn_dropout"
+LESSON = Lesson.get("07")
 
 GELU_MUTANTS = {
     # the derivative of the tanh approximation where the erf form is asked: off by up to 8.7e-4
@@ -65,21 +65,17 @@ DROPOUT_MUTANTS = {
 }
 
 
-def test_solutions_pass():
-    run_exercise(LESSON, "my_gelu_backward")
-    run_exercise(LESSON, "my_dropout_forward")
-    run_exercise(LESSON, "my_dropout_forward", (FORWARD, BACKWARD))   # the test's copy is the lesson's
+def test_the_tests_copy_of_the_solution_passes():
+    LESSON.run("my_dropout_forward", body=(FORWARD, BACKWARD))   # the dropout mutants are edits of it
 
 
 @pytest.mark.parametrize("name", sorted(GELU_MUTANTS))
 def test_gelu_check_fails_for_mutant(name):
-    assert_check_fails(LESSON, "my_gelu_backward", *GELU_MUTANTS[name])
+    body, message = GELU_MUTANTS[name]
+    LESSON.assert_fails("my_gelu_backward", message, body=body)
 
 
 @pytest.mark.parametrize("name", sorted(DROPOUT_MUTANTS))
 def test_dropout_check_fails_for_mutant(name):
-    assert_check_fails(LESSON, "my_dropout_forward", *DROPOUT_MUTANTS[name])
-
-
-def test_blanked_lesson_runs_and_every_check_fails():
-    assert_blanked_lesson_fails_only_its_checks(LESSON)
+    body, message = DROPOUT_MUTANTS[name]
+    LESSON.assert_fails("my_dropout_forward", message, body=body)

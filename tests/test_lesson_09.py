@@ -1,9 +1,9 @@
 """Lesson 9's exercise (the encoder layer's backward): the check passes the solution and fails,
-naming the wrong gradients, for the plausible wrong compositions (see tests/lesson_harness.py)."""
+naming the wrong gradients, for the plausible wrong compositions (see tests/lesson_exercises.py;
+the solutions and blanks of every lesson: tests/test_lesson_exercises.py)."""
 import pytest
 
-from bertnp import teach
-from lesson_harness import Lesson
+from lesson_exercises import Lesson
 
 FUNCTION = "my_encoder_layer_backward"
 
@@ -22,22 +22,13 @@ MUTANTS = {
 
 @pytest.fixture(scope="module")
 def lesson():
-    return Lesson("09_whole_model.py")
-
-
-def test_solution_passes(lesson):
-    lesson.run_check(FUNCTION)
+    return Lesson.get("09")
 
 
 @pytest.mark.parametrize("mutant", MUTANTS)
 def test_check_catches(lesson, mutant):
     replacements, message = MUTANTS[mutant]
-    with pytest.raises(teach.CheckFailed, match=f"(?s){message}"):
-        lesson.run_check(FUNCTION, replacements)
-
-
-def test_blanked_exercise(lesson):
-    lesson.check_blanked(FUNCTION)
+    lesson.assert_fails(FUNCTION, message, replace=replacements)
 
 
 def test_lesson_data_is_the_fixture_subset():

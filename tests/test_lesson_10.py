@@ -1,9 +1,9 @@
 """Lesson 10's exercises (the AdamW step, global-norm clipping): the checks pass the solutions and
-fail, pointing at the bug, for the plausible wrong answers (see tests/lesson_harness.py)."""
+fail, pointing at the bug, for the plausible wrong answers (see tests/lesson_exercises.py; the
+solutions and blanks of every lesson: tests/test_lesson_exercises.py)."""
 import pytest
 
-from bertnp import teach
-from lesson_harness import Lesson
+from lesson_exercises import Lesson
 
 DECAY = "        p *= 1.0 - lr * decay                          # decoupled: shrink the OLD weights, outside m and v\n"
 UPDATE = "        p -= lr * m_hat / (np.sqrt(v_hat) + eps)       # eps after the correction (PyTorch)\n"
@@ -33,10 +33,10 @@ for g in grads.values():
 """
 CLIP_MUTANTS = {
     "clips each tensor by its own norm": (dict(body=CLIP_BODY_PER_TENSOR), r"clipped gradients differ from torch"),
-    "always rescales to max_norm": (dict(replacements=[("    if coef < 1.0:\n        for g", "    if True:\n        for g")]),
+    "always rescales to max_norm": (dict(replace=[("    if coef < 1.0:\n        for g", "    if True:\n        for g")]),
                                     r"norm 0\.51 < 1 is not changed"),
-    "not in place": (dict(replacements=[("g *= coef", "g = g * coef")]), r"were not changed: scale the arrays"),
-    "no square root": (dict(replacements=[("float(np.sqrt(sum(float((g * g).sum()) for g in grads.values())))",
+    "not in place": (dict(replace=[("g *= coef", "g = g * coef")]), r"were not changed: scale the arrays"),
+    "no square root": (dict(replace=[("float(np.sqrt(sum(float((g * g).sum()) for g in grads.values())))",
                                            "float(sum(float((g * g).sum()) for g in grads.values()))")]),
                        r"norm returned \(before clipping\) vs torch"),
 }
@@ -44,28 +44,16 @@ CLIP_MUTANTS = {
 
 @pytest.fixture(scope="module")
 def lesson():
-    return Lesson("10_optimization.py")
-
-
-def test_solutions_pass(lesson):
-    lesson.run_check("my_adamw_step")
-    lesson.run_check("my_clip_grad_norm")
+    return Lesson.get("10")
 
 
 @pytest.mark.parametrize("mutant", ADAMW_MUTANTS)
 def test_adamw_check_catches(lesson, mutant):
     replacements, message = ADAMW_MUTANTS[mutant]
-    with pytest.raises(teach.CheckFailed, match=f"(?s){message}"):
-        lesson.run_check("my_adamw_step", replacements)
+    lesson.assert_fails("my_adamw_step", message, replace=replacements)
 
 
 @pytest.mark.parametrize("mutant", CLIP_MUTANTS)
 def test_clipping_check_catches(lesson, mutant):
     edit, message = CLIP_MUTANTS[mutant]
-    with pytest.raises(teach.CheckFailed, match=f"(?s){message}"):
-        lesson.run_check("my_clip_grad_norm", **edit)
-
-
-@pytest.mark.parametrize("function", ["my_adamw_step", "my_clip_grad_norm"])
-def test_blanked_exercise(lesson, function):
-    lesson.check_blanked(function)
+    lesson.assert_fails("my_clip_grad_norm", message, **edit)

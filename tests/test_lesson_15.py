@@ -1,13 +1,13 @@
 """Lesson 15's exercise checks (the FLOPs of an encoder layer; the warp's butterfly sum) pass the
-solutions and fail, saying what is wrong, for the plausible wrong answers; blanked, the lesson still
-runs and only its checks fail (see tests/lesson_exercises.py)."""
+solutions and fail, saying what is wrong, for the plausible wrong answers (see tests/lesson_exercises.py;
+the solutions and blanks of every lesson: tests/test_lesson_exercises.py)."""
 from __future__ import annotations
 
 import pytest
 
-from lesson_exercises import assert_blanked_lesson_fails_only_its_checks, assert_check_fails, run_exercise
+from lesson_exercises import Lesson
 
-LESSON = "15_speed_memory_gpu"
+LESSON = Lesson.get("15")
 
 LAYER = """
 tokens = B * T
@@ -81,23 +81,17 @@ WARP_MUTANTS = {
 }
 
 
-def test_solutions_pass():
-    run_exercise(LESSON, "my_encoder_layer_flops")
-    run_exercise(LESSON, "my_encoder_layer_flops", LAYER)          # the test's copy is the lesson's
-    run_exercise(LESSON, "my_warp_sum")
+def test_the_tests_copy_of_the_solution_passes():
+    LESSON.run("my_encoder_layer_flops", body=LAYER)          # the FLOP mutants are edits of it
 
 
 @pytest.mark.parametrize("name", sorted(FLOP_MUTANTS))
 def test_flop_check_fails_for_mutant(name):
     body, message = FLOP_MUTANTS[name]
-    assert_check_fails(LESSON, "my_encoder_layer_flops", body, f"(?s){message}")
+    LESSON.assert_fails("my_encoder_layer_flops", message, body=body)
 
 
 @pytest.mark.parametrize("name", sorted(WARP_MUTANTS))
 def test_warp_sum_check_fails_for_mutant(name):
     body, message = WARP_MUTANTS[name]
-    assert_check_fails(LESSON, "my_warp_sum", body, f"(?s){message}")
-
-
-def test_blanked_lesson_runs_and_every_check_fails():
-    assert_blanked_lesson_fails_only_its_checks(LESSON)
+    LESSON.assert_fails("my_warp_sum", message, body=body)

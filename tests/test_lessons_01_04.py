@@ -1,27 +1,19 @@
 """The exercises of lessons 01-04 against plausible wrong answers.
 
-For every exercise: the lesson's own solution passes its checks; a handout's blank
-(``raise NotImplementedError``) fails them; and each mutant below -- a mistake students make --
-fails them with a message that points at the mistake (the regex). Blanking every exercise of a
-lesson leaves every cell that is not a check running. See tests/lesson_exercises.py.
+For every exercise: its checks do not lean on the library's own solution (a handout blanks it),
+and each mutant below -- a mistake students make -- fails them with a message that points at the
+mistake (the regex). That the solutions pass and blanks fail, exercise by exercise and lesson by
+lesson, is tested for every lesson in tests/test_lesson_exercises.py. See tests/lesson_exercises.py.
 """
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 
 from lesson_exercises import Lesson
 
-LESSONS = Path(__file__).resolve().parents[1] / "lessons"
-_lessons: dict[str, Lesson] = {}
-
 
 def lesson(number: str) -> Lesson:
-    if number not in _lessons:
-        _lessons[number] = Lesson(next(LESSONS.glob(f"{number}_*.py")))
-    return _lessons[number]
+    return Lesson.get(number)
 
 
 # (lesson, exercise, mutant id, change, regex the failure message must match)
@@ -206,42 +198,13 @@ def test_every_exercise_is_listed_and_has_three_mutants():
 
 
 @pytest.mark.parametrize("number,name", EXERCISES, ids=[f"{n}-{e}" for n, e in EXERCISES])
-def test_the_solution_passes_its_checks(number, name):
-    output = lesson(number).run(name)
-    assert "ok" in output, f"lesson {number}, {name}: the checks printed nothing:\n{output}"
-
-
-@pytest.mark.parametrize("number,name", EXERCISES, ids=[f"{n}-{e}" for n, e in EXERCISES])
 def test_the_checks_do_not_call_the_library_solution(number, name):
     import importlib
     blank = [(importlib.import_module(module), attribute) for module, attribute in LIBRARY_SOLUTIONS[name]]
     lesson(number).run(name, blank_library=blank)
 
 
-@pytest.mark.parametrize("number,name", EXERCISES, ids=[f"{n}-{e}" for n, e in EXERCISES])
-def test_a_blank_exercise_fails_its_check(number, name):
-    with pytest.raises(NotImplementedError, match=f"write {name}"):
-        lesson(number).run(name, source=lesson(number).blank(name))
-
-
 @pytest.mark.parametrize("number,name,bug,change,message", MUTANTS,
                          ids=[f"{m[0]}-{m[1]}-{m[2]}" for m in MUTANTS])
 def test_a_wrong_answer_fails_with_a_message_that_points_at_it(number, name, bug, change, message):
-    with pytest.raises(AssertionError) as failure:         # teach.CheckFailed is an AssertionError
-        lesson(number).run(name, **change)
-    assert failure.type.__name__ == "CheckFailed", f"{bug}: a bare {failure.type.__name__}: {failure.value}"
-    assert re.search(message, str(failure.value), re.S), \
-        f"lesson {number}, {name}, mutant '{bug}': the check failed, but its message does not say so:\n{failure.value}"
-
-
-@pytest.mark.parametrize("number", ["01", "02", "03", "04"])
-def test_with_every_exercise_blank_only_the_checks_fail(number):
-    """A course handout: the solutions blanked, every cell that is not a check still runs (the rest
-    of a lesson uses the library), and every check cell fails, saying which exercise to write."""
-    current = lesson(number)
-    failures = current.run_blanked()            # raises if a cell that is not a check fails
-    checks = [i for i, c in enumerate(current.cells) if "check" in c.metadata.get("tags", [])]
-    assert sorted(failures) == checks, f"lesson {number}: check cells that did not fail: {sorted(set(checks) - set(failures))}"
-    for i, exc in failures.items():
-        assert isinstance(exc, NotImplementedError) and "EXERCISE: write" in str(exc), \
-            f"lesson {number}, check cell {i}: {type(exc).__name__}: {exc}"
+    lesson(number).assert_fails(name, message, **change)
