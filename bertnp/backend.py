@@ -225,8 +225,9 @@ def retain_freed_host_memory() -> bool:
 
     By default glibc serves every large block (above 128 KB, adaptively up to 32 MB) straight from
     the OS with mmap and gives it back on free. A training step frees and re-allocates the same
-    activations every step, so each step page-faults them back in: measured ~35,000 faults and
-    ~90 ms of a ~750 ms BERT-mini step on a 2-core machine. With the thresholds raised, the freed
+    activations every step, so each step page-faults them back in, tens of thousands of faults a
+    BERT-mini step (count them with ``resource.getrusage(resource.RUSAGE_SELF).ru_minflt`` before and
+    after a step; tests/test_backend.py does it for 40 MB re-allocations). With the thresholds raised, the freed
     blocks stay in the heap and are reused without a fault; the peak memory is the same (the
     step's own peak), it is only not returned between steps. Returns True if applied; False where
     the C library is not glibc (nothing changes). The training loops and benchmarks call it.
