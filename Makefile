@@ -80,9 +80,10 @@ BOOK_STAMP := $(VENV_DIR)/.bertnp-book-installed
 BOOK_LESSONS := $(patsubst lessons/%,book/lessons/%,$(sort $(wildcard lessons/[0-9][0-9]_*.ipynb)))
 LIBRARY_FILES := $(shell find bertnp kernels -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
+# what `make install` installs first (the lessons' own needs), then the book extra on top
 $(BOOK_STAMP): setup.cfg pyproject.toml | $(INSTALL_STAMP)
 	@echo "installing the book extra (jupyter-book 1.x) into $(VENV_DIR)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons,book]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[book]'
 	@touch $@
 
 book/lessons/%.ipynb: lessons/%.ipynb lessons/%.py $(LIBRARY_FILES) | $(BOOK_STAMP)
