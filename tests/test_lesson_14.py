@@ -60,6 +60,7 @@ def test_solution_passes(namespace):
     run_exercise(CELLS, dict(namespace), NAME)
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")     # the log(0) of "no smoothing"
 @pytest.mark.parametrize("name", MUTANTS)
 def test_mutant_fails_with_a_pointed_message(namespace, name):
     bodies, message = MUTANTS[name]
