@@ -89,3 +89,40 @@ def run_exercise(cells, namespace: dict, function_name: str, body=None) -> None:
         source = with_body(source, text, region)
     exec(compile(source, f"<exercise {function_name}>", "exec"), namespace)
     run_cells(cells, check_index(cells, ex) + 1, namespace, start=check_index(cells, ex))
+
+
+def exercise_tests(number: str, function_name: str, mutants: dict, regions: int = 1, solution=None):
+    """The module fixture and the three tests of a lesson exercise's mutant-test module::
+
+        namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \\
+            test_blank_solution_fails_in_the_check = exercise_tests("14", "fit_naive_bayes", MUTANTS, regions=2)
+
+    ``mutants``: {name: (body, regex the check's message must match)}, a body as in
+    :func:`run_exercise`. ``solution``: a body to run instead of the lesson's own (default: the lesson's).
+    The cells before the exercise run once per module (they may train a model)."""
+    import pytest
+
+    from bertnp import teach
+    cells = lesson_cells(number)
+
+    @pytest.fixture(scope="module")
+    def namespace():
+        return run_cells(cells, exercise_index(cells, function_name))
+
+    def test_solution_passes(namespace):
+        run_exercise(cells, dict(namespace), function_name, solution)
+
+    @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")     # e.g. a mutant's log(0)
+    @pytest.mark.parametrize("mutant", list(mutants))
+    def test_mutant_fails_with_a_pointed_message(namespace, mutant):
+        body, message = mutants[mutant]
+        with pytest.raises(teach.CheckFailed, match=message):
+            run_exercise(cells, dict(namespace), function_name, body)
+
+    def test_blank_solution_fails_in_the_check(namespace):
+        blank = {r: f"raise NotImplementedError('{function_name}, region {r}')" for r in range(regions)}
+        with pytest.raises(NotImplementedError):
+            run_exercise(cells, dict(namespace), function_name, blank)
+
+    return namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
+        test_blank_solution_fails_in_the_check

@@ -1,10 +1,5 @@
 """Lesson 11's check must reject the plausible wrong accumulations and accept the right one."""
-import pytest
-
-from bertnp import teach
-from lesson_runner import exercise_index, lesson_cells, run_cells, run_exercise
-
-CELLS = lesson_cells("11")
+from lesson_runner import exercise_tests
 
 PLAIN_AVERAGE = """
     K = len(micro_batches)
@@ -45,23 +40,5 @@ MUTANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def namespace():
-    return run_cells(CELLS, exercise_index(CELLS, "accumulate"))
-
-
-def test_solution_passes(namespace):
-    run_exercise(CELLS, dict(namespace), "accumulate")
-
-
-@pytest.mark.parametrize("name", MUTANTS)
-def test_mutant_fails_with_a_pointed_message(namespace, name):
-    body, message = MUTANTS[name]
-    with pytest.raises(teach.CheckFailed, match=message):
-        run_exercise(CELLS, dict(namespace), "accumulate", body)
-
-
-def test_blank_solution_fails_in_the_check():
-    with pytest.raises(NotImplementedError):
-        run_exercise(CELLS, run_cells(CELLS, exercise_index(CELLS, "accumulate")), "accumulate",
-                     "raise NotImplementedError('accumulate')")
+namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
+    test_blank_solution_fails_in_the_check = exercise_tests("11", "accumulate", MUTANTS)

@@ -1,11 +1,5 @@
 """Lesson 13's check must reject the plausible wrong poolings and similarities and accept the right ones."""
-import pytest
-
-from bertnp import teach
-from lesson_runner import exercise_index, lesson_cells, run_cells, run_exercise
-
-CELLS = lesson_cells("13")
-NAME = "mean_pooling"
+from lesson_runner import exercise_tests
 
 MUTANTS = {   # {solution region: body}, the expected words of the hint
     "padding in the mean": ({0: "pooled = last_hidden_state.mean(axis=1)"}, "the padding is in it"),
@@ -20,23 +14,5 @@ MUTANTS = {   # {solution region: body}, the expected words of the hint
 }
 
 
-@pytest.fixture(scope="module")
-def namespace():
-    return run_cells(CELLS, exercise_index(CELLS, NAME))
-
-
-def test_solution_passes(namespace):
-    run_exercise(CELLS, dict(namespace), NAME)
-
-
-@pytest.mark.parametrize("name", MUTANTS)
-def test_mutant_fails_with_a_pointed_message(namespace, name):
-    bodies, message = MUTANTS[name]
-    with pytest.raises(teach.CheckFailed, match=message):
-        run_exercise(CELLS, dict(namespace), NAME, bodies)
-
-
-def test_blank_solution_fails_in_the_check(namespace):
-    with pytest.raises(NotImplementedError):
-        run_exercise(CELLS, dict(namespace), NAME, {0: "raise NotImplementedError('mean_pooling')",
-                                                     1: "raise NotImplementedError('cosine_similarity_matrix')"})
+namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
+    test_blank_solution_fails_in_the_check = exercise_tests("13", "mean_pooling", MUTANTS, regions=2)

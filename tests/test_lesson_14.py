@@ -5,12 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bertnp import teach
 from bertnp.lesson_data.lessons_11_14 import which_book
-from lesson_runner import exercise_index, lesson_cells, run_cells, run_exercise
+from lesson_runner import exercise_tests
 
-CELLS = lesson_cells("14")
-NAME = "fit_naive_bayes"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data" / "corpus_source"
 
 FIT = """
@@ -51,27 +48,8 @@ MUTANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def namespace():
-    return run_cells(CELLS, exercise_index(CELLS, NAME))
-
-
-def test_solution_passes(namespace):
-    run_exercise(CELLS, dict(namespace), NAME)
-
-
-@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")     # the log(0) of "no smoothing"
-@pytest.mark.parametrize("name", MUTANTS)
-def test_mutant_fails_with_a_pointed_message(namespace, name):
-    bodies, message = MUTANTS[name]
-    with pytest.raises(teach.CheckFailed, match=message):
-        run_exercise(CELLS, dict(namespace), NAME, bodies)
-
-
-def test_blank_solution_fails_in_the_check(namespace):
-    with pytest.raises(NotImplementedError):
-        run_exercise(CELLS, dict(namespace), NAME, {0: "raise NotImplementedError('fit_naive_bayes')",
-                                                     1: "raise NotImplementedError('predict_naive_bayes')"})
+namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
+    test_blank_solution_fails_in_the_check = exercise_tests("14", "fit_naive_bayes", MUTANTS, regions=2)
 
 
 @pytest.mark.parametrize("split", ["train", "dev"])
