@@ -41,7 +41,7 @@ def __getattr__(name):
         "sentence_embeddings": "bertnp.inference", "mean_pooling": "bertnp.inference",
         "cosine_similarity": "bertnp.inference", "classify": "bertnp.inference",
         "attention_maps": "bertnp.inference",
-        "plot_attention": "bertnp.viz_attention", "plot_attention_heads": "bertnp.viz_attention",
+        "plot_attention": "bertnp.viz", "plot_attention_heads": "bertnp.viz",
         "FinetuneConfig": "bertnp.finetune", "Finetuner": "bertnp.finetune",
         "read_examples": "bertnp.finetune",
         "TrainConfig": "bertnp.train", "Trainer": "bertnp.train", "pretrain": "bertnp.train",

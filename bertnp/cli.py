@@ -7,7 +7,7 @@
     bertnp nsp --model runs/mini/model "He went home." "He slept."
     bertnp eval --model runs/mini/model                 held-out MLM / NSP accuracy
     bertnp finetune --model runs/demo/model --train task.tsv   sequence classification (finetune.py)
-    bertnp demo                                         the ~10-minute demo (make demo)
+    bertnp demo                                         the 8-minute demo (make demo; bertnp/demo.py)
 
 Every command has ``--help``. Errors are one line, ``bertnp: error: ...``, exit status 2.
 """
@@ -18,23 +18,9 @@ import math
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 PROG = "bertnp"
-
-# The demo's run, chosen to learn the most in ~8 minutes of a 2-core CPU (measured on the bundled
-# corpus, 8k vocabulary, batches of 32 x 128, no dropout):
-#   BERT-mini (L4 H256, dropout .1), 200 s: ~200 updates, still at the unigram baseline (MLM acc 0.056)
-#   L4 H128, 480 s, lr 2e-3:          ~1350 updates, still at the unigram baseline (0.067)
-#   BERT-tiny (L2 H128), lr 5e-3:     stuck at the unigram baseline; lr 2e-3 learns
-#   BERT-tiny, 480 s, lr 2e-3:        ~2500 updates, MLM acc 0.156 (baseline 0.067), NSP acc 0.76
-#   tiny with sequences of 64 in batches of 64 learned more slowly per second than 32 x 128.
-# No dropout: the run sees each pair a few times, there is little to regularise yet.
-DEMO = dict(preset="tiny", vocab_size=8000, max_seq_length=128, batch_size=32, lr=2e-3, warmup=0.1,
-            dropout=0.0, time_budget=480.0, eval_every=200, eval_batches=16, checkpoint_every=200,
-            log_every=10, seed=0)
-
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -109,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     # ---- pretrain
+    from bertnp.train import TrainConfig
     p = sub.add_parser("pretrain", help="pretrain a BERT (MLM + NSP) on a corpus",
                        description="Pretrain BertForPreTraining with AdamW, linear warmup/decay and gradient "
                        "clipping. Writes checkpoints, metrics.jsonl, training.png and the final model "
@@ -124,43 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--vocab", metavar="PATH", help="vocab.txt (or a folder with one); default: train one")
     data.add_argument("--vocab-size", type=_positive_int, metavar="N", help="size of the trained vocabulary (8000)")
     data.add_argument("--cased", action="store_true", default=None, help="keep case and accents")
-    model = p.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(PRESETS), help="model size (default mini)")
-    model.add_argument("--config", metavar="FILE", help="a config.json instead of a preset")
-    model.add_argument("--dropout", type=_float_in(0, 1, high_open=True), metavar="P",
-                       help="dropout probability (default: the config's, 0.1)")
-    model.add_argument("--dtype", choices=("float32", "float64"))
-    train = p.add_argument_group("training")
-    train.add_argument("--seq-length", type=_positive_int, metavar="T", help="tokens per pair (128)")
-    train.add_argument("--batch-size", type=_positive_int, metavar="B", help="pairs per micro-batch (32)")
+    groups = _add_run_options(p, TrainConfig)
+    groups["model"].add_argument("--preset", choices=sorted(PRESETS), help="model size (default mini)")
+    groups["model"].add_argument("--config", metavar="FILE", help="a config.json instead of a preset")
+    train = groups["training"]
     train.add_argument("--grad-accum", type=_positive_int, metavar="K",
-                       help="micro-batches per update (1); the update's batch is B x K")
-    length = train.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, metavar="N", help="number of updates")
-    length.add_argument("--time-budget", type=_duration, metavar="TIME",
-                        help="train for about this long (480, 8m, 1h): the steps are estimated from the speed")
-    train.add_argument("--lr", type=_float_in(0, low_open=True), help="peak learning rate (1e-3)")
-    train.add_argument("--warmup", type=_float_in(0), metavar="W",
-                       help="warmup steps (>= 1) or fraction of the steps (< 1); default 0.1")
-    train.add_argument("--weight-decay", type=_float_in(0), metavar="WD", help="decoupled weight decay (0.01)")
-    train.add_argument("--max-grad-norm", type=_float_in(0, low_open=True), metavar="C",
-                       help="clip the global gradient norm (1.0)")
+                       help="micro-batches per update (1); the update's batch is B x K, its losses exactly "
+                       "those of one batch of B x K")
+    groups["length"].add_argument("--time-budget", type=_duration, metavar="TIME",
+                       help="train for about this long (480, 8m, 1h): the steps are estimated from the speed")
     train.add_argument("--google-adam", action="store_true", default=None,
                        help="Google BERT's AdamW (no bias correction) instead of PyTorch's")
-    train.add_argument("--seed", type=_nonneg_int, help="seed of data, masks, init and dropout (0)")
-    run = p.add_argument_group("run")
-    run.add_argument("--out", metavar="DIR", default="runs/pretrain", help="output folder (runs/pretrain)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
-    run.add_argument("--backend", choices=("numpy", "cupy"), help="numpy (CPU) or cupy (GPU)")
-    run.add_argument("--use-kernels", action="store_true", default=None,
-                     help="on cupy: the hand-written CUDA kernels of kernels/ for LayerNorm, GELU, attention "
-                     "softmax, cross-entropy and AdamW (off by default; no effect on numpy)")
-    run.add_argument("--eval-every", type=_positive_int, metavar="N", help="evaluate every N steps (100)")
-    run.add_argument("--eval-batches", type=_nonneg_int, metavar="N", help="held-out batches per evaluation (20)")
-    run.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="checkpoint every N steps (200)")
-    run.add_argument("--log-every", type=_positive_int, metavar="N", help="metrics line every N steps (10)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups["run"].add_argument("--eval-batches", type=_nonneg_int, metavar="N",
+                               help="held-out batches per evaluation (20)")
     p.set_defaults(func=cmd_pretrain)
 
     # ---- tokenizer train
@@ -209,22 +172,109 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     # ---- demo
-    d = sub.add_parser("demo", help="pretrain a small BERT in ~10 minutes and show what it learned",
+    from bertnp.demo import DEMO
+    d = sub.add_parser("demo", help="pretrain a small BERT in 8 minutes and show what it learned",
                        description="Train a WordPiece vocabulary and a BERT-tiny-sized model on the bundled corpus "
-                       "for about 8 minutes, then show fill-mask predictions on held-out sentences, held-out "
-                       "MLM / NSP accuracy against the unigram baseline, and where the files are.")
+                       "within 8 minutes (vocabulary, data, training and evaluation all included), then show "
+                       "fill-mask predictions on held-out sentences, held-out MLM / NSP accuracy against the "
+                       "baselines, a figure, and where the files are (bertnp/demo.py).")
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (runs/demo; replaced)")
     d.add_argument("--time-budget", type=_duration, default=DEMO["time_budget"], metavar="TIME",
-                   help=f"training time (default {DEMO['time_budget']:.0f}s)")
+                   help=f"the whole run's wall time (default {DEMO['time_budget']:.0f}s = "
+                   f"{DEMO['time_budget'] / 60:.0f}m)")
     d.add_argument("--vocab", metavar="PATH", help="use this vocab.txt instead of training one")
     d.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    d.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="BLAS threads (default: one per core the load average says is free; "
+                   "OPENBLAS_NUM_THREADS set by you wins)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    # ---- finetune (bertnp/finetune.py defines its options and runs it)
-    from bertnp.finetune import add_finetune_parser
+    # ---- finetune
     add_finetune_parser(sub)
+
+    # ---- course (bertnp/course/cli.py: release, check, grade)
+    from bertnp.course.cli import add_course_parser
+    add_course_parser(sub)
     return parser
+
+
+def _defaults(config_class) -> dict:
+    import dataclasses
+    return {f.name: f.default for f in dataclasses.fields(config_class)}
+
+
+def _add_run_options(p, config_class) -> dict:
+    """The options every training command has (pretrain and finetune: one loop, one set of flags).
+    Their argparse default is None: a fresh run takes the config's default (shown in the help),
+    a --resume the run's saved value."""
+    d = _defaults(config_class)
+    model = p.add_argument_group("model")
+    model.add_argument("--dropout", type=_float_in(0, 1, high_open=True), metavar="P",
+                       help="dropout probability (default: the model config's, 0.1)")
+    model.add_argument("--dtype", choices=("float32", "float64"), help=f"({d['dtype']})")
+    train = p.add_argument_group("training")
+    train.add_argument("--seq-length", "--max-seq-length", dest="seq_length", type=_positive_int, metavar="T",
+                       help=f"tokens per sequence ({d['max_seq_length']})")
+    train.add_argument("--batch-size", type=_positive_int, metavar="B", help=f"sequences per batch ({d['batch_size']})")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, metavar="N", help="number of updates")
+    train.add_argument("--lr", type=_float_in(0, low_open=True), help=f"peak learning rate ({d['lr']:g})")
+    train.add_argument("--warmup", type=_float_in(0), metavar="W",
+                       help=f"warmup steps (>= 1) or fraction of the steps (< 1); default {d['warmup']:g}")
+    train.add_argument("--weight-decay", type=_float_in(0), metavar="WD",
+                       help=f"decoupled weight decay ({d['weight_decay']:g})")
+    train.add_argument("--max-grad-norm", type=_float_in(0, low_open=True), metavar="C",
+                       help=f"clip the global gradient norm ({d['max_grad_norm']:g})")
+    train.add_argument("--seed", type=_nonneg_int, help="seed of data, init and dropout (0)")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", metavar="DIR", default=d["out_dir"], help=f"output folder ({d['out_dir']})")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint; --lr, --warmup, --max-grad-norm "
+                     "and --steps may change from there")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
+    run.add_argument("--backend", choices=("numpy", "cupy"), help="numpy (CPU) or cupy (GPU)")
+    run.add_argument("--use-kernels", action="store_true", default=None,
+                     help="on cupy: the hand-written CUDA kernels of kernels/ for LayerNorm, GELU, attention "
+                     "softmax, cross-entropy and AdamW (off by default; no effect on numpy)")
+    every = "each epoch" if d["eval_every"] is None else d["eval_every"]
+    run.add_argument("--eval-every", type=_positive_int, metavar="N", help=f"evaluate every N steps ({every})")
+    run.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                     help=f"checkpoint every N steps ({d['checkpoint_every'] or 'as --eval-every'})")
+    run.add_argument("--log-every", type=_positive_int, metavar="N", help=f"metrics line every N steps ({d['log_every']})")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return {"model": model, "training": train, "length": length, "run": run}
+
+
+# flags -> config fields, for both training commands (the command's own flags are added to these)
+_RUN_FIELDS = dict(dropout="dropout", dtype="dtype", seq_length="max_seq_length", batch_size="batch_size",
+                   steps="steps", lr="lr", warmup="warmup", weight_decay="weight_decay",
+                   max_grad_norm="max_grad_norm", seed="seed", backend="backend", use_kernels="use_kernels",
+                   eval_every="eval_every", checkpoint_every="checkpoint_every", log_every="log_every")
+
+
+def _run_training(loop_class, args, options: dict):
+    """Build the loop from the given options (``--resume``: from the run's saved configuration,
+    with the changes a resume may make) and train. Returns (loop, summary)."""
+    from bertnp import checkpoint
+    config_class = loop_class.config_class
+    runtime = dict(out_dir=args.out, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)
+    if not args.resume:
+        return _train(loop_class(config_class(**options, **runtime)))
+    run_json = Path(args.out) / "run.json"
+    saved = loop_class.saved_options(checkpoint.read_json(run_json)) if run_json.is_file() else {}
+    kept = {k: v for k, v in saved.items() if k in config_class.RUNTIME_ONLY}
+    kept.update({k: v for k, v in options.items() if k in config_class.RUNTIME_ONLY})
+    changes = {k: v for k, v in options.items() if k in config_class.RESUME_CHANGES}
+    for key, value in options.items():
+        if key not in config_class.RUNTIME_ONLY and key not in changes and key in saved and saved[key] != value:
+            print(f"note: --resume continues the run as it was started: {key} stays {saved[key]!r} "
+                  f"(ignoring {value!r}); a resume may change --lr, --warmup, --max-grad-norm and --steps")
+    return _train(loop_class(config_class(**{**kept, **runtime}), changes=changes))
+
+
+def _train(loop):
+    return loop, loop.train()
 
 
 def _missing_action(parser):
@@ -233,16 +283,19 @@ def _missing_action(parser):
 
 # ------------------------------------------------------------------------------------- commands
 
-def _train_config_from_args(args):
-    from bertnp.train import TrainConfig
-    mapping = dict(corpus="corpus", eval_corpus="eval_corpus", format="corpus_format", vocab="vocab",
-                   vocab_size="vocab_size", preset="preset", config="model_config", dropout="dropout",
-                   dtype="dtype", seq_length="max_seq_length", batch_size="batch_size", grad_accum="grad_accum",
-                   steps="steps", time_budget="time_budget", lr="lr", warmup="warmup",
-                   weight_decay="weight_decay", max_grad_norm="max_grad_norm", seed="seed",
-                   backend="backend", use_kernels="use_kernels", eval_every="eval_every", eval_batches="eval_batches",
-                   checkpoint_every="checkpoint_every", log_every="log_every")
-    options = {field: getattr(args, arg) for arg, field in mapping.items() if getattr(args, arg) is not None}
+def cmd_pretrain(args) -> int:
+    from bertnp.train import Trainer
+    trainer, summary = _run_training(Trainer, args, _pretrain_options(args))
+    _print_summary(summary, trainer)
+    return 0
+
+
+def _pretrain_options(args) -> dict:
+    """The TrainConfig options the command line gives (only those given)."""
+    options = {field: getattr(args, arg) for arg, field in dict(
+        _RUN_FIELDS, corpus="corpus", eval_corpus="eval_corpus", format="corpus_format", vocab="vocab",
+        vocab_size="vocab_size", preset="preset", config="model_config", grad_accum="grad_accum",
+        time_budget="time_budget", eval_batches="eval_batches").items() if getattr(args, arg) is not None}
     if args.cased:
         options["do_lower_case"] = False
     if args.google_adam:
@@ -251,30 +304,9 @@ def _train_config_from_args(args):
         raise CliError("give --preset or --config, not both")
     if args.config is not None and not Path(args.config).is_file():
         raise CliError(f"--config: file not found: '{args.config}'")
-    options.update(out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if not args.resume and "steps" not in options and "time_budget" not in options:
         raise CliError("give the length of the run: --steps N or --time-budget TIME")
-    if args.resume and "steps" not in options:
-        options["steps"] = None
-    return TrainConfig(**options)
-
-
-def cmd_pretrain(args) -> int:
-    from bertnp import checkpoint
-    from bertnp.train import TrainConfig, Trainer
-    config = _train_config_from_args(args)
-    if args.resume and (Path(args.out) / "run.json").is_file():
-        saved = checkpoint.read_json(Path(args.out) / "run.json")
-        given = {k: v for k, v in config.to_dict().items() if k not in TrainConfig.RUNTIME_ONLY
-                 and k != "steps" and v != TrainConfig.__dataclass_fields__[k].default}
-        for key, value in given.items():
-            if key in saved and saved[key] != value:
-                print(f"note: --resume continues the run as it was started: {key} stays {saved[key]!r} "
-                      f"(ignoring {value!r})")
-    trainer = Trainer(config)
-    summary = trainer.train()
-    _print_summary(summary, trainer)
-    return 0
+    return options
 
 
 def _print_summary(summary: dict, trainer) -> None:
@@ -325,7 +357,9 @@ def cmd_fill_mask(args) -> int:
     model, tok = _load_model_and_tokenizer(args.model)
     if tok.mask_token not in args.text:
         raise CliError(f"the text must contain {tok.mask_token}, e.g. \"The [MASK] of the king.\"")
-    for i, preds in enumerate(fill_mask(model, tok, args.text, top_k=args.top_k), 1):
+    result = fill_mask(model, tok, args.text, top_k=args.top_k)
+    per_mask = result if isinstance(result[0], list) else [result]      # one [MASK]: a flat list
+    for i, preds in enumerate(per_mask, 1):
         print(f"[MASK] #{i}:")
         for pred in preds:
             print(f"  {pred['score']:6.3f}  {pred['token_str']}")
@@ -342,120 +376,103 @@ def cmd_nsp(args) -> int:
 
 def cmd_eval(args) -> int:
     from bertnp import backend
-    from bertnp.data import PretrainingDataset, PretrainingLoader, read_corpus
-    from bertnp.train import _corpus_paths, evaluate_model, unigram_baseline
+    from bertnp.data import read_corpus
+    from bertnp.demo import heldout_evaluation
+    from bertnp.train import _corpus_paths
     backend.set_backend(args.backend)
     model, tok = _load_model_and_tokenizer(args.model)
     if args.seq_length > model.config.max_position_embeddings:
         raise CliError(f"--seq-length {args.seq_length} is longer than the model's "
                        f"max_position_embeddings {model.config.max_position_embeddings}")
-    if args.corpus is None:
-        from bertnp.corpus import bundled_corpus
-        docs = read_corpus([bundled_corpus("heldout")])
-    else:
-        docs = read_corpus(_corpus_paths(args.corpus, "corpus"), args.format)
-    ds = PretrainingDataset(docs, tok, max_seq_length=args.seq_length,
-                            max_predictions_per_seq=max(1, round(0.15 * args.seq_length)),
-                            masking="static", seed=args.seed)
-    loader = PretrainingLoader(ds, args.batch_size, shuffle=False)
-    n = len(loader) if args.max_batches is None else min(args.max_batches, len(loader))
-    batches = [loader.next_batch() for _ in range(n)]
-    t0 = time.perf_counter()
-    ev = evaluate_model(model, batches)
-    specials = [tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id]
-    top, base = unigram_baseline(ds.documents, batches, specials)
-    print(f"{ev['sequences']} pairs, {ev['mlm_tokens']} masked tokens ({time.perf_counter() - t0:.1f} s)")
+    docs = None if args.corpus is None else read_corpus(_corpus_paths(args.corpus, "corpus"), args.format)
+    # the same function the demo reports with: the same model gives the same figures
+    ev = heldout_evaluation(model, tok, docs, seq_length=args.seq_length, batch_size=args.batch_size,
+                            seed=args.seed, max_batches=args.max_batches)
+    print(f"{ev['sequences']} pairs, {ev['mlm_tokens']} masked tokens ({ev['seconds']:.1f} s)")
     print(f"loss {ev['loss']:.4f} (MLM {ev['mlm_loss']:.4f}, NSP {ev['nsp_loss']:.4f})")
-    print(f"MLM accuracy {ev['mlm_acc']:.4f}   unigram baseline {base:.4f} (always '{tok.ids_to_tokens[top]}')")
+    print(f"MLM accuracy {ev['mlm_acc']:.4f}   unigram baseline {ev['baseline_mlm_acc']:.4f} "
+          f"(always '{tok.ids_to_tokens[ev['baseline_token']]}')")
     print(f"NSP accuracy {ev['nsp_acc']:.4f}   (chance 0.5)")
     return 0
 
 
-def _demo_examples(tokenizer, n: int = 6, seed: int = 0):
-    """Held-out sentences with one whole word (a single WordPiece token) replaced by [MASK]."""
-    import random
-    from bertnp.corpus import bundled_corpus
-    from bertnp.data import read_corpus
-    rng = random.Random(seed)
-    sentences = [s for doc in read_corpus([bundled_corpus("heldout")]) for s in doc if 8 <= len(s.split()) <= 16]
-    rng.shuffle(sentences)
-    examples = []
-    for s in sentences:
-        words = s.split()
-        spots = [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 3
-                 and len(tokenizer.tokenize(w)) == 1]
-        if not spots:
-            continue
-        i = rng.choice(spots)
-        truth = tokenizer.tokenize(words[i])[0]
-        examples.append((" ".join(words[:i] + [tokenizer.mask_token] + words[i + 1:]), truth))
-        if len(examples) == n:
-            break
-    return examples
-
-
 def cmd_demo(args) -> int:
-    from bertnp.inference import fill_mask, next_sentence_probability
-    from bertnp.train import TrainConfig, Trainer
-    t_start = time.perf_counter()
-    print(f"bertnp demo: a WordPiece vocabulary ({DEMO['vocab_size']}) and a BERT-{DEMO['preset']} "
-          f"trained on the bundled corpus for ~{args.time_budget / 60:.0f} min, "
-          f"sequences of {DEMO['max_seq_length']}, batches of {DEMO['batch_size']}, in '{args.out}'")
-    options = dict(DEMO)
-    options.update(time_budget=args.time_budget, out_dir=args.out, overwrite=True, backend=args.backend,
-                   progress=not args.no_progress, vocab=args.vocab)
-    trainer = Trainer(TrainConfig(**options))
-    summary = trainer.train()
-    model, tok = trainer.model, trainer.tokenizer
-    model.eval()
-
-    print("\nFill-mask on held-out sentences (never seen in training):")
-    for text, truth in _demo_examples(tok):
-        preds = [(p["token_str"], p["score"]) for p in fill_mask(model, tok, text, top_k=5)[0]]
-        mark = "ok" if preds[0][0] == truth else ("top5" if truth in [t for t, _ in preds] else "")
-        print(f"  {text}\n    true: {truth:<12} predicted: " +
-              ", ".join(f"{t} ({p:.2f})" for t, p in preds) + (f"   [{mark}]" if mark else ""))
-
-    from bertnp.corpus import bundled_corpus
-    from bertnp.data import read_corpus
-    held = [d for d in read_corpus([bundled_corpus("heldout")]) if len(d) >= 4]
-    a, b = held[0][1], held[0][2]
-    other = held[len(held) // 2][3]
-    print("\nNext-sentence prediction on held-out text:")
-    print(f"  A: {a}\n  B: {b}\n    P(B follows A) = {next_sentence_probability(model, tok, a, b):.3f}  (true next)")
-    print(f"  B: {other}\n    P(B follows A) = {next_sentence_probability(model, tok, a, other):.3f}  (random)")
-
-    ev = summary.get("eval") or {}
-    train_recs = [r for r in _read_jsonl(trainer.metrics_path) if r.get("split") == "train"]
-    print("\nResults")
-    if train_recs:
-        print(f"  training loss:          {train_recs[0]['loss']:.3f} (first {trainer.config.log_every} steps) "
-              f"-> {train_recs[-1]['loss']:.3f} (last)")
-    if ev:
-        print(f"  held-out MLM accuracy:  {ev['mlm_acc']:.3f}   (unigram baseline, always "
-              f"'{tok.ids_to_tokens[trainer.baseline_token]}': {trainer.baseline_acc:.3f})")
-        print(f"  held-out NSP accuracy:  {ev['nsp_acc']:.3f}   (chance 0.5)")
-        print(f"  held-out loss:          {ev['loss']:.3f} (MLM {ev['mlm_loss']:.3f}, NSP {ev['nsp_loss']:.3f})")
-    print(f"  {summary['step']} steps, {summary['tokens_seen']:,} tokens, training {summary['train_time']:.0f} s, "
-          f"total {time.perf_counter() - t_start:.0f} s")
-    print("\nFiles")
-    print(f"  model (Hugging Face layout): {summary.get('model_dir')}")
-    print(f"  last checkpoint:             {summary['checkpoint']}")
-    print(f"  figure:                      {summary['figure']}")
-    print(f"  metrics:                     {summary['metrics']}")
-    print(f"\nTry: bertnp fill-mask --model {summary.get('model_dir')} \"And God said, let there be [MASK].\"")
+    from bertnp.demo import run_demo
+    run_demo(out=args.out, time_budget=args.time_budget, vocab=args.vocab, backend=args.backend,
+             progress=not args.no_progress, threads=args.threads)
     return 0
 
 
-def _read_jsonl(path):
-    import json
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+# ------------------------------------------------------------------------------------- finetune
+
+def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``finetune`` command to an argparse sub-parser collection (``bertnp finetune``)."""
+    from bertnp.finetune import FORMATS, FinetuneConfig
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a BERT for text (or text-pair) classification",
+        description="Fine-tune BertForSequenceClassification on a TSV, CSV or JSONL file of (text[, text_pair], "
+        "label) with AdamW, linear warmup/decay and clipping; reports dev accuracy and macro F1, writes "
+        "checkpoints, metrics.jsonl and the model (Hugging Face layout) to --out.",
+        epilog="TSV/CSV: 'text<TAB>label' or 'text<TAB>text_pair<TAB>label', or a header row naming the columns "
+        "(text/sentence, text_pair/sentence2, label). JSONL: {\"text\": ..., \"text_pair\": ..., \"label\": ...}.")
+    data = p.add_argument_group("data")
+    data.add_argument("--train", metavar="FILE", help="training examples (.tsv, .csv, .jsonl; .gz allowed)")
+    data.add_argument("--dev", metavar="FILE", help="dev examples (default: hold out --dev-fraction of --train)")
+    data.add_argument("--dev-fraction", type=_float_in(0, 1, low_open=True, high_open=True), metavar="F",
+                      help="share of --train held out when there is no --dev (0.1, stratified)")
+    data.add_argument("--format", choices=FORMATS, help="file format (default: from the extension)")
+    data.add_argument("--text-column", metavar="NAME", help="header column / JSON key of the text")
+    data.add_argument("--text-pair-column", metavar="NAME", help="... of the second text (pair tasks)")
+    data.add_argument("--label-column", metavar="NAME", help="... of the label")
+    groups = _add_run_options(p, FinetuneConfig)
+    model = groups["model"]
+    model.add_argument("--model", metavar="DIR", help="pretrained model folder (config.json, model.safetensors, "
+                       "vocab.txt), e.g. runs/demo/model or an all-MiniLM-L6-v2 folder")
+    model.add_argument("--scratch", action="store_true", help="random weights instead of --model's "
+                       "(its config and vocabulary are kept; without --model give --vocab and --preset)")
+    model.add_argument("--vocab", metavar="PATH", help="vocab.txt (or a folder with one): default --model's")
+    model.add_argument("--preset", help="model size from scratch without --model (mini)")
+    model.add_argument("--config", metavar="FILE", help="config.json for a model from scratch")
+    model.add_argument("--cased", action="store_true", help="keep case and accents (default: the tokenizer's)")
+    groups["training"].add_argument("--epochs", type=_float_in(0, low_open=True), metavar="N",
+                                    help="passes over --train (3); --steps overrides it")
+    p.set_defaults(func=run_finetune)
+    return p
+
+
+def run_finetune(args) -> int:
+    """Run ``bertnp finetune`` from parsed arguments; prints the summary; returns 0. Bad options
+    raise ValueError / FileNotFoundError (the CLI prints them as one line)."""
+    from bertnp.finetune import Finetuner
+    options = {field: getattr(args, arg) for arg, field in dict(
+        _RUN_FIELDS, train="train", dev="dev", dev_fraction="dev_fraction", format="format",
+        text_column="text_column", text_pair_column="text_pair_column", label_column="label_column",
+        model="model", vocab="vocab", preset="preset", config="model_config", epochs="epochs").items()
+        if getattr(args, arg) is not None}
+    if args.cased:
+        options["do_lower_case"] = False
+    if args.scratch:
+        options["init"] = "scratch"
+    if not args.resume:
+        if args.train is None:
+            raise ValueError("finetune: give --train FILE (or --resume)")
+        if args.model is None and not args.scratch:
+            raise ValueError("finetune: give --model DIR (a pretrained start), or --scratch with --vocab")
+        if args.config is not None and args.model is not None and args.scratch:
+            raise ValueError("finetune: give --model or --config for a model from scratch, not both")
+    _, summary = _run_training(Finetuner, args, options)
+    best, dev = summary.get("best"), summary.get("dev")
+    print(f"trained {summary['step']} steps ({summary['epochs']:.2f} epochs) in {summary['train_time']:.0f} s")
+    if dev:
+        print(f"dev (final):  accuracy {dev['accuracy']:.4f}  macro F1 {dev['f1_macro']:.4f}  loss {dev['loss']:.4f}"
+              f"  ({summary['dev_examples']} examples, {len(summary['labels'])} classes)")
+    if best:
+        print(f"dev (best):   accuracy {best['accuracy']:.4f}  macro F1 {best['f1_macro']:.4f} at step {best['step']}"
+              + (f"  -> {summary['best_dir']}" if summary.get("best_dir") else ""))
+    if summary.get("model_dir"):
+        print(f"model:        {summary['model_dir']}")
+    print(f"metrics:      {summary['metrics']}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------- entry point
@@ -467,16 +484,20 @@ def main(argv=None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    from bertnp.train import NonFiniteLossError
+    from bertnp.train import NonFiniteLossError, TrainingInterrupted
     if os.environ.get("BERTNP_DEBUG"):          # full tracebacks for developers
         return args.func(args) or 0
     try:
         return args.func(args) or 0
-    except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        hint = f"; continue with 'bertnp pretrain --out {out} --resume'" if args.command == "pretrain" else ""
-        print(f"\n{PROG}: interrupted{hint}", file=sys.stderr)
+    except TrainingInterrupted as exc:
+        print(f"\n{PROG}: {exc}; continue with '{_resume_command(args)}'", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted{_interrupted_hint(args)}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory{_memory_hint(args)}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -487,6 +508,40 @@ def main(argv=None) -> int:
             message = f"{message}: '{exc.filename}'"
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _resume_command(args) -> str:
+    import shlex
+    return f"bertnp {args.command} --out {shlex.quote(str(args.out))} --resume"
+
+
+def _interrupted_hint(args) -> str:
+    """What to do after Ctrl-C outside the loop's own handling (while the run was being set up)."""
+    if args.command not in ("pretrain", "finetune"):
+        return ""
+    from bertnp.checkpoint import latest_checkpoint
+    out = Path(args.out)
+    try:
+        resumable = (out / "run.json").is_file() or latest_checkpoint(out) is not None
+    except (OSError, ValueError):
+        resumable = False
+    if resumable:
+        return f"; continue with '{_resume_command(args)}'"
+    return "; nothing was saved: run the same command again"
+
+
+def _memory_hint(args) -> str:
+    """One line on what to make smaller, with the run's values where the command line gave them."""
+    if args.command not in ("pretrain", "finetune"):
+        return " (a smaller model or input needs less)"
+    def now(value):
+        return f" (now {value})" if value is not None else ""
+    model = "--preset / --config" if args.command == "pretrain" else "--model / --config"
+    hint = (f" during {args.command}: reduce --batch-size{now(args.batch_size)}, --seq-length{now(args.seq_length)} "
+            f"or the model ({model})")
+    if args.command == "pretrain":
+        hint += "; --grad-accum K keeps the update's batch with a K times smaller --batch-size"
+    return hint
 
 
 if __name__ == "__main__":

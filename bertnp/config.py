@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +28,12 @@ PRESETS = {
     "base": dict(num_hidden_layers=12, hidden_size=768),
 }
 
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# the HF hidden_act names bertnp.ops.activation_forward computes
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+
+# the size fields, with BERT-base's values (to say which one makes a model too large)
+SIZE_FIELDS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072,
+               "max_position_embeddings": 512, "type_vocab_size": 2}
 
 
 @dataclass
@@ -45,7 +53,8 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     classifier_dropout: float | None = None
-    # kept so a config round-trips through HF; not used by the math
+    # the few other HF keys bertnp reads and writes back: architectures and a classifier's
+    # num_labels / id2label / label2id (every other unknown key is dropped); not used by the math
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -77,8 +86,9 @@ class BertConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         for name in ("initializer_range", "layer_norm_eps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not value > 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) \
                 or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be an id in [0, vocab_size={self.vocab_size}), "
@@ -87,6 +97,57 @@ class BertConfig:
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    # ------------------------------------------------------------------ sizes
+    def num_parameters(self) -> int:
+        """Parameters of a BertForPreTraining of this config (a classifier or the bare encoder has
+        a few thousand fewer): embeddings, layers, pooler, MLM and NSP heads."""
+        V, H, L, I = self.vocab_size, self.hidden_size, self.num_hidden_layers, self.intermediate_size
+        embeddings = (V + self.max_position_embeddings + self.type_vocab_size) * H + 2 * H
+        layer = 4 * (H * H + H) + (I * H + I) + (H * I + H) + 2 * 2 * H   # Q K V O, FFN, 2 LayerNorms
+        heads = (H * H + H) + (H * H + H) + 2 * H + V + (2 * H + 2)        # pooler, MLM transform + bias, NSP
+        return embeddings + L * layer + heads
+
+    def check_fits_in_memory(self, dtype="float32", memory_bytes: int | None = None) -> None:
+        """ValueError naming the culprit field when the weights and their gradients alone would
+        not fit in this machine's memory (a config.json asking for hidden_size 10**9 must fail at
+        once, not after minutes of allocation)."""
+        import numpy as np
+        itemsize = np.dtype(dtype).itemsize
+        memory = _physical_memory() if memory_bytes is None else memory_bytes
+        need = 2 * self.num_parameters() * itemsize                      # weights + gradients
+        if memory is None or need <= memory:
+            return
+        culprit = max(SIZE_FIELDS, key=lambda name: getattr(self, name) / SIZE_FIELDS[name])
+        raise ValueError(f"{culprit}={getattr(self, culprit)} is too large: this config has "
+                         f"{self.num_parameters():.3g} parameters, {need / 2**30:.3g} GiB for weights and "
+                         f"gradients in {np.dtype(dtype).name}, more than this machine's "
+                         f"{memory / 2**30:.3g} GiB of memory")
+
+    def check_tensor_shapes(self, shapes: dict, source="the checkpoint") -> None:
+        """Check a checkpoint's tensor shapes (``{name: shape}``, read from the file's header)
+        against this config before any model is allocated: ValueError naming the field and the file."""
+        found = {}                                # field -> (value in the file, tensor it comes from)
+        layers = set()
+        for name, shape in shapes.items():
+            key = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            shape = tuple(int(d) for d in shape)
+            match = re.search(r"(?:^|\.)encoder\.layer\.(\d+)\.", key)
+            if match:
+                layers.add(int(match.group(1)))
+            for suffix, fields in _SHAPE_FIELDS.items():
+                if key == suffix or key.endswith("." + suffix):
+                    if len(shape) != len(fields):
+                        raise ValueError(f"{source}: tensor {name!r} has shape {shape}, expected "
+                                         f"{len(fields)} dimensions ({', '.join(fields)})")
+                    for field_name, value in zip(fields, shape):
+                        found.setdefault(field_name, (value, name))
+        if layers:
+            found["num_hidden_layers"] = (max(layers) + 1, f"encoder.layer.{max(layers)}")
+        for field_name, (value, name) in found.items():
+            if getattr(self, field_name) != value:
+                raise ValueError(f"{source}: config.json has {field_name}={getattr(self, field_name)}, but the "
+                                 f"file's tensors have {value} ({name})")
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -112,7 +173,8 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BertConfig":
-        """Build from an HF config dict; unknown keys are kept in ``extra`` and otherwise ignored."""
+        """Build from an HF config dict. Of the keys that are not fields, ``architectures``,
+        ``id2label``, ``label2id`` and ``num_labels`` are kept in ``extra``; the rest are ignored."""
         if not isinstance(data, dict):
             raise TypeError(f"config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
@@ -137,3 +199,22 @@ class BertConfig:
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+# tensor name suffix -> the config fields its dimensions must equal (the HF layout: Linear weights (out, in))
+_SHAPE_FIELDS = {
+    "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
+    "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+    "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
+    "attention.self.query.weight": ("hidden_size", "hidden_size"),
+    "intermediate.dense.weight": ("intermediate_size", "hidden_size"),
+    "output.dense.bias": ("hidden_size",),
+}
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory (POSIX), or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -350,6 +350,7 @@ def create_instances_from_document(
 
     # Per document target length: usually full, with probability short_seq_prob a random shorter
     # one (to reduce the mismatch between pretraining and short fine-tuning inputs).
+    # TASK 4.2 create_instances: chunks, the A/B split, random next (lesson 03)
     target_seq_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_seq_length = rng.randint(2, max_num_tokens)
@@ -426,6 +427,7 @@ def create_instances_from_document(
             current_length = 0
         i += 1
     return instances
+    # END TASK 4.2
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,6 +527,7 @@ def create_masked_lm_predictions(
         after_special = False
     rng.shuffle(cand_indexes)
 
+    # TASK 4.3 masking: exactly num_to_predict positions, 80/10/10 (lesson 03)
     output = list(tokens)
     n_predict = num_to_predict(len(tokens), masked_lm_prob, max_predictions_per_seq)
     random_ids = vocab.random_ids
@@ -562,6 +565,7 @@ def create_masked_lm_predictions(
             masked.append((index, tokens[index]))
     masked.sort()
     return output, [p for p, _ in masked], [t for _, t in masked]
+    # END TASK 4.3
 
 
 def _mask_instance(instance: TrainingInstance, vocab: MaskingVocab, rng: random.Random,
@@ -972,40 +976,6 @@ def format_instance(instance: TrainingInstance, tokenizer, max_rows: int | None 
 
 
 def plot_instance(instance: TrainingInstance, tokenizer, max_tokens: int = 48, ax=None):
-    """A matplotlib picture of one instance: the original tokens above the model input, one box
-    per token, shaded by segment, masked positions coloured by what masking did.
-    Returns the Figure (matplotlib is imported here, only when called)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
-
-    names = _token_strings(tokenizer)
-    mask_id = tokenizer.mask_token_id
-    n = min(max_tokens, len(instance.tokens))
-    per_row = 16
-    rows = -(-n // per_row)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(per_row * 0.9, rows * 1.3 + 0.6))
-    else:
-        fig = ax.figure
-    colours = {"mask": "#f4a261", "random": "#e76f51", "kept": "#2a9d8f"}
-    for p in range(n):
-        r, c = divmod(p, per_row)
-        y = -r * 1.3
-        kind = _kind(instance, p, mask_id)
-        seg_colour = "#e9ecef" if instance.segment_ids[p] == 0 else "#cfe2ff"
-        ax.add_patch(Rectangle((c, y), 0.95, 0.5, facecolor=seg_colour, edgecolor="grey", lw=0.5))
-        ax.add_patch(Rectangle((c, y - 0.55), 0.95, 0.5, facecolor=colours.get(kind, seg_colour),
-                               edgecolor="grey", lw=0.5))
-        ax.text(c + 0.475, y + 0.25, names[instance.tokens[p]], ha="center", va="center", fontsize=7)
-        ax.text(c + 0.475, y - 0.30, names[instance.input_ids[p]], ha="center", va="center", fontsize=7)
-    ax.set_xlim(-0.1, per_row)
-    ax.set_ylim(-(rows - 1) * 1.3 - 0.7, 0.6)
-    ax.axis("off")
-    nsp = "random next (label 1)" if instance.is_random_next else "IsNext (label 0)"
-    ax.set_title(f"top: original tokens, bottom: model input; NSP: {nsp}", fontsize=9)
-    ax.legend(handles=[Patch(color="#e9ecef", label="segment A"), Patch(color="#cfe2ff", label="segment B"),
-                       Patch(color=colours["mask"], label="[MASK] (80%)"),
-                       Patch(color=colours["random"], label="random (10%)"),
-                       Patch(color=colours["kept"], label="kept (10%)")],
-              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=5, fontsize=7, frameon=False)
-    return fig
+    """A picture of one instance (drawn by :func:`bertnp.viz.plot_instance`, where every figure is)."""
+    from bertnp.viz import plot_instance as draw
+    return draw(instance, tokenizer, max_tokens=max_tokens, ax=ax)

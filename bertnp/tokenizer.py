@@ -184,6 +184,14 @@ def _is_punct_cached(char: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_switches(**switches) -> None:
+    """Booleans only: ``"no"`` or ``0`` for do_lower_case is a mistake, not "true" (``strip_accents``
+    may also be None: follow do_lower_case)."""
+    for name, value in switches.items():
+        if not isinstance(value, bool) and not (value is None and name == "strip_accents"):
+            raise TypeError(f"{name} must be true or false, got {value!r}")
+
+
 class BasicTokenizer:
     """Text -> list of words: cleaning, CJK spacing, lower-casing / accents, punctuation splits.
 
@@ -200,6 +208,8 @@ class BasicTokenizer:
                  strip_accents: bool | None = None, do_split_on_punc: bool = True):
         if isinstance(never_split, str):
             raise TypeError("never_split must be a list of tokens, not a single str")
+        _check_switches(do_lower_case=do_lower_case, tokenize_chinese_chars=tokenize_chinese_chars,
+                        strip_accents=strip_accents, do_split_on_punc=do_split_on_punc)
         self.do_lower_case = bool(do_lower_case)
         self.never_split = set(never_split or ())
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
@@ -294,6 +304,7 @@ class WordpieceTokenizer:
 
     def tokenize_word(self, word: str) -> list[str]:
         """Pieces of one word (no whitespace inside): "unwanted" -> ["un", "##want", "##ed"]."""
+        # TASK 4.1 wordpiece: greedy longest-match-first (lesson 03)
         n = len(word)
         if n > self.max_input_chars_per_word:  # BERT rule: over-long word -> [UNK]
             return [self.unk_token]
@@ -316,6 +327,7 @@ class WordpieceTokenizer:
             pieces.append(piece)
             start = end
         return pieces
+        # END TASK 4.1
 
     def tokenize(self, text: str) -> list[str]:
         """Pieces of every whitespace-separated word of ``text``."""
@@ -429,6 +441,8 @@ class BertTokenizer:
                                              or isinstance(model_max_length, bool) or model_max_length < 1):
             raise ValueError(f"model_max_length must be a positive int or None, got {model_max_length!r}")
         self.model_max_length = model_max_length
+        _check_switches(do_basic_tokenize=do_basic_tokenize,
+                        clean_up_tokenization_spaces=clean_up_tokenization_spaces)
         self.do_lower_case = bool(do_lower_case)
         self.do_basic_tokenize = bool(do_basic_tokenize)
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
@@ -831,6 +845,9 @@ class BertTokenizer:
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return vocab_path, str(config_path)
 
+    _SWITCHES = ("do_lower_case", "do_basic_tokenize", "tokenize_chinese_chars", "strip_accents",
+                 "clean_up_tokenization_spaces")
+
     # tokenizer_config.json keys we understand; others (tokenizer_class, name_or_path, ...) are ignored.
     _CONFIG_KEYS = ("do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
                     "strip_accents", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
@@ -872,5 +889,9 @@ class BertTokenizer:
                 if key == "model_max_length" and (not isinstance(value, int) or value > 10**9):
                     continue
                 options[key] = value
+        try:
+            _check_switches(**{k: v for k, v in options.items() if k in cls._SWITCHES})
+        except TypeError as err:
+            raise TypeError(f"'{config_path}': {err}") from None
         options.update(kwargs)
         return cls(vocab_path, **options)

@@ -1,15 +1,24 @@
-"""The pretraining loop: progress, evaluation, metrics, checkpoints, exact resume.
+"""The training loop -- shared by pretraining (here) and fine-tuning (:mod:`bertnp.finetune`) --
+and pretraining itself: progress, evaluation, metrics, checkpoints, exact resume.
 
     from bertnp.train import TrainConfig, Trainer
     trainer = Trainer(TrainConfig(preset="mini", steps=1000, out_dir="runs/mini"))
     summary = trainer.train()          # or, from a shell: bertnp pretrain --steps 1000 --out runs/mini
 
-One update (``Trainer.train_step``)::
+One update (:meth:`TrainingLoop.train_step`)::
 
-    zero grads -> for each of grad_accum micro-batches: forward, check the loss is finite, backward
-    -> scale by 1/grad_accum -> clip the global norm (1.0) -> AdamW at the schedule's lr -> lr step
+    zero grads -> count the update's loss denominators on the host (labelled tokens, sequences)
+    -> for each of grad_accum micro-batches: forward (its summed losses / the update's counts), backward
+    -> clip the global norm (1.0) -> AdamW at the schedule's lr -> lr step
 
-What a run writes in ``out_dir``::
+The micro-batches' losses and gradients add up to exactly those of the whole update batch: MLM
+normalised by the update's labelled-token count, NSP by its sequence count (not the mean of the
+micro-batches' means, Hugging Face Trainer's bug before transformers PR #34191). Nothing is read
+from the device during a step: the loss, the accuracy counts and the gradient norm are read
+together every ``log_every`` steps, and a non-finite loss or norm stops the run there
+(:class:`NonFiniteLossError`) without saving the bad steps.
+
+What a pretraining run writes in ``out_dir``::
 
     run.json                 the resolved TrainConfig (what --resume reuses)
     vocab.txt                the tokenizer's vocabulary (trained on the corpus unless one is given)
@@ -20,37 +29,43 @@ What a run writes in ``out_dir``::
     model/                   the final model in Hugging Face's layout (config.json,
                              model.safetensors, vocab.txt): bn.BertForPreTraining.from_pretrained
 
-Exact resume: a checkpoint folder is written under a temporary name and renamed when complete, and
-``latest.json`` is replaced atomically after it, so a run killed at any moment leaves the previous
-checkpoint whole. It holds everything the trajectory depends on: weights, AdamW's moments and step,
+Exact resume (:mod:`bertnp.checkpoint`): a run killed at any moment leaves its previous checkpoint
+whole. A checkpoint holds everything the trajectory depends on: weights, AdamW's moments and step,
 the schedule's step, the loader's position (epoch, index; masks and order are pure functions of the
 seed) and the model's dropout counter. On NumPy, N steps + resume + N steps give bit-identical
-weights to 2N steps straight (``tests/test_train.py``).
+weights to 2N steps straight, even when the first run is killed with SIGKILL at random moments
+(``tests/test_faults.py``). Ctrl-C or SIGTERM lets the step in progress finish, writes a checkpoint
+of it, and stops; ``--resume`` continues from there. A resume may change the learning rate, the
+warmup, the clipping and the number of steps (``changes=``, or the command-line flags).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 
 from bertnp import backend, checkpoint
-from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm, scale_grads
+from bertnp.checkpoint import latest_checkpoint
+from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm
 
-__all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "pretrain", "evaluate_model",
-           "unigram_baseline", "latest_checkpoint"]
+__all__ = ["RunConfig", "TrainConfig", "TrainingLoop", "Trainer", "NonFiniteLossError", "TrainingInterrupted",
+           "pretrain", "evaluate_model", "unigram_baseline", "latest_checkpoint"]
 
 IGNORE_INDEX = -100
-STATE_VERSION = 1
 OVERTIME = 1.25     # a time-budget run stops at 1.25 x its budget even if the step estimate was too low
 
 
@@ -58,8 +73,122 @@ class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) became NaN or infinite; the run stopped without saving."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped training after a completed step, saved in ``checkpoint``."""
+
+    def __init__(self, message: str, signal_name: str, step: int, checkpoint):
+        super().__init__(message)
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+# ============================================================================ configuration
+
+def _is_int(v, low: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v, low: float, low_open: bool = False) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (v > low if low_open else v >= low))
+
+
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The options every training run has (saved in ``run.json``; plain JSON types).
+    :class:`TrainConfig` (pretraining) and :class:`bertnp.finetune.FinetuneConfig` add their own.
+
+    ``warmup``: a number of steps (>= 1) or a fraction of the steps (< 1). ``dropout`` None keeps
+    the model config's. ``eval_every`` / ``checkpoint_every``: steps."""
+    max_seq_length: int = 128
+    batch_size: int = 32
+    steps: int | None = None
+    lr: float = 1e-3
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-6
+    max_grad_norm: float | None = 1.0
+    dropout: float | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    backend: str = "numpy"
+    use_kernels: bool = False                       # CUDA kernels (kernels/*.cu) on cupy; same maths
+    out_dir: str = "runs/pretrain"
+    eval_every: int | None = 100
+    checkpoint_every: int | None = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+
+    # options that may differ on resume without changing the trajectory
+    RUNTIME_ONLY = ("out_dir", "progress", "resume", "overwrite", "backend", "use_kernels", "eval_every",
+                    "checkpoint_every", "keep_checkpoints", "log_every")
+    # options a resume may change (the trajectory goes on differently from the checkpoint on)
+    RESUME_CHANGES = ("lr", "warmup", "max_grad_norm", "steps")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict, source="run.json") -> "RunConfig":
+        """Build from a dict (``run.json``): ValueError naming ``source`` and the option."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object of options, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown option '{unknown[0]}'")
+        cfg = cls(**data)
+        if isinstance(cfg.betas, list):
+            cfg.betas = tuple(cfg.betas)
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        for name in ("batch_size", "keep_checkpoints", "log_every"):
+            if not _is_int(getattr(self, name), 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and not _is_int(value, 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not _is_int(self.max_seq_length, 8):
+            raise ValueError(f"max_seq_length must be an integer of at least 8, got {self.max_seq_length!r}")
+        if not _is_int(self.seed, 0):
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("lr", "eps"):
+            if not _is_number(getattr(self, name), 0.0, low_open=True):
+                raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        for name in ("warmup", "weight_decay"):
+            if not _is_number(getattr(self, name), 0.0):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and not _is_number(self.max_grad_norm, 0.0, low_open=True):
+            raise ValueError(f"max_grad_norm must be > 0 (or None: no clipping), got {self.max_grad_norm!r}")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                and all(_is_number(b, 0.0) and b < 1 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.dropout is not None and not (_is_number(self.dropout, 0.0) and self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.backend not in ("numpy", "cupy"):
+            raise ValueError(f"backend must be 'numpy' or 'cupy', got {self.backend!r}")
+        for name in ("use_kernels", "progress", "resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.out_dir, (str, os.PathLike)):
+            raise ValueError(f"out_dir must be a folder name, got {self.out_dir!r}")
+
+    def warmup_steps(self, total: int) -> int:
+        return int(round(self.warmup * total)) if self.warmup < 1 else min(int(self.warmup), total)
+
+
+@dataclass
+class TrainConfig(RunConfig):
     """Everything that defines a pretraining run (saved as ``run.json``; plain JSON types).
 
     Data: ``corpus`` files in BERT's format (one sentence a line, blank line between documents;
@@ -69,8 +198,8 @@ class TrainConfig:
     Tokenizer: ``vocab`` (a vocab.txt or a folder with one) or, when None, a WordPiece vocabulary of
     ``vocab_size`` trained on the corpus. Model: ``model_config`` (a config.json) or ``preset``.
     Length: ``steps`` updates, or ``time_budget`` seconds (the number of steps is then estimated
-    from the speed of the first steps, so that the schedule ends on time). ``warmup``: a number of
-    steps (>= 1) or a fraction of the steps (< 1).
+    from the speed of the first steps, so that the schedule ends on time). The update's batch is
+    ``batch_size`` x ``grad_accum`` sequences.
     """
     corpus: list | None = None
     eval_corpus: list | None = None
@@ -80,101 +209,46 @@ class TrainConfig:
     do_lower_case: bool = True
     preset: str = "mini"
     model_config: str | None = None
-    max_seq_length: int = 128
-    max_predictions_per_seq: int | None = None     # default: round(0.15 * max_seq_length)
+    max_predictions_per_seq: int | None = None     # default: round(masked_lm_prob * max_seq_length)
+    masked_lm_prob: float = 0.15                    # training masks only; held-out pairs keep BERT's 0.15
     masking: str = "dynamic"
     dupe_factor: int = 1
-    batch_size: int = 32
     grad_accum: int = 1
-    steps: int | None = None
     time_budget: float | None = None
-    lr: float = 1e-3
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-6
-    max_grad_norm: float = 1.0
     correct_bias: bool = True
-    dropout: float | None = None                    # None: the config's (0.1)
-    seed: int = 0
-    dtype: str = "float32"
-    backend: str = "numpy"
-    use_kernels: bool = False                       # CUDA kernels (kernels/*.cu) on cupy; same maths
-    out_dir: str = "runs/pretrain"
-    eval_every: int = 100
     eval_batches: int = 20
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress: bool = True
-    resume: bool = False
-    overwrite: bool = False
+    plot: bool = True                               # redraw training.png at each evaluation (matplotlib)
 
-    # options that may differ on resume without changing the trajectory
-    RUNTIME_ONLY = ("out_dir", "progress", "resume", "overwrite", "backend", "use_kernels", "eval_every",
-                    "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training option '{unknown[0]}'")
-        cfg = cls(**data)
-        cfg.betas = tuple(cfg.betas)
-        return cfg
+    RUNTIME_ONLY = RunConfig.RUNTIME_ONLY + ("eval_batches", "plot")
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        def positive_int(name, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("max_seq_length", "batch_size", "grad_accum", "eval_every", "checkpoint_every",
-                     "log_every", "keep_checkpoints", "dupe_factor", "vocab_size"):
-            positive_int(name)
-        positive_int("steps", allow_none=True)
-        positive_int("max_predictions_per_seq", allow_none=True)
-        if self.eval_batches < 0:
-            raise ValueError(f"eval_batches must be >= 0, got {self.eval_batches}")
-        if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
+        super().validate()
+        for name in ("grad_accum", "dupe_factor", "vocab_size", "eval_every", "checkpoint_every"):
+            if not _is_int(getattr(self, name), 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_predictions_per_seq is not None and not _is_int(self.max_predictions_per_seq, 1):
+            raise ValueError(f"max_predictions_per_seq must be a positive integer, got {self.max_predictions_per_seq!r}")
+        if not _is_int(self.eval_batches, 0):
+            raise ValueError(f"eval_batches must be an integer >= 0, got {self.eval_batches!r}")
+        if not (_is_number(self.masked_lm_prob, 0.0, low_open=True) and self.masked_lm_prob < 1):
+            raise ValueError(f"masked_lm_prob must be a number in (0, 1), got {self.masked_lm_prob!r}")
         if self.vocab is None and self.vocab_size < 50:
             raise ValueError(f"vocab_size must be at least 50, got {self.vocab_size}")
         if self.steps is None and self.time_budget is None:
             raise ValueError("give the run's length: steps or time_budget")
-        if self.time_budget is not None and not (isinstance(self.time_budget, (int, float))
-                                                 and math.isfinite(self.time_budget) and self.time_budget > 0):
+        if self.time_budget is not None and not _is_number(self.time_budget, 0.0, low_open=True):
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
-        for name in ("lr", "weight_decay", "warmup"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.backend not in ("numpy", "cupy"):
-            raise ValueError(f"backend must be 'numpy' or 'cupy', got {self.backend!r}")
-        if not isinstance(self.use_kernels, bool):
-            raise ValueError(f"use_kernels must be True or False, got {self.use_kernels!r}")
+        for name in ("do_lower_case", "correct_bias", "plot"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.corpus_format not in ("bert", "plain"):
             raise ValueError(f"corpus_format must be 'bert' or 'plain', got {self.corpus_format!r}")
-
-    def warmup_steps(self, total: int) -> int:
-        return int(round(self.warmup * total)) if self.warmup < 1 else min(int(self.warmup), total)
-
+        if self.masking not in ("static", "dynamic"):
+            raise ValueError(f"masking must be 'static' or 'dynamic', got {self.masking!r}")
+        for name in ("corpus", "eval_corpus"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple))):
+                raise ValueError(f"{name} must be a list of file names, got {value!r}")
 
 # ============================================================================ helpers
 
@@ -305,67 +379,504 @@ def evaluate_model(model, batches) -> dict:
             "mlm_tokens": sums["mlm_total"], "sequences": sums["nsp_total"]}
 
 
-def latest_checkpoint(out_dir) -> Path | None:
-    """The newest complete checkpoint folder of a run (``checkpoints/latest.json``), or None."""
-    ckdir = Path(out_dir) / "checkpoints"
-    pointer = ckdir / "latest.json"
-    if pointer.is_file():
-        info = checkpoint.read_json(pointer)
-        path = ckdir / info["dir"]
-        if (path / "trainer_state.json").is_file():
-            return path
-    # no pointer (or it points nowhere): the highest complete step folder
-    done = sorted(p for p in ckdir.glob("step-*") if (p / "trainer_state.json").is_file())
-    return done[-1] if done else None
 
 
-# ============================================================================ the trainer
+# ============================================================================ the loop both kinds of training share
 
-class Trainer:
-    """Builds tokenizer, data, model, optimizer and schedule from a :class:`TrainConfig`, and runs
-    the loop. ``config.resume=True`` continues the run in ``config.out_dir`` from its latest
-    checkpoint, with the configuration saved there (``run.json``)."""
+class TrainingLoop:
+    """The training loop of :class:`Trainer` (pretraining) and :class:`bertnp.finetune.Finetuner`.
 
-    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print):
+    It owns what every run does the same way: the run folder (``run.json``, ``metrics.jsonl``,
+    checkpoints, resume, leftovers of a killed write), one update (:meth:`train_step`: micro-batches,
+    exact loss normalisation, clipping, AdamW, schedule; nothing read from the device), the
+    deferred reads and the non-finite guard (:meth:`read_pending`), the cadence of logging,
+    evaluation and checkpoints, the progress bar, and a clean stop on Ctrl-C / SIGTERM.
+
+    A subclass builds its data, model, optimizer and schedule in :meth:`_build` and says what a
+    batch is: :meth:`_next_update` (the update's host micro-batches), :meth:`_update_totals` (its
+    loss denominators, counted on the host), :meth:`_forward_backward` (one micro-batch's forward and
+    backward; returns the 0-d device values to sum), :meth:`_window_record` (a metrics line),
+    :meth:`evaluate`, and its own checkpoint state (:meth:`_extra_state`, :meth:`_load_extra_state`).
+
+    ``config.resume=True`` continues the run in ``config.out_dir`` from its latest checkpoint with
+    the configuration saved there (``run.json``); ``changes`` (``{"lr": ..., "warmup": ...,
+    "max_grad_norm": ..., "steps": ...}``) changes those settings from the checkpoint on, with a
+    note of what changed (a larger ``config.steps`` does the same, as before).
+    """
+    config_class = RunConfig
+    command = "train"                      # the ``bertnp`` command, for the advice in messages
+    description = "train"                  # the progress bar's label
+    eval_split = "eval"                    # the "split" of evaluation records in metrics.jsonl
+    OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "run.json")   # what --overwrite deletes
+    STATE_FIELDS: dict = {}                # the subclass's own trainer_state.json fields (see checkpoint)
+    DEVICE_KEYS = ("loss", "grad_norm")    # per-step values that stay on the device until read_pending
+    COUNT_KEYS: tuple = ()                 # of those, the integer counts
+
+    def __init__(self, config: RunConfig, log: Callable[[str], None] = print, *,
+                 changes: Mapping | None = None):
         self.log = log
+        # a time budget covers the whole run: vocabulary, data, evaluations and checkpoints included
+        self._wall_start = time.perf_counter()
+        self._setup_time = None                    # seconds before the first step (vocabulary, data)
         config = dataclasses.replace(config)
-        out = Path(config.out_dir)
+        self.out = out = Path(config.out_dir)
         self.resumed_from = None
+        self.resume_changes: dict = {}
         if config.resume:
-            ck = latest_checkpoint(out)
-            if ck is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in '{out / 'checkpoints'}'")
-            saved = TrainConfig.from_dict(checkpoint.read_json(out / "run.json"))
-            for name in TrainConfig.RUNTIME_ONLY:
-                setattr(saved, name, getattr(config, name))
-            if config.steps is not None and config.steps != saved.steps:
-                log(f"note: resuming with steps={config.steps} instead of {saved.steps}: "
-                    "the learning-rate schedule is stretched to the new length")
-                saved.steps = config.steps
-            config, self.resumed_from = saved, ck
-        else:
-            if (out / "checkpoints").exists() or (out / "run.json").exists():
-                if not config.overwrite:
-                    raise FileExistsError(f"'{out}' already holds a run: use --resume to continue it, "
-                                          "--overwrite to start again, or another --out")
-                for name in ("checkpoints", "model", "metrics.jsonl", "run.json", "training.png"):
-                    target = out / name
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
+            config = self._resume_config(config, dict(changes or {}))
+        elif changes:
+            raise ValueError("changes: only a resumed run (resume=True) takes changes")
         config.validate()
         self.config = config
-        self.out = out
+        checkpoint.check_writable(out)             # a read-only --out fails now, not after the work
+        if not config.resume:
+            self._clear_folder(config.overwrite)
+        for folder in (out, out / "checkpoints"):  # what a write killed mid-way left behind
+            checkpoint.remove_temporary(folder)
         backend.set_backend(config.backend)
         if config.backend == "numpy":
             backend.retain_freed_host_memory()     # no page faults re-allocating activations each step
-        out.mkdir(parents=True, exist_ok=True)
+        self.step = 0
+        self.train_time = 0.0
+        self.last_eval: dict | None = None
+        self.last_checkpoint: Path | None = None
+        self.truncated = False                     # stopped early (a time budget's hard limit)
+        self._pending: list[dict] = []             # steps whose device values are not read yet
+        self._read_steps: list[dict] = []          # steps read, not yet in the metrics
+        self._stop_signal = None                   # set by Ctrl-C / SIGTERM during train()
         self._build()
         if self.resumed_from is not None:
             self._load_checkpoint(self.resumed_from)
         else:
-            self._metrics_reset()
+            checkpoint.write_json(self.out / "run.json", self._run_record())
+            checkpoint.truncate_metrics(self.metrics_path, -1)
+        if self.resume_changes:
+            checkpoint.write_json(self.out / "run.json", self._run_record())   # a later resume keeps them
+
+    # ------------------------------------------------------------------ the run folder
+    def _resume_config(self, given: RunConfig, changes: dict) -> RunConfig:
+        """The saved configuration, with the runtime options and the requested changes of ``given``."""
+        out = self.out
+        run_json = out / "run.json"
+        if not run_json.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint and no run.json in '{out}': nothing to resume "
+                                    "(start the run without --resume)")
+        saved = self._config_from_run_record(checkpoint.read_json(run_json), run_json)
+        try:
+            saved.validate()
+        except ValueError as exc:
+            raise ValueError(f"{run_json}: {exc}") from None
+        for name in saved.RUNTIME_ONLY:
+            setattr(saved, name, getattr(given, name))
+        saved.resume = True
+        if given.steps is not None and "steps" not in changes:
+            changes["steps"] = given.steps
+        for name, value in changes.items():
+            if name not in saved.RESUME_CHANGES:
+                raise ValueError(f"changes: a resume may change {', '.join(saved.RESUME_CHANGES)}, not {name!r}")
+            if value != getattr(saved, name):
+                self.resume_changes[name] = (getattr(saved, name), value)
+                setattr(saved, name, value)
+        self.resumed_from = checkpoint.latest_checkpoint(out)
+        if self.resumed_from is None:
+            self.log(f"note: '{out}' has no checkpoint yet: the run starts again from step 0 "
+                     "with its saved settings")
+            self._clear_folder(overwrite=True, keep=("run.json",))
+        return saved
+
+    def _clear_folder(self, overwrite: bool, keep=()) -> None:
+        """Delete a previous run's outputs (``overwrite``), or refuse to mix two runs in one folder."""
+        out = self.out
+        if not overwrite and ((out / "checkpoints").exists() or (out / "run.json").exists()):
+            raise FileExistsError(f"'{out}' already holds a run: use --resume to continue it, "
+                                  "--overwrite to start again, or another --out")
+        for name in self.OUTPUTS:
+            target = out / name
+            if name in keep:
+                continue
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    @classmethod
+    def saved_options(cls, record) -> dict:
+        """The configuration's options in a ``run.json`` record (empty if it holds none)."""
+        return record if isinstance(record, dict) else {}
+
+    def _config_from_run_record(self, data, path) -> RunConfig:
+        """The configuration in ``run.json`` (pretraining: the config's dict itself)."""
+        return self.config_class.from_dict(data, source=path)
+
+    def _run_record(self) -> dict:
+        """What ``run.json`` holds."""
+        return self.config.to_dict()
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _write_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ what a subclass provides
+    total_steps: int
+
+    def _build(self) -> None:
+        """Build data, tokenizer, model, optimizer, schedule; set ``total_steps``."""
+        raise NotImplementedError
+
+    def _next_update(self) -> list:
+        """The host micro-batches of the next update."""
+        raise NotImplementedError
+
+    def _update_totals(self, batches) -> dict:
+        """Host counts of the whole update: its loss denominators and what the metrics count."""
+        raise NotImplementedError
+
+    def _forward_backward(self, batch, totals) -> dict:
+        """Forward and backward of one micro-batch, its losses divided by the update's ``totals``;
+        returns the 0-d device values the update sums (loss parts, correct counts)."""
+        raise NotImplementedError
+
+    def _window_record(self, window: Counter, lr: float) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, state: dict, path: Path) -> None:
+        pass
+
+    def _after_evaluation(self, result: dict, say: Callable[[str], None]) -> None:
+        pass
+
+    def _postfix(self, record: dict) -> dict:
+        return {"loss": f"{record['loss']:.3f}"}
+
+    def _retune(self) -> bool:
+        """A subclass may move the run's end while training (a time budget); True if it did."""
+        return False
+
+    def _over_budget(self, last: bool) -> bool:
+        return False
+
+    def _summary(self) -> dict:
+        return {}
+
+    # ------------------------------------------------------------------ hooks for data parallelism
+    def _global_totals(self, totals: dict) -> dict:
+        """The update's counts over every process. One process: its own. (Data parallelism
+        all-reduces them here, before any forward: every rank then divides by the same counts.)"""
+        return totals
+
+    def _reduce_gradients(self, grads: dict) -> None:
+        """Sum the gradients of every process, in place. One process: nothing to do. (Data
+        parallelism all-reduces here, between backward and clipping: each rank's gradients are
+        already divided by the global counts, so the sum is the whole update's gradient.)"""
+
+    # ------------------------------------------------------------------ one update
+    def train_step(self) -> dict:
+        """One optimizer update.
+
+        Nothing is read from the device here: on CuPy every such read (``float(loss)``) makes the
+        host wait for the GPU, and one between forward and backward would stall it every step.
+        The loss, its parts, the correct-prediction counts and the gradient norm come back as 0-d
+        device arrays; :meth:`read_pending` reads them, all at once, every ``log_every`` steps
+        (and before an evaluation or a checkpoint), and raises NonFiniteLossError there."""
+        c, model = self.config, self.model
+        model.train()
+        model.zero_grad()
+        batches = self._next_update()
+        totals = self._global_totals(self._update_totals(batches))     # host integers: no device read
+        sums: dict = {}
+        # a non-finite loss is found later, in read_pending: NumPy must not warn about it meanwhile
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for batch in batches:
+                for key, value in self._forward_backward(batch, totals).items():
+                    sums[key] = value if key not in sums else sums[key] + value   # device arithmetic
+            grads = model.grads
+            self._reduce_gradients(grads)
+            norm = clip_grad_norm(grads, c.max_grad_norm, sync=False) if c.max_grad_norm else None
+            lr = self.optimizer.lr
+            self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        record = {"step": self.step, **sums, "grad_norm": norm, "lr": lr, **totals}
+        self._pending.append(record)
+        return record
+
+    def read_pending(self) -> None:
+        """Read the device values of the steps not read yet, in one transfer (one host
+        synchronisation), into host records for :meth:`take_read_steps`. NonFiniteLossError at
+        the first step whose loss or gradient norm is not finite: that step and the ones after
+        it stay unread, so a later save_checkpoint is refused too (their weights are not trusted)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        xp = backend.xp()
+        keys = [k for k in self.DEVICE_KEYS if pending[0].get(k) is not None]
+        stacked = xp.stack([xp.asarray(m[k], dtype=xp.float64) for m in pending for k in keys])
+        values = backend.to_host(stacked).reshape(len(pending), len(keys))   # the one sync
+        for i, (m, row) in enumerate(zip(pending, values)):
+            host = dict(m, **{k: float(v) for k, v in zip(keys, row)})
+            for key in self.COUNT_KEYS:
+                host[key] = int(host[key])
+            for what, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
+                if host.get(key) is not None and not math.isfinite(host[key]):
+                    self._pending = pending[i:]
+                    self._non_finite(what, host[key], host["step"], host["lr"])
+            self._read_steps.append(host)
+
+    def take_read_steps(self) -> list[dict]:
+        """The host records of the steps read so far, handed over once (to the metrics)."""
+        steps, self._read_steps = self._read_steps, []
+        return steps
+
+    def _non_finite(self, what: str, value, step: int, lr: float) -> None:
+        c = self.config
+        lower = f"{c.lr / 4:.3g}"
+        out = shlex.quote(str(self.out))
+        if self.last_checkpoint is not None:
+            advice = (f"the last good checkpoint is '{self.last_checkpoint}' (step {self._checkpoint_step()}); "
+                      f"continue from it with a lower learning rate (now {c.lr:g}), e.g. "
+                      f"'bertnp {self.command} --out {out} --resume --lr {lower}', and check the data")
+        else:
+            advice = (f"no checkpoint was written yet: start again with a lower learning rate (now {c.lr:g}), "
+                      f"e.g. the same command with '--lr {lower} --overwrite', and check the data")
+        raise NonFiniteLossError(f"{what} is {value} at step {step} (lr {lr:.3g}): training stopped, "
+                                 f"nothing saved after step {self._checkpoint_step()}; {advice}")
+
+    def _checkpoint_step(self) -> int:
+        return checkpoint.checkpoint_step(self.last_checkpoint) if self.last_checkpoint is not None else 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-NNNNNN`` atomically, point ``latest.json`` at it, delete the
+        checkpoints beyond ``keep_checkpoints``. Refused (NonFiniteLossError) when a step since
+        the last read had a non-finite loss: a broken model is never saved."""
+        self.read_pending()
+        state = {"version": checkpoint.STATE_VERSION, "step": self.step, "schedule": self.schedule.state_dict(),
+                 "model_rng": {"dropout_seed": self.model.dropout_seed, "forward_count": self.model.forward_count},
+                 "train_time": self.train_time, "last_eval": self.last_eval, "backend": backend.get_backend(),
+                 **self._extra_state()}
+        self.last_checkpoint = checkpoint.save_checkpoint(self.out, self.step, self.model, self.optimizer, state,
+                                                          keep=self.config.keep_checkpoints)
+        return self.last_checkpoint
+
+    def _load_checkpoint(self, path: Path) -> None:
+        required = {"last_eval": "object or null", **self.STATE_FIELDS}
+        state = checkpoint.load_checkpoint(path, self.model, self.optimizer, required)
+        where = path / checkpoint.STATE_FILE
+        try:
+            self.schedule.load_state_dict(state["schedule"])
+            self._load_extra_state(state, path)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        self.step = state["step"]
+        if self.step > self.total_steps:
+            raise ValueError(f"{where}: field 'step' is {self.step}, beyond the run's {self.total_steps} steps")
+        self.train_time = float(state["train_time"])
+        self.last_eval = state["last_eval"]
+        self.last_checkpoint = path
+        damaged = checkpoint.truncate_metrics(self.metrics_path, self.step)   # drop what the dead run wrote later
+        if damaged:
+            self.log(f"note: {self.metrics_path}: dropped {damaged} damaged line(s) (cut short, not JSON or not UTF-8)")
+        self._apply_resume_changes()
+        if self.step >= self.total_steps:
+            self.log(f"'{self.out}' is a complete run: step {self.step} of {self.total_steps} "
+                     f"(model in '{self.out / 'model'}'). To train it further, give a longer run: "
+                     f"bertnp {self.command} --out {self.out} --resume --steps N, with N > {self.step} "
+                     "(the learning-rate schedule is stretched to N steps)")
+        else:
+            self.log(f"resumed from '{path}' at step {self.step} of {self.total_steps}")
+
+    def _apply_resume_changes(self) -> None:
+        """Set the schedule (and the loop) to the settings a resume changed, and say what changed."""
+        c, schedule = self.config, self.schedule
+        if "steps" in self.resume_changes:
+            self.total_steps = schedule.total_steps = c.steps
+        if "warmup" in self.resume_changes or schedule.warmup_steps > schedule.total_steps:
+            schedule.warmup_steps = c.warmup_steps(schedule.total_steps)
+        if "lr" in self.resume_changes:
+            schedule.base_lr = float(c.lr)
+        self.optimizer.lr = schedule.lr_at(schedule.last_step)
+        for name, (old, new) in self.resume_changes.items():
+            what = {"steps": "the learning-rate schedule now ends there",
+                    "warmup": f"{schedule.warmup_steps} warmup steps",
+                    "lr": f"the next update's lr is {self.optimizer.lr:.3g}",
+                    "max_grad_norm": "clipping" if new else "no clipping"}[name]
+            self.log(f"note: resuming with {name}={new!r} instead of {old!r} from step {self.step} on ({what})")
+
+    def _save_model_dir(self, name: str) -> Path:
+        """The model in Hugging Face's layout with its tokenizer: ``out_dir/name``."""
+        def write(tmp: Path):
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        return checkpoint.atomic_directory(self.out / name, write)
+
+    def save_final(self) -> Path:
+        """The trained model in Hugging Face's layout, with the tokenizer: ``out_dir/model``."""
+        return self._save_model_dir("model")
+
+    # ------------------------------------------------------------------ stopping on a signal
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """While training, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the step in
+        progress (a half-done AdamW update would leave weights no checkpoint can describe); a
+        second Ctrl-C stops at once. Only the main thread can receive signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._stop_signal = None
+
+        def request_stop(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt             # asked twice: stop now, save nothing
+            self._stop_signal = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+        previous = {s: signal.signal(s, request_stop) for s in signals}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_now(self) -> None:
+        """Save a checkpoint of the last completed step (unless there is one), then raise
+        TrainingInterrupted: ``--resume`` continues exactly from there."""
+        name = signal.Signals(self._stop_signal).name
+        self._stop_signal = None
+        if self.last_checkpoint is None or self._checkpoint_step() != self.step:
+            self.save_checkpoint()                # NonFiniteLossError if a step since the last read was bad
+        raise TrainingInterrupted(f"{name} at step {self.step}: saved '{self.last_checkpoint}'",
+                                  name, self.step, self.last_checkpoint)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, stop_at: int | None = None) -> dict:
+        """Train until ``total_steps`` (or ``stop_at``, for a run that pauses), logging,
+        evaluating and checkpointing on the way; save the final model when the run is complete."""
+        c = self.config
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        bar = None
+        if c.progress and self.step < end:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=end, initial=self.step, desc=self.description, unit="step", dynamic_ncols=True,
+                       file=sys.stderr)
+        say = bar.write if bar is not None else self.log
+        log = self.log
+        if bar is not None and log is print:        # notes on their own line, not squeezed onto the bar
+            self.log = lambda message: bar.write(str(message), file=sys.stdout)
+        if self._setup_time is None:
+            self._setup_time = self._budget_elapsed() - self.train_time
+        window = Counter()
+        try:
+            with self._stop_on_signals():
+                while self.step < end:
+                    if self._stop_signal is not None:
+                        self._stop_now()
+                    t0 = time.perf_counter()
+                    self.train_step()
+                    dt = time.perf_counter() - t0
+                    self.train_time += dt
+                    window["time"] += dt
+                    if bar is not None:
+                        bar.update(1)
+                    if stop_at is None and self._retune():
+                        end = self.total_steps
+                        if bar is not None:
+                            bar.total = end
+                            bar.refresh()
+                    last = self.step == end
+                    log_now = self.step % c.log_every == 0 or last
+                    eval_now = self._can_evaluate() and (self.step % self.eval_every == 0 or last)
+                    over = self._over_budget(last)
+                    save_now = self.step % self.checkpoint_every == 0 or last or over
+                    if not (log_now or eval_now or save_now):
+                        continue                            # the device values wait: no synchronisation
+                    t0 = time.perf_counter()
+                    self.read_pending()                     # one host sync; raises if a loss was not finite
+                    steps = self.take_read_steps()
+                    dt = time.perf_counter() - t0           # the wait for the GPU belongs to the steps
+                    self.train_time += dt
+                    window["time"] += dt
+                    for m in steps:
+                        for key, value in m.items():
+                            if key not in ("step", "lr", "grad_norm") and isinstance(value, (int, float)):
+                                window[key] += value
+                        window["grad_norm"] += m["grad_norm"] or 0.0
+                        window["n"] += 1
+                    if log_now:
+                        rec = self._window_record(window, steps[-1]["lr"])
+                        self._write_metrics(rec)
+                        if bar is not None:
+                            bar.set_postfix(self._postfix(rec))
+                        window = Counter()
+                    if eval_now:
+                        self._evaluate_and_log(say)
+                    if over:
+                        self.truncated = True
+                        if self._can_evaluate() and not eval_now:
+                            self._evaluate_and_log(say)
+                    if save_now:
+                        self.save_checkpoint()
+                    if self.truncated:
+                        break
+                if self._stop_signal is not None:
+                    self._stop_now()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.log = log
+        summary = {"step": self.step, "total_steps": self.total_steps, "complete": self.step >= self.total_steps,
+                   "train_time": self.train_time,
+                   "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                   "metrics": str(self.metrics_path), **self._summary()}
+        if summary["complete"] or self.truncated:
+            summary["model_dir"] = str(self.save_final())
+        summary["truncated"] = self.truncated
+        return summary
+
+    def _can_evaluate(self) -> bool:
+        return True
+
+    def _budget_elapsed(self) -> float:
+        """Seconds counted against a time budget: the wall clock since the run was made (a resumed
+        run, whose setup was paid before: its training time)."""
+        if self.resumed_from is not None:
+            return self.train_time
+        return time.perf_counter() - self._wall_start
+
+    def _evaluate_and_log(self, say) -> dict:
+        result = self.evaluate()
+        self._write_metrics({"split": self.eval_split, "step": self.step, **self._eval_record(result)})
+        self._after_evaluation(result, say)
+        return result
+
+    def _eval_record(self, result: dict) -> dict:
+        return result
+
+
+# ============================================================================ pretraining
+
+class Trainer(TrainingLoop):
+    """Pretraining: builds tokenizer, data, model, optimizer and schedule from a
+    :class:`TrainConfig` and runs :class:`TrainingLoop`'s loop on MLM + NSP batches."""
+    config_class = TrainConfig
+    command = "pretrain"
+    description = "pretrain"
+    eval_split = "eval"
+    OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "run.json", "training.png")
+    STATE_FIELDS = {"loader": "object", "tokens_seen": "count"}
+    # the values of a step that live on the device until read_pending reads them
+    DEVICE_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct", "grad_norm")
+    COUNT_KEYS = ("mlm_correct", "nsp_correct")
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
@@ -399,11 +910,14 @@ class Trainer:
             raise ValueError(f"max_seq_length {c.max_seq_length} is longer than the model's "
                              f"max_position_embeddings {mcfg.max_position_embeddings}")
         mcfg.validate()
+        mcfg.check_fits_in_memory(c.dtype)
         self.model_config = mcfg
 
-        max_pred = c.max_predictions_per_seq or max(1, round(0.15 * c.max_seq_length))
+        max_pred = c.max_predictions_per_seq or max(1, round(c.masked_lm_prob * c.max_seq_length))
+        eval_max_pred = max(1, round(0.15 * c.max_seq_length))    # held-out masks: always BERT's 15%
         t0 = time.perf_counter()
         self.dataset = PretrainingDataset(train_docs, tok, max_seq_length=c.max_seq_length,
+                                          masked_lm_prob=c.masked_lm_prob,
                                           max_predictions_per_seq=max_pred, masking=c.masking,
                                           dupe_factor=c.dupe_factor, seed=c.seed)
         self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
@@ -411,7 +925,7 @@ class Trainer:
         if heldout_docs and c.eval_batches > 0:
             try:
                 heldout = PretrainingDataset(heldout_docs, tok, max_seq_length=c.max_seq_length,
-                                             max_predictions_per_seq=max_pred, masking="static",
+                                             max_predictions_per_seq=eval_max_pred, masking="static",
                                              dupe_factor=1, seed=c.seed + 1)
             except ValueError as exc:
                 log(f"note: no held-out evaluation ({exc})")
@@ -429,21 +943,14 @@ class Trainer:
         self.model.train()
         self.optimizer = AdamW(self.model, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
                                weight_decay=c.weight_decay, correct_bias=c.correct_bias)
-        self.step = 0
         self.tokens_seen = 0
-        self.train_time = 0.0
-        self.last_eval: dict | None = None
-        self.last_checkpoint: Path | None = None
-        self._pending: list[dict] = []            # steps whose device values are not read yet
-        self._read_steps: list[dict] = []         # steps read, not yet in the metrics
-        self.truncated = False                    # stopped by the time budget's hard limit
+        self.eval_every, self.checkpoint_every = c.eval_every, c.checkpoint_every
         self.adaptive_steps = False               # steps estimated from a time budget: re-checked while training
         if c.steps is None:
             self._estimate_steps()
             self.adaptive_steps = True
+        self.total_steps = c.steps
         self.schedule = LinearWarmupDecay(self.optimizer, c.warmup_steps(c.steps), c.steps)
-        if self.resumed_from is None:
-            checkpoint.write_json(self.out / "run.json", c.to_dict())
         log(f"model: {c.preset if c.model_config is None else c.model_config} "
             f"(L{mcfg.num_hidden_layers} H{mcfg.hidden_size} A{mcfg.num_attention_heads} "
             f"V{mcfg.vocab_size}), {self.model.num_parameters() / 1e6:.2f}M parameters, {c.dtype} on {c.backend}; "
@@ -474,8 +981,14 @@ class Trainer:
         self.model.forward_count = count
         self.loader.load_state_dict(loader_state)
         per_step_all = per_step + per_eval / c.eval_every
-        c.steps = max(1, int(c.time_budget / per_step_all))
-        self.log(f"time budget {c.time_budget:.0f} s at ~{per_step:.3f} s/step -> {c.steps} steps")
+        spent = time.perf_counter() - self._wall_start        # vocabulary, data, model: inside the budget
+        left = c.time_budget - spent - per_eval                # the final evaluation too
+        c.steps = max(1, int(left / per_step_all))
+        self.log(f"time budget {c.time_budget:.0f} s: {spent:.0f} s spent on vocabulary and data; the rest at "
+                 f"~{per_step:.3f} s/step (evaluations included: {per_step_all:.3f}) -> {c.steps} steps")
+
+    def _retune(self) -> bool:
+        return self.adaptive_steps and self._retune_steps()
 
     def _retune_steps(self) -> bool:
         """A time-budget run re-estimates its length at 10%, 25% and 50% of the planned steps from
@@ -485,8 +998,9 @@ class Trainer:
         c = self.config
         if self.step not in {max(1, int(f * c.steps)) for f in (0.1, 0.25, 0.5)} or self.step >= c.steps:
             return False
-        per_step = self.train_time / self.step * 1.02
-        total = self.step + max(1, int((c.time_budget - self.train_time) / per_step))
+        elapsed = self._budget_elapsed()
+        per_step = (elapsed - (self._setup_time or 0.0)) / self.step * 1.02   # wall clock: evaluations included
+        total = self.step + max(1, int((c.time_budget - elapsed) / per_step))
         total = max(total, self.step + 1)
         if abs(total - c.steps) <= 0.1 * c.steps:
             return False
@@ -494,99 +1008,54 @@ class Trainer:
         if self.step < warmup and c.warmup < 1:         # still warming up: keep the warmup fraction
             warmup = max(self.step, c.warmup_steps(total))
         self.schedule.warmup_steps = min(warmup, total)
-        self.log(f"note: {per_step:.3f} s/step so far: the time budget fits {total} steps, not {c.steps}; "
-                 "the learning-rate decay now ends there")
-        c.steps = total
+        slower = total < c.steps
+        self.log(f"note: {per_step:.3f} s/step so far ({'slower' if slower else 'faster'} than estimated"
+                 f"{': a busy or slower machine' if slower else ''}): the time budget fits {total} steps, "
+                 f"not {c.steps}; the learning-rate decay now ends there")
+        c.steps = self.total_steps = total
         self.schedule.total_steps = total
         self.optimizer.lr = self.schedule.lr_at(self.schedule.last_step)
         checkpoint.write_json(self.out / "run.json", c.to_dict())
         return True
 
-    # ------------------------------------------------------------------ one update
-    def train_step(self) -> dict:
-        """One optimizer update (``grad_accum`` micro-batches).
+    def _over_budget(self, last: bool) -> bool:
+        c = self.config
+        over = c.time_budget is not None and self._budget_elapsed() > OVERTIME * c.time_budget and not last
+        if over:
+            self.log(f"note: the time budget ({c.time_budget:.0f} s) is exceeded by "
+                     f"{100 * (OVERTIME - 1):.0f}% (a busy or slower machine): stopping at step "
+                     f"{self.step} of {c.steps}")
+        return over
 
-        Nothing is read from the device here: on CuPy every such read (``float(loss)``) makes the
-        host wait for the GPU, and one between forward and backward would stall it every step.
-        The loss, its parts, the correct-prediction counts and the gradient norm come back as 0-d
-        device arrays; :meth:`read_pending` reads them, all at once, every ``log_every`` steps
-        (and before an evaluation or a checkpoint), and raises NonFiniteLossError there."""
-        c, model = self.config, self.model
-        model.train()
-        model.zero_grad()
-        device = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0, "mlm_correct": 0, "nsp_correct": 0}
-        mlm_total = nsp_total = tokens = 0
-        # a non-finite loss is found later, in read_pending: NumPy must not warn about it meanwhile
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for _ in range(c.grad_accum):
-                batch = self.loader.next_batch()
-                out = model(**batch)
-                model.backward()
-                counts = _device_counts(out, batch)
-                device["loss"] = device["loss"] + out.loss           # device arithmetic, no read
-                device["mlm_loss"] = device["mlm_loss"] + out.mlm_loss
-                device["nsp_loss"] = device["nsp_loss"] + out.nsp_loss
-                device["mlm_correct"] = device["mlm_correct"] + counts["mlm_correct"]
-                device["nsp_correct"] = device["nsp_correct"] + counts["nsp_correct"]
-                mlm_total += counts["mlm_total"]
-                nsp_total += counts["nsp_total"]
-                tokens += int(batch["attention_mask"].sum())           # host batch: no device read
-            grads = model.grads
-            scale_grads(grads, 1.0 / c.grad_accum)
-            norm = clip_grad_norm(grads, c.max_grad_norm, sync=False) if c.max_grad_norm else None
-            lr = self.optimizer.lr
-            self.optimizer.step()
-        self.schedule.step()
-        self.step += 1
-        self.tokens_seen += tokens
-        k = c.grad_accum
-        record = {"step": self.step, "loss": device["loss"] / k, "mlm_loss": device["mlm_loss"] / k,
-                  "nsp_loss": device["nsp_loss"] / k, "mlm_correct": device["mlm_correct"],
-                  "nsp_correct": device["nsp_correct"], "grad_norm": norm,
-                  "mlm_total": mlm_total, "nsp_total": nsp_total, "lr": lr, "tokens": tokens}
-        self._pending.append(record)
+    # ------------------------------------------------------------------ one update
+    def _next_update(self) -> list:
+        return [self.loader.next_batch() for _ in range(self.config.grad_accum)]
+
+    def _update_totals(self, batches) -> dict:
+        """Labelled tokens (the MLM loss's denominator), sequences (NSP's) and real tokens of the
+        whole update, from the host batches."""
+        return {"mlm_total": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches)),
+                "nsp_total": int(sum(b["next_sentence_label"].size for b in batches)),
+                "tokens": int(sum(b["attention_mask"].sum() for b in batches))}
+
+    def _forward_backward(self, batch, totals) -> dict:
+        model = self.model
+        out = model(**batch, mlm_denominator=max(totals["mlm_total"], 1), nsp_denominator=totals["nsp_total"])
+        model.backward()
+        counts = _device_counts(out, batch)
+        # each micro-batch's losses are its share of the update's means: they add up
+        return {"loss": out.loss, "mlm_loss": out.mlm_loss, "nsp_loss": out.nsp_loss,
+                "mlm_correct": counts["mlm_correct"], "nsp_correct": counts["nsp_correct"]}
+
+    def train_step(self) -> dict:
+        record = super().train_step()
+        self.tokens_seen += record["tokens"]
         return record
 
-    # the values of a step that live on the device until read_pending reads them
-    DEVICE_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct", "grad_norm")
-
-    def read_pending(self) -> None:
-        """Read the device values of the steps not read yet, in one transfer (one host
-        synchronisation), into host records for :meth:`take_read_steps`. NonFiniteLossError at
-        the first step whose loss or gradient norm is not finite: that step and the ones after
-        it stay unread, so a later save_checkpoint is refused too (their weights are not trusted)."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        xp = backend.xp()
-        keys = [k for k in self.DEVICE_KEYS if pending[0][k] is not None]
-        stacked = xp.stack([xp.asarray(m[k], dtype=xp.float64) for m in pending for k in keys])
-        values = backend.to_host(stacked).reshape(len(pending), len(keys))   # the one sync
-        for i, (m, row) in enumerate(zip(pending, values)):
-            host = dict(m, **{k: float(v) for k, v in zip(keys, row)})
-            host["mlm_correct"], host["nsp_correct"] = int(host["mlm_correct"]), int(host["nsp_correct"])
-            for what, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
-                if host.get(key) is not None and not math.isfinite(host[key]):
-                    self._pending = pending[i:]
-                    self._non_finite(what, host[key], host["step"], host["lr"])
-            self._read_steps.append(host)
-
-    def take_read_steps(self) -> list[dict]:
-        """The host records of the steps read so far, handed over once (to the metrics)."""
-        steps, self._read_steps = self._read_steps, []
-        return steps
-
-    def _non_finite(self, what: str, value, step: int, lr: float) -> None:
-        where = (f"the last good checkpoint is '{self.last_checkpoint}' (step {self._checkpoint_step()}); "
-                 "lower --lr, check the data, then --resume" if self.last_checkpoint is not None
-                 else "no checkpoint was written yet")
-        raise NonFiniteLossError(f"{what} is {value} at step {step} (lr {lr:.3g}): "
-                                 f"training stopped, nothing saved after step {self._checkpoint_step()}; {where}")
-
-    def _checkpoint_step(self) -> int:
-        return int(self.last_checkpoint.name.split("-")[-1]) if self.last_checkpoint is not None else 0
-
     # ------------------------------------------------------------------ evaluation and metrics
+    def _can_evaluate(self) -> bool:
+        return bool(self.eval_batches)
+
     def evaluate(self) -> dict:
         """Held-out loss and accuracies (dropout off; the dropout counter is not touched)."""
         if not self.eval_batches:
@@ -599,175 +1068,15 @@ class Trainer:
         self.last_eval = result
         return result
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    def _metrics_reset(self) -> None:
-        self.metrics_path.write_text("", encoding="utf-8")
-
-    def _write_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def plot(self) -> Path | None:
-        """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib)."""
-        try:
-            from bertnp.viz import plot_training
-            return plot_training(self.metrics_path, self.out / "training.png")
-        except ImportError:
-            return None
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-NNNNNN`` atomically, then point ``latest.json`` at it, then
-        delete checkpoints beyond ``keep_checkpoints``. Refuses (NonFiniteLossError) when a step
-        since the last read had a non-finite loss: a broken model is never saved."""
-        self.read_pending()
-        ckdir = self.out / "checkpoints"
-        name = f"step-{self.step:06d}"
-        state = {
-            "version": STATE_VERSION, "step": self.step, "schedule": self.schedule.state_dict(),
-            "loader": self.loader.state_dict(),
-            "model_rng": {"dropout_seed": self.model.dropout_seed, "forward_count": self.model.forward_count},
-            "tokens_seen": self.tokens_seen, "train_time": self.train_time, "last_eval": self.last_eval,
-            "backend": backend.get_backend(),
-        }
-
-        def write(tmp: Path):
-            self.model.save_pretrained(tmp)
-            checkpoint.save_optimizer(tmp / "optimizer.safetensors", self.optimizer)
-            checkpoint.write_json(tmp / "trainer_state.json", state)
-        path = checkpoint.atomic_directory(ckdir / name, write)
-        checkpoint.write_json(ckdir / "latest.json", {"step": self.step, "dir": name})
-        self.last_checkpoint = path
-        done = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
-        for old in done[:-self.config.keep_checkpoints]:
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
-
-    def _load_checkpoint(self, path: Path) -> None:
-        state = checkpoint.read_json(path / "trainer_state.json")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"{path / 'trainer_state.json'}: unknown version {state.get('version')!r}")
-        weights = checkpoint.load_tensors(path / "model.safetensors")
-        try:
-            self.model.load_state_dict(weights, strict=True)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path / 'model.safetensors'}: {exc}") from exc
-        checkpoint.load_optimizer(path / "optimizer.safetensors", self.optimizer)
-        self.schedule.load_state_dict(state["schedule"])
-        try:
-            self.loader.load_state_dict(state["loader"])
-        except ValueError as exc:
-            raise ValueError(f"{path / 'trainer_state.json'}: {exc}") from exc
-        self.model.dropout_seed = int(state["model_rng"]["dropout_seed"])
-        self.model.forward_count = int(state["model_rng"]["forward_count"])
-        self.step = int(state["step"])
-        self.tokens_seen = int(state["tokens_seen"])
-        self.train_time = float(state["train_time"])
-        self.last_eval = state.get("last_eval")
-        self.last_checkpoint = path
-        # drop metric lines written after this checkpoint (by the run that died)
-        kept = []
-        if self.metrics_path.is_file():
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue                       # a line cut short by the crash
-                if rec.get("step", 0) <= self.step:
-                    kept.append(line + "\n")
-        self.metrics_path.write_text("".join(kept), encoding="utf-8")
-        self.log(f"resumed from '{path}' at step {self.step} of {self.config.steps}")
-
-    # ------------------------------------------------------------------ the loop
-    def train(self, stop_at: int | None = None) -> dict:
-        """Train until ``config.steps`` (or ``stop_at``, for a run that pauses), evaluating,
-        logging and checkpointing on the way; save the final model when the run is complete."""
-        c = self.config
-        end = c.steps if stop_at is None else min(stop_at, c.steps)
-        bar = None
-        if c.progress and self.step < end:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=end, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
-        window = Counter()
-        try:
-            while self.step < end:
-                t0 = time.perf_counter()
-                self.train_step()
-                dt = time.perf_counter() - t0
-                self.train_time += dt
-                window["time"] += dt
-                if bar is not None:
-                    bar.update(1)
-                if self.adaptive_steps and stop_at is None and self._retune_steps():
-                    end = c.steps
-                    if bar is not None:
-                        bar.total = end
-                        bar.refresh()
-                last = self.step == end
-                log_now = self.step % c.log_every == 0 or last
-                eval_now = bool(self.eval_batches) and (self.step % c.eval_every == 0 or last)
-                over = c.time_budget is not None and self.train_time > OVERTIME * c.time_budget and not last
-                save_now = self.step % c.checkpoint_every == 0 or last or over
-                if not (log_now or eval_now or save_now):
-                    continue                            # the device values wait: no synchronisation
-                t0 = time.perf_counter()
-                self.read_pending()                     # one host sync; raises if a loss was not finite
-                steps = self.take_read_steps()
-                dt = time.perf_counter() - t0           # the wait for the GPU belongs to the steps
-                self.train_time += dt
-                window["time"] += dt
-                for m in steps:
-                    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_total", "nsp_correct",
-                                "nsp_total", "tokens"):
-                        window[key] += m[key]
-                    window["grad_norm"] += m["grad_norm"] or 0.0
-                    window["n"] += 1
-                if log_now:
-                    rec = self._window_record(window, steps[-1]["lr"])
-                    self._write_metrics(rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm=f"{rec['mlm_acc']:.3f}",
-                                        nsp=f"{rec['nsp_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-                    window = Counter()
-                if eval_now:
-                    ev = self.evaluate()
-                    self._write_metrics({"split": "eval", "step": self.step, **ev})
-                    self.plot()
-                    if bar is not None:
-                        bar.write(f"step {self.step}: held-out loss {ev['loss']:.3f}  MLM acc {ev['mlm_acc']:.3f}"
-                                  f"  NSP acc {ev['nsp_acc']:.3f}")
-                if over:
-                    self.log(f"note: the time budget ({c.time_budget:.0f} s) is exceeded by "
-                             f"{100 * (OVERTIME - 1):.0f}% (a busy or slower machine): stopping at step "
-                             f"{self.step} of {c.steps}")
-                    self.truncated = True
-                    if self.eval_batches and not eval_now:
-                        ev = self.evaluate()
-                        self._write_metrics({"split": "eval", "step": self.step, **ev})
-                if save_now:
-                    self.save_checkpoint()
-                if self.truncated:
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
+    def _after_evaluation(self, result: dict, say) -> None:
         self.plot()
-        summary = {"step": self.step, "steps": c.steps, "complete": self.step >= c.steps,
-                   "train_time": self.train_time, "tokens_seen": self.tokens_seen,
-                   "eval": self.last_eval, "baseline_mlm_acc": self.baseline_acc,
-                   "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-                   "metrics": str(self.metrics_path), "figure": str(self.out / "training.png")}
-        if self.step >= c.steps or self.truncated:
-            summary["model_dir"] = str(self.save_final())
-        summary["truncated"] = self.truncated
-        return summary
+        if self.config.progress:
+            say(f"step {self.step}: held-out loss {result['loss']:.3f}  MLM acc {result['mlm_acc']:.3f}"
+                f"  NSP acc {result['nsp_acc']:.3f}")
 
     def _window_record(self, w: Counter, lr: float) -> dict:
+        """A metrics line: per-step losses averaged over the window (each step's loss is already the
+        exact mean over its update), accuracies over all the window's predictions."""
         n = max(w["n"], 1)
         return {"split": "train", "step": self.step, "loss": w["loss"] / n, "mlm_loss": w["mlm_loss"] / n,
                 "nsp_loss": w["nsp_loss"] / n, "mlm_acc": w["mlm_correct"] / max(w["mlm_total"], 1),
@@ -775,14 +1084,33 @@ class Trainer:
                 "grad_norm": w["grad_norm"] / n, "tokens_per_s": w["tokens"] / max(w["time"], 1e-9),
                 "elapsed_s": self.train_time}
 
-    def save_final(self) -> Path:
-        """The trained model in Hugging Face's layout, with the tokenizer: ``out_dir/model``."""
-        target = self.out / "model"
+    def _postfix(self, rec: dict) -> dict:
+        return {"loss": f"{rec['loss']:.3f}", "mlm": f"{rec['mlm_acc']:.3f}", "nsp": f"{rec['nsp_acc']:.3f}",
+                "tok_s": f"{rec['tokens_per_s']:.0f}"}
 
-        def write(tmp: Path):
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-        return checkpoint.atomic_directory(target, write)
+    def plot(self) -> Path | None:
+        """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib, or
+        with ``config.plot=False``: drawing takes a second or two of the time budget each time)."""
+        if not self.config.plot:
+            return None
+        try:
+            from bertnp.viz import plot_training
+            return plot_training(self.metrics_path, self.out / "training.png")
+        except ImportError:
+            return None
+
+    # ------------------------------------------------------------------ checkpoints and summary
+    def _extra_state(self) -> dict:
+        return {"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen}
+
+    def _load_extra_state(self, state: dict, path: Path) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.tokens_seen = state["tokens_seen"]
+
+    def _summary(self) -> dict:
+        self.plot()
+        return {"steps": self.total_steps, "tokens_seen": self.tokens_seen, "eval": self.last_eval,
+                "baseline_mlm_acc": self.baseline_acc, "figure": str(self.out / "training.png")}
 
 
 def pretrain(config: TrainConfig | None = None, log: Callable = print, **options) -> dict:

@@ -1,10 +1,10 @@
 """The command line: --help everywhere, one-line errors with exit status 2, and a tiny run end to end."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,14 +209,15 @@ def test_tokenizer_train_and_pretrain_with_a_trained_vocab(capsys, world, tmp_pa
 def test_use_kernels_reaches_the_model_and_is_runtime_only(capsys, world, tmp_path):
     """--use-kernels builds the model on the kernel op table (on NumPy the wrappers fall back to
     the reference ops, so the run is the same); a resume may switch it, like --backend."""
-    from bertnp.cli import _train_config_from_args, build_parser
+    from bertnp.cli import _pretrain_options, build_parser
     from bertnp.train import TrainConfig
     args = build_parser().parse_args(tiny_args(world, tmp_path / "k", "--steps", "2", "--use-kernels"))
-    assert _train_config_from_args(args).use_kernels is True
+    assert _pretrain_options(args)["use_kernels"] is True
     args = build_parser().parse_args(tiny_args(world, tmp_path / "k", "--steps", "2"))
-    assert _train_config_from_args(args).use_kernels is False
+    assert "use_kernels" not in _pretrain_options(args)              # the config's default: off
     assert "use_kernels" in TrainConfig.RUNTIME_ONLY
     code, stdout, err = run_cli(capsys, tiny_args(world, tmp_path / "k", "--steps", "2", "--use-kernels"))
     assert code == 0, err
+    assert json.loads((tmp_path / "k" / "run.json").read_text())["use_kernels"] is True
     with pytest.raises(ValueError, match="use_kernels"):
         TrainConfig(steps=1, use_kernels="yes").validate()

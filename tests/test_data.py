@@ -518,8 +518,9 @@ def test_reproducible_for_a_seed(tok, docs):
 # Token-id documents and the instances Google's create_pretraining_data.py makes from them with
 # random.Random(7), max_seq_length 16, dupe_factor 2, short_seq_prob 0.3, masked_lm_prob 0.15,
 # max_predictions_per_seq 3 and vocab_words = the 30 tokens below (ids 0..29). The expected rows
-# were produced by Google's functions run on the same documents (as token strings); each row is
-# (number of segment-1 tokens, masked input ids, masked positions, labels, is_random_next).
+# are printed by tests/reference/google_pretraining_data.py, Google's functions written out on
+# their own (standard library only, no bertnp), run on the same documents as token strings; each
+# row is (number of segment-1 tokens, masked input ids, masked positions, labels, is_random_next).
 GOLDEN_DOCS = [
     [[28, 23, 14], [28, 18, 29, 27], [22, 12, 25, 28, 20], [18, 21, 28, 24, 11, 14]],
     [[21, 7, 28, 29, 11, 27], [27, 25, 9, 22, 11, 18, 6, 29], [25, 18, 19, 8, 28, 28], [29, 15, 17],
@@ -551,6 +552,20 @@ GOLDEN = [
     (7, [2, 25, 18, 19, 8, 28, 28, 3, 25, 24, 29, 12, 12, 4, 3], [5, 13], [28, 19], 1),
     (7, [2, 4, 15, 17, 3, 16, 11, 15, 18, 18, 15, 3], [1, 7], [29, 15], 0),
 ]
+
+
+def test_golden_rows_come_from_the_transcription_of_googles_functions():
+    """The rows below are not hand-made: the committed transcription of Google's functions
+    (tests/reference/google_pretraining_data.py) prints exactly them from these documents."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parent / "reference" / "google_pretraining_data.py"
+    spec = importlib.util.spec_from_file_location("google_pretraining_data", path)
+    google = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(google)
+    assert google.DOCUMENTS == GOLDEN_DOCS
+    assert google.VOCAB == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, 30)]
+    assert google.golden_rows() == GOLDEN
 
 
 def test_same_random_stream_as_google():

