@@ -1,5 +1,10 @@
-"""Lesson 11's check must reject the plausible wrong accumulations and accept the right one."""
-from lesson_runner import exercise_tests
+"""Lesson 11's check must reject the plausible wrong accumulations and accept the right one.
+
+Harness: tests/lesson_exercises.py; that the solution passes and a blank fails (for every lesson):
+tests/test_lesson_exercises.py."""
+import pytest
+
+from lesson_exercises import Lesson
 
 PLAIN_AVERAGE = """
     K = len(micro_batches)
@@ -40,5 +45,11 @@ MUTANTS = {
 }
 
 
-namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
-    test_blank_solution_fails_in_the_check = exercise_tests("11", "accumulate", MUTANTS)
+LESSON = Lesson.get("11")
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")     # e.g. a mutant's log(0)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_mutant_fails_with_a_pointed_message(mutant):
+    body, message = MUTANTS[mutant]
+    LESSON.assert_fails("accumulate", message, body=body)

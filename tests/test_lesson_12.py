@@ -1,8 +1,13 @@
 """Lesson 12's check must reject the plausible wrong unigram baselines and accept the right one.
 
 The check also reads the lesson's short training run (fast mode, ~10-20 s), so the cells before the
-exercise run once for the module."""
-from lesson_runner import exercise_tests
+exercise run once for the module.
+
+Harness: tests/lesson_exercises.py; that the solution passes and a blank fails (for every lesson):
+tests/test_lesson_exercises.py."""
+import pytest
+
+from lesson_exercises import Lesson
 
 BODY = """
     is_special = np.zeros(vocab_size, dtype=bool)
@@ -36,10 +41,18 @@ MUTANTS = {name: (BODY.format(**dict(RIGHT, **change)), message) for name, (chan
 }.items()}
 
 
-# the solution written out here too: the mutants above are edits of it
-namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
-    test_blank_solution_fails_in_the_check = exercise_tests("12", "unigram_baseline", MUTANTS,
-                                                            solution=BODY.format(**RIGHT))
+LESSON = Lesson.get("12")
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")     # e.g. a mutant's log(0)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_mutant_fails_with_a_pointed_message(mutant):
+    body, message = MUTANTS[mutant]
+    LESSON.assert_fails("unigram_baseline", message, body=body)
+
+
+def test_the_tests_copy_of_the_solution_passes():
+    LESSON.run("unigram_baseline", body=BODY.format(**RIGHT))     # the mutants above are edits of it
 
 
 def test_committed_run_is_small_and_made_by_its_script():

@@ -1,5 +1,10 @@
-"""Lesson 13's check must reject the plausible wrong poolings and similarities and accept the right ones."""
-from lesson_runner import exercise_tests
+"""Lesson 13's check must reject the plausible wrong poolings and similarities and accept the right ones.
+
+Harness: tests/lesson_exercises.py; that the solution passes and a blank fails (for every lesson):
+tests/test_lesson_exercises.py."""
+import pytest
+
+from lesson_exercises import Lesson
 
 MUTANTS = {   # {solution region: body}, the expected words of the hint
     "padding in the mean": ({0: "pooled = last_hidden_state.mean(axis=1)"}, "the padding is in it"),
@@ -14,5 +19,11 @@ MUTANTS = {   # {solution region: body}, the expected words of the hint
 }
 
 
-namespace, test_solution_passes, test_mutant_fails_with_a_pointed_message, \
-    test_blank_solution_fails_in_the_check = exercise_tests("13", "mean_pooling", MUTANTS, regions=2)
+LESSON = Lesson.get("13")
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")     # e.g. a mutant's log(0)
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_mutant_fails_with_a_pointed_message(mutant):
+    body, message = MUTANTS[mutant]
+    LESSON.assert_fails("mean_pooling", message, body=body)
