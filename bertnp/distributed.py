@@ -63,7 +63,7 @@ import numpy as np
 
 from bertnp import backend
 
-__all__ = ["DataParallel", "Communicator", "FlatGradients", "DivergenceError", "RankFailure",
+__all__ = ["DataParallel", "Communicator", "FlatGradients", "DivergenceError",
            "shard_rows", "shard_batch", "weights_checksum", "launched_by_mpi", "environment_rank_size",
            "supervise", "mpiexec_command", "launch", "find_mpiexec"]
 
@@ -74,10 +74,6 @@ _CHILD_FLAG = "BERTNP_RANK_CHILD"      # set in the environment of a supervised 
 
 class DivergenceError(RuntimeError):
     """The ranks' weights are no longer identical: they do not train one model any more."""
-
-
-class RankFailure(RuntimeError):
-    """A collective did not complete in time: a rank died or hangs."""
 
 
 # ============================================================================ sharing a batch
@@ -187,7 +183,7 @@ class Communicator:
 
     # ------------------------------------------------------------------ waiting, with a deadline
     def wait(self, is_done: Callable[[], bool], what: str) -> None:
-        """Poll ``is_done()`` until it is True; at most ``timeout`` seconds (then RankFailure handling)."""
+        """Poll ``is_done()`` until it is True; after ``timeout`` seconds, name the missing rank and abort."""
         k = self.collectives
         self.collectives += 1
         if self.size == 1:
@@ -223,8 +219,11 @@ class Communicator:
         while time.monotonic() < deadline:
             if is_done():
                 return                            # only slow after all
+        if self.size == 2:                        # the left neighbour is the only other rank: it stopped inside
+            self.abort(f"rank {left} stopped inside {what}: it did not complete within {self.timeout + grace:g} s; "
+                       f"it died or hangs (this is rank {self.rank} of {self.size} on {self.host}); stopping every rank")
         self.abort(f"{what} did not complete within {self.timeout + grace:g} s: another rank died or hangs "
-                   "(its right-hand neighbour names it); stopping every rank")
+                   "(its right-hand neighbour names it unless it stopped inside the collective); stopping every rank")
 
     def abort(self, message: str, code: int = 3) -> None:
         """Print ``message`` (naming this rank) and end every rank of the job (MPI_Abort)."""

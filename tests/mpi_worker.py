@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,6 +172,24 @@ def cli_with_fault(world, out, scenario) -> int:
             self.model.parameters()["bert.encoder.layer.0.output.dense.bias"][0] += 1e-12
         return record
     Trainer.train_step = faulty
+    if scenario == "cli-writes":                     # every file or folder this rank creates, renames or opens to write
+        import json
+        target, writes = str(out / scenario), []
+
+        def audit(event, args):
+            if event in ("open", "os.rename", "os.mkdir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
+                path = os.fsdecode(args[-3] if event == "os.rename" else args[0])
+                mode = args[1] if event == "open" else "w"
+                destination = os.fsdecode(args[1]) if event == "os.rename" else path
+                if destination.startswith(target) and isinstance(mode, str) and any(c in mode for c in "wax+"):
+                    writes.append([event, os.path.relpath(destination, target)])
+        sys.addaudithook(audit)
+        code = cli.main(["pretrain", "--corpus", world["corpus"], "--vocab", world["vocab"], "--config", world["config"],
+                         "--seq-length", "24", "--batch-size", "4", "--steps", "8", "--log-every", "1",
+                         "--eval-every", "4", "--eval-batches", "1", "--checkpoint-every", "4", "--no-progress",
+                         "--out", target])
+        (out / f"writes-rank{rank}.json").write_text(json.dumps(writes))
+        return code
     argv = ["pretrain", "--corpus", world["corpus"], "--vocab", world["vocab"], "--config", world["config"],
             "--seq-length", "24", "--batch-size", "4", "--steps", "8", "--log-every", "1", "--eval-every", "100",
             "--checkpoint-every", "100", "--check-weights-every", "2", "--dtype", "float64", "--dropout", "0",

@@ -219,3 +219,63 @@ def test_backend_has_no_nccl_on_numpy():
     with pytest.raises(RuntimeError, match="NCCL needs the cupy backend"):
         backend.nccl()
     assert backend.use_device(3) == 0
+
+
+# ----------------------------------------------------------------------------- benchmarks/bench_mpi.py
+
+@pytest.fixture(scope="module")
+def bench_mpi():
+    import importlib
+    from pathlib import Path
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module("bench_mpi")
+    finally:
+        sys.path.remove(folder)
+
+
+def test_scaling_model_counts_the_parameters_and_the_ring(bench_mpi):
+    """The README's scaling model: BERT's parameter count from its shapes (checked against built
+    models), and the ring all-reduce's 2(N-1)/N * bytes / bandwidth."""
+    for preset in ("tiny", "mini"):
+        cfg = BertConfig.preset(preset, vocab_size=30522)
+        assert bench_mpi.bert_parameters(preset) == BertForPreTraining(cfg).num_parameters(), preset
+    assert bench_mpi.bert_parameters("base") == 110_106_428
+    assert bench_mpi.ring_allreduce_seconds(1e9, 1, 1e9) == 0
+    assert bench_mpi.ring_allreduce_seconds(1e9, 2, 1e9) == pytest.approx(1.0)
+    assert bench_mpi.ring_allreduce_seconds(1e9, 4, 1e9, latency=1e-3) == pytest.approx(1.5 + 6e-3)
+    table = bench_mpi.scaling_table(20000, (10, 100), ranks=(1, 2))
+    row = table.splitlines()[3].split(" | ")                 # N = 2: 1.64 s / 2 compute, 0.352 s at 10 Gb/s
+    assert row[1] == "0.819" and row[2] == "0.352" and row[3] == "70%"
+
+
+def test_bench_mpi_replaces_only_its_own_section(bench_mpi, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# bertnp benchmarks\n\n## CPU\n\ncpu table\n\n## GPU\n\ngpu text\n")
+    bench_mpi.write_results(bench_mpi.SECTION + "\n\nfirst\n", results)
+    bench_mpi.write_results(bench_mpi.SECTION + "\n\nsecond\n", results)
+    text = results.read_text()
+    assert "cpu table" in text and "gpu text" in text and "second" in text and "first" not in text
+    assert text.count(bench_mpi.SECTION) == 1
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--mpi-timeout", "0", "argument --mpi-timeout"),
+    ("--mpi-timeout", "soon", "argument --mpi-timeout"),
+    ("--check-weights-every", "0", "argument --check-weights-every"),
+    ("--check-weights-every", "2.5", "argument --check-weights-every"),
+])
+def test_bad_mpi_flags_are_refused_naming_the_flag(flag, value, message, capsys, tmp_path):
+    from bertnp.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main(["pretrain", "--steps", "1", "--out", str(tmp_path), flag, value])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_parallel_settings_are_refused_naming_them():
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got -1"):
+        distributed.Communicator(timeout=-1)
+    with pytest.raises(ValueError, match="check_every must be a positive integer, got 0"):
+        DataParallel(None, check_every=0)
