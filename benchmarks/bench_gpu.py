@@ -8,13 +8,21 @@
     python benchmarks/bench_gpu.py --json out.json      # also write every number as JSON
 
 Per kernel (llm.c's way): each version is first checked against the plain CuPy version of the same
-operation (bertnp.ops running on CuPy), then timed with cupyx.profiler.benchmark (CUDA events, GPU
-time), and its achieved bandwidth is reported as compulsory bytes / time -- every input read once,
-every output written once -- next to the card's peak: 2 x memory clock x bus width (device
-attributes), and a measured device-to-device copy, the practical ceiling. These operations are
-memory-bound, so GB/s, not FLOP/s, says how close to the hardware a kernel is.
+operation (bertnp.ops running on CuPy), then timed: K launches back to back between ONE pair of
+CUDA events (no synchronisation between them), so the GPU runs them end to end while Python queues
+the next, and the time per launch is the GPU's, not Python's launch overhead (timing each call
+between its own events puts that overhead inside every measurement, a large share of a kernel of a
+few tens of microseconds). A kernel whose
+launches cannot be queued faster than it runs is flagged "launch-bound": its figure is then the
+Python launch rate, not the kernel. The achieved bandwidth is compulsory bytes / time -- every input
+read once, every output written once -- reported as a percentage of a measured device-to-device
+copy (the practical ceiling) and of the card's nominal HBM bandwidth (H100 SXM 3.35 TB/s, H200
+4.8 TB/s, ... from NVIDIA's datasheets; else 2 x memory clock x bus width from the device
+attributes). These operations are memory-bound, so GB/s, not FLOP/s, says how close to the
+hardware a kernel is. Dropout is timed against the scheme it replaced (a cupy.random generator per
+site per step) and checked bit for bit against NumPy's mask for the same key.
 
-Without CuPy or a GPU it says so and exits 0 (``--help`` works anywhere).
+Without CuPy or a GPU it says so and exits 0, or 3 with ``--require-gpu`` (``--help`` works anywhere).
 """
 from __future__ import annotations
 
@@ -54,16 +62,62 @@ def device_info(xp) -> dict:
     clock_khz = props.get("memoryClockRate") or runtime.deviceGetAttribute(36, dev)   # cudaDevAttrMemoryClockRate
     bus_bits = props.get("memoryBusWidth") or runtime.deviceGetAttribute(37, dev)     # ...GlobalMemoryBusWidth
     peak = 2.0 * clock_khz * 1e3 * bus_bits / 8.0          # double data rate: 2 transfers per clock
+    nominal = nominal_hbm_gbs(name)
     return {"name": name, "sms": props["multiProcessorCount"], "memory_clock_khz": clock_khz,
-            "bus_width_bits": bus_bits, "peak_gbs": peak / 1e9,
+            "bus_width_bits": bus_bits, "attribute_peak_gbs": peak / 1e9,
+            "nominal_gbs": nominal if nominal is not None else peak / 1e9,
+            "nominal_source": "NVIDIA datasheet" if nominal is not None else "device attributes",
             "total_memory_gib": props["totalGlobalMem"] / 2 ** 30}
 
 
+# Nominal HBM bandwidth (TB/s) from NVIDIA's datasheets, by a substring of the device name; the
+# first match wins (so the specific "H100 NVL" and "H100 PCIe" come before the SXM "H100").
+NOMINAL_HBM_TBS = (("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35),
+                   ("A100-SXM4-80GB", 2.039), ("A100 80GB PCIe", 1.935), ("A100", 1.555))
+
+
+def nominal_hbm_gbs(name: str):
+    """The datasheet memory bandwidth of the named device in GB/s, or None when not in the table."""
+    for key, tbs in NOMINAL_HBM_TBS:
+        if key.lower() in name.lower():
+            return tbs * 1000.0
+    return None
+
+
+class Timing(NamedTuple):
+    gpu_s: float              # GPU time per call (the best of the rounds)
+    issue_s: float            # host time to queue one call (Python + launch)
+
+    @property
+    def launch_bound(self) -> bool:
+        """Queuing a call takes about as long as running it: the GPU waited for Python."""
+        return self.issue_s >= 0.8 * self.gpu_s
+
+
+def time_launches(fn, n_repeat: int, n_warmup: int = 5, rounds: int = 3) -> Timing:
+    """fn() n_repeat times back to back between one pair of CUDA events, best of ``rounds``."""
+    xp = backend.xp()
+    for _ in range(n_warmup):
+        fn()
+    xp.cuda.Stream.null.synchronize()
+    best_gpu, best_issue = float("inf"), float("inf")
+    for _ in range(rounds):
+        start, end = xp.cuda.Event(), xp.cuda.Event()
+        start.record()
+        t0 = time.perf_counter()
+        for _ in range(n_repeat):
+            fn()
+        issued = time.perf_counter() - t0
+        end.record()
+        end.synchronize()
+        best_gpu = min(best_gpu, xp.cuda.get_elapsed_time(start, end) / 1e3 / n_repeat)
+        best_issue = min(best_issue, issued / n_repeat)
+    return Timing(best_gpu, best_issue)
+
+
 def gpu_time(fn, n_repeat: int, n_warmup: int = 5) -> float:
-    """Mean GPU time of fn() in seconds (cupyx.profiler.benchmark: CUDA events around each call)."""
-    from cupyx.profiler import benchmark
-    result = benchmark(fn, n_repeat=n_repeat, n_warmup=n_warmup)
-    return float(np.mean(result.gpu_times[0]))
+    """GPU seconds per call of fn(), n_repeat calls back to back between one pair of events."""
+    return time_launches(fn, n_repeat, n_warmup, rounds=1).gpu_s
 
 
 def configure_tf32(xp, enabled: bool) -> str:
@@ -111,6 +165,7 @@ class Case(NamedTuple):
     reference: Callable       # plain CuPy (bertnp.ops on the cupy backend) -> array to compare
     versions: dict            # {"v1": fn, ...} -> array to compare
     atol: float
+    expected: Callable = None  # what the versions must give, when not the reference's output
 
 
 def kernel_cases(xp, a) -> list:
@@ -144,12 +199,13 @@ def kernel_cases(xp, a) -> list:
                       lambda: ops.layernorm_forward(x, gamma, beta, 1e-12)[0],
                       {f"v{v}": (lambda v=v: kernels.layernorm_forward(x, gamma, beta, 1e-12, version=v)[0])
                        for v in kernels.VERSIONS["layernorm_forward"]}, 5e-6))
+    ln_bwd = {f"v{v}/p{pv}": (lambda v=v, pv=pv: kernels.layernorm_backward(dout, ln_cache, version=v,
+                                                                          param_version=pv)[1])
+              for v in kernels.VERSIONS["layernorm_backward"] if v < 3
+              for pv in kernels.VERSIONS["layernorm_param_grad"]}
+    ln_bwd["v3 fused"] = lambda: kernels.layernorm_backward(dout, ln_cache, version=3)[1]
     cases.append(Case(f"layernorm bwd {tuple(x.shape)}", 4 * (3 * x.size + 3 * H + B * T),
-                      lambda: ops.layernorm_backward(dout, ln_cache)[1],
-                      {f"v{v}/p{pv}": (lambda v=v, pv=pv: kernels.layernorm_backward(
-                          dout, ln_cache, version=v, param_version=pv)[1])
-                       for v in kernels.VERSIONS["layernorm_backward"]
-                       for pv in kernels.VERSIONS["layernorm_param_grad"]}, 1e-3))
+                      lambda: ops.layernorm_backward(dout, ln_cache)[1], ln_bwd, 1e-3))
 
     h = f(B * T, I)
     _, gelu_cache = ops.gelu_forward(h)
@@ -176,6 +232,8 @@ def kernel_cases(xp, a) -> list:
                       lambda: ops.cross_entropy_backward(1.0, ce_cache),
                       {f"v{v}": (lambda v=v: kernels.cross_entropy_backward(1.0, ce_cache, version=v))
                        for v in kernels.VERSIONS["cross_entropy_backward"]}, 1e-8))
+
+    cases += dropout_cases(xp, scores, dprobs)
 
     n = V * H                                         # the word-embedding matrix, the largest tensor
     p0, g = f(n), 0.01 * f(n)
@@ -205,32 +263,88 @@ def kernel_cases(xp, a) -> list:
     return cases
 
 
+def previous_dropout(xp, x, p, key):
+    """The dropout scheme the Philox kernel replaced (kept here to time against): a cupy.random
+    generator per site per step -- XORWOW, a cuRAND state per thread with skip-ahead -- seeded from
+    (seed, step, site) through a SeedSequence, one float32 uniform per element, a float scale array."""
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)
+    rng = xp.random.default_rng(int(state[0] >> np.uint64(1)))
+    scale = rng.random(x.shape, dtype=x.dtype)
+    keep = scale >= p
+    xp.multiply(keep, x.dtype.type(1.0 / (1.0 - p)), out=scale)
+    return x * scale, scale
+
+
+def dropout_cases(xp, x, dout) -> list:
+    """Dropout on the attention probabilities (the largest site): the kernel against the scheme it
+    replaced, for time; against NumPy's mask for the same key (bertnp.backend.philox_bits16), for
+    correctness (bit for bit: atol 0)."""
+    from bertnp.ops import dropout as dropout_module
+    p, key, n = 0.1, (0, 1, 1), x.size
+    step = [0]
+
+    def expected():                                   # the host path: NumPy's Philox, then a copy up
+        with_host = dropout_module._device_kernels
+        dropout_module._device_kernels = lambda: None
+        try:
+            return ops.dropout_forward(x, p, rng=key)[0]
+        finally:
+            dropout_module._device_kernels = with_host
+
+    def previous():
+        step[0] += 1                                  # a new generator each call, as each step had
+        return previous_dropout(xp, x, p, (key[0], step[0], key[2]))[0]
+    out, cache = ops.dropout_forward(x, p, rng=key)
+    _, scale = previous_dropout(xp, x, p, key)
+    return [
+        Case(f"dropout fwd {tuple(x.shape)}", 9 * n, previous,
+             {"philox": lambda: ops.dropout_forward(x, p, rng=key)[0]}, 0.0, expected),
+        Case(f"dropout bwd {tuple(x.shape)}", 9 * n, lambda: dout * scale,
+             {"mask": lambda: ops.dropout_backward(dout, cache)}, 0.0,
+             lambda: expected_backward(dout, cache)),
+    ]
+
+
+def expected_backward(dout, cache):
+    """dout * scale * mask, as the host path computes it."""
+    dx = dout * dout.dtype.type(cache.scale)
+    dx *= cache.mask
+    return dx
+
+
 def check(got, ref, atol) -> str:
     g, r = backend.to_host(got).astype(np.float64), backend.to_host(ref).astype(np.float64)
     err = np.abs(g - r)
+    if atol == 0:                                     # bit for bit (NaN in the same places counts)
+        return "ok (bitwise)" if np.array_equal(g, r, equal_nan=True) else f"MISMATCH ({int((err > 0).sum())} entries)"
     ok = bool(np.all(err <= atol + 1e-5 * np.abs(r)))
     return "ok" if ok else f"MISMATCH (max |x-ref| {err.max():.2e})"
 
 
 def run_kernel_benchmarks(xp, args, info) -> list:
+    """Every case: the reference and each version, checked, then timed; one row each."""
     rows = []
-    print(f"\n{'operation':44s} {'impl':9s} {'time us':>10s} {'GB/s':>8s} {'% peak':>7s} "
+    print(f"\n{'operation':40s} {'impl':9s} {'time us':>9s} {'GB/s':>7s} {'% copy':>7s} {'% HBM':>6s} "
           f"{'vs CuPy':>8s}  check")
     for case in kernel_cases(xp, args):
         ref_out = case.reference()
-        t_ref = gpu_time(case.reference, args.repeat)
-        impls = [("cupy", case.reference, t_ref, "reference")]
+        want = case.expected() if case.expected is not None else ref_out
+        t_ref = time_launches(case.reference, args.repeat)
+        impls = [("cupy", t_ref, "reference")]
         for label, fn in case.versions.items():
-            verdict = check(fn(), ref_out, case.atol)
-            impls.append((label, fn, gpu_time(fn, args.repeat), verdict))
-        for label, _, t, verdict in impls:
+            verdict = check(fn(), want, case.atol)
+            impls.append((label, time_launches(fn, args.repeat), verdict))
+        for label, timing, verdict in impls:
+            t = timing.gpu_s
             gbs = case.nbytes / t / 1e9
-            row = {"op": case.name, "impl": label, "time_us": t * 1e6, "gbs": gbs,
-                   "pct_peak": 100 * gbs / info["peak_gbs"], "speedup_vs_cupy": t_ref / t,
-                   "check": verdict, "bytes": case.nbytes}
+            row = {"op": case.name, "impl": label, "time_us": t * 1e6, "issue_us": timing.issue_s * 1e6,
+                   "launch_bound": timing.launch_bound, "gbs": gbs,
+                   "pct_copy": 100 * gbs / info["copy_gbs"], "pct_nominal": 100 * gbs / info["nominal_gbs"],
+                   "speedup_vs_cupy": t_ref.gpu_s / t, "check": verdict, "bytes": case.nbytes}
             rows.append(row)
-            print(f"{case.name:44s} {label:9s} {t * 1e6:10.1f} {gbs:8.0f} {row['pct_peak']:6.1f}% "
-                  f"{t_ref / t:7.2f}x  {verdict}")
+            flag = "  launch-bound" if timing.launch_bound else ""
+            print(f"{case.name:40s} {label:9s} {t * 1e6:9.1f} {gbs:7.0f} {row['pct_copy']:6.1f}% "
+                  f"{row['pct_nominal']:5.1f}% {t_ref.gpu_s / t:7.2f}x  {verdict}{flag}")
     return rows
 
 
@@ -475,6 +589,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed training steps (10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (3)")
     p.add_argument("--json", type=Path, help="write all results to this JSON file")
+    p.add_argument("--require-gpu", action="store_true",
+                   help="exit with status 3 (not 0) when there is no GPU to benchmark on")
     return p.parse_args(argv)
 
 
@@ -483,16 +599,17 @@ def main(argv=None) -> int:
     reason = gpu_unavailable_reason()
     if reason is not None:
         print(f"bench_gpu: no GPU to benchmark on, nothing measured ({reason})")
-        return 0
+        return 3 if args.require_gpu else 0
     bn.set_backend("cupy")
     xp = backend.xp()
     info = device_info(xp)
     info["tf32"] = args.tf32_mode = configure_tf32(xp, args.tf32)
     info["copy_gbs"] = measured_copy_gbs(xp, args.repeat)
-    print(f"{info['name']}: {info['sms']} SMs, {info['total_memory_gib']:.0f} GiB; peak memory bandwidth "
-          f"{info['peak_gbs']:.0f} GB/s (2 x {info['memory_clock_khz'] / 1e3:.0f} MHz x "
-          f"{info['bus_width_bits']} bit), measured device copy {info['copy_gbs']:.0f} GB/s; "
-          f"float32 matmuls: {info['tf32']}")
+    print(f"{info['name']}: {info['sms']} SMs, {info['total_memory_gib']:.0f} GiB; nominal memory bandwidth "
+          f"{info['nominal_gbs']:.0f} GB/s ({info['nominal_source']}; device attributes: 2 x "
+          f"{info['memory_clock_khz'] / 1e3:.0f} MHz x {info['bus_width_bits']} bit = "
+          f"{info['attribute_peak_gbs']:.0f} GB/s), measured device copy {info['copy_gbs']:.0f} GB/s "
+          f"({100 * info['copy_gbs'] / info['nominal_gbs']:.0f}% of nominal); float32 matmuls: {info['tf32']}")
     print(f"kernels from {kernels.kernel_dir()}; compiled {len(kernels.compile_all())} kernels "
           f"(NVRTC, {' '.join(kernels.COMPILE_OPTIONS)})")
     results = {"device": info, "args": {k: str(v) for k, v in vars(args).items()},
@@ -504,7 +621,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
         print(f"\nwrote {args.json}")
-    if any(r.get("check", "ok") not in ("ok", "reference") for r in results.get("kernels", [])):
+    if any(not r.get("check", "ok").startswith(("ok", "reference")) for r in results.get("kernels", [])):
         print("\nbench_gpu: some kernel did not match the CuPy reference (see 'check' above)")
         return 1
     return 0

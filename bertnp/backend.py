@@ -10,12 +10,13 @@ Every operation in :mod:`bertnp.ops` asks this module for its array module ``xp`
     h = bn.backend.to_host(a)              # current backend -> numpy
 
 Besides the array module it provides the few functions that have no common name in NumPy and
-CuPy (the exact ``erf``, a scatter-add, seeded random generators) so that nothing else in the
+CuPy (the exact ``erf``, a scatter-add, the dropout mask's random bits) so that nothing else in the
 library has to ask which backend is active.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -27,8 +28,62 @@ _xp = np                 # its array module
 _cupy = None             # the cupy module once imported (None until first asked for)
 
 
+# A one-line kernel: set_backend("cupy") compiles (NVRTC) and runs it, so a broken CUDA install fails
+# there, with its cause named, and not in the middle of the first training step.
+_PROBE_SOURCE = r"""
+extern "C" __global__ void bertnp_probe(float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = 2.0f * i;
+}
+"""
+
+# (words any of which identify the failure in CuPy's message, what to tell the user), first match wins
+_CAUSES = (
+    (("libnvrtc-builtins", "nvrtc-builtins"),
+     "NVRTC (CUDA's run-time compiler) loaded but cannot find its companion libnvrtc-builtins library. "
+     "Some nvidia-cuda-nvrtc 13.0 wheels ship it beside libnvrtc.so without a search path: put that folder "
+     "(site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH, or upgrade the wheel (pip install -U nvidia-cuda-nvrtc)."),
+    (("cuda headers", "cuda_fp16.h", "cuda_runtime.h", "cuda_bf16.h", "cannot open source file",
+      "could not find cuda include"),
+     "CuPy cannot find the CUDA headers it compiles its kernels against (CuPy 14 compiles every kernel, its "
+     "own included, when first used). Install them with the CUDA components from PyPI: "
+     "pip install 'bertnp[gpu]' (= cupy-cuda12x[ctk]; cupy-cuda13x[ctk] for CUDA 13), or point CUDA_PATH at "
+     "a CUDA toolkit."),
+    (("libnvrtc", "nvrtc"),
+     "CuPy cannot load or run NVRTC (libnvrtc, the CUDA run-time compiler that builds every kernel). "
+     "Install it with the CUDA components from PyPI: pip install 'bertnp[gpu]' (= cupy-cuda12x[ctk]; "
+     "cupy-cuda13x[ctk] for CUDA 13), or install a CUDA toolkit of the same major version as the CuPy wheel."),
+    (("unsupported toolchain", "no kernel image", "insufficient", "unsupported ptx", "ptx jit"),
+     "The GPU driver is older than the CUDA version CuPy compiles for. Update the NVIDIA driver, or install "
+     "the CuPy wheel of the CUDA major version the driver supports (cupy-cuda12x for a CUDA 12 driver)."),
+    (("out of memory", "cudaerrormemoryallocation"),
+     "The GPU has no memory left for even a 16-byte array: another process holds it (see nvidia-smi)."),
+)
+
+
+def _diagnose(exc: BaseException) -> str:
+    """A sentence naming the likely cause of a failed CuPy start, from the exception CuPy raised."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    for words, advice in _CAUSES:
+        if any(word in text for word in words):
+            return advice
+    return "The one-line test kernel failed for a reason not recognised here; CuPy's message is below."
+
+
+def _probe(cupy) -> None:
+    """Compile and run the one-line kernel (NVRTC), then one of CuPy's own elementwise kernels and a
+    reduction (which need the CUDA headers), and read the answer back."""
+    kernel = cupy.RawKernel(_PROBE_SOURCE, "bertnp_probe")
+    out = cupy.zeros(4, dtype=cupy.float32)
+    kernel((1,), (4,), (out, np.int32(4)))                 # out = [0, 2, 4, 6]
+    total = float((out + 1).sum())                          # 1 + 3 + 5 + 7
+    if total != 16.0:
+        raise RuntimeError(f"the probe kernel computed {cupy.asnumpy(out)}, expected [0. 2. 4. 6.]")
+
+
 def _import_cupy():
-    """Import CuPy and check that a GPU answers; raise a clear error saying what is missing."""
+    """Import CuPy, check that a GPU answers and that a kernel compiles and runs there; raise a
+    RuntimeError naming what is missing otherwise."""
     global _cupy
     if _cupy is not None:
         return _cupy
@@ -37,7 +92,8 @@ def _import_cupy():
     except ImportError as exc:  # not installed, or installed for another CUDA
         raise RuntimeError(
             "backend 'cupy' needs CuPy, which is not installed (or failed to import: "
-            f"{exc}). Install the GPU extra: pip install 'bertnp[gpu]' (a cupy-cuda12x wheel)."
+            f"{exc}). Install the GPU extra: pip install 'bertnp[gpu]' (cupy-cuda12x with the CUDA "
+            "components it compiles with; for CUDA 13: pip install 'cupy-cuda13x[ctk]')."
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -47,8 +103,34 @@ def _import_cupy():
         ) from exc
     if count < 1:
         raise RuntimeError("backend 'cupy' needs an NVIDIA GPU, and none was found")
+    try:
+        _probe(cupy)
+    except Exception as exc:  # noqa: BLE001 (CompileException, CUDARuntimeError, OSError ...: all reported)
+        raise RuntimeError(
+            f"backend 'cupy': a GPU answers, but compiling and running a one-line kernel failed. "
+            f"{_diagnose(exc)} (CuPy {getattr(cupy, '__version__', '?')}; "
+            f"{type(exc).__name__}: {str(exc).strip()[:2000]})"
+        ) from exc
     _cupy = cupy
     return cupy
+
+
+def cupy_versions() -> dict:
+    """CuPy's and CUDA's versions as this process sees them (for reports; starts the cupy backend)."""
+    cupy = _import_cupy()
+    runtime = cupy.cuda.runtime
+    props = runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+
+    def version(number):                                  # 12040 -> "12.4"
+        return f"{number // 1000}.{number % 1000 // 10}"
+    try:
+        nvrtc = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    except Exception as exc:  # noqa: BLE001
+        nvrtc = f"unknown ({exc})"
+    return {"cupy": cupy.__version__, "cuda_runtime": version(runtime.runtimeGetVersion()),
+            "cuda_driver": version(runtime.driverGetVersion()), "nvrtc": nvrtc, "gpu": name,
+            "compute_capability": f"{props['major']}.{props['minor']}"}
 
 
 def is_available(name: str) -> bool:
@@ -113,12 +195,12 @@ def to_device(array, dtype=None):
 
 def to_host(array):
     """Return a NumPy array for any backend's array (scalars pass through as NumPy scalars)."""
-    if isinstance(array, np.ndarray) and type(array) is np.ndarray:
+    if type(array) is np.ndarray:
         return array
     if _cupy is not None and isinstance(array, _cupy.ndarray):
         return _cupy.asnumpy(array)
-    if hasattr(array, "get") and not isinstance(array, (np.ndarray, np.generic, dict)):
-        return array.get()  # other device arrays with CuPy's .get()
+    if callable(getattr(array, "get", None)) and not isinstance(array, (np.generic, dict)):
+        return array.get()  # other device arrays with CuPy's .get() (the tests' strict stand-in)
     return np.asarray(array)
 
 
@@ -192,15 +274,21 @@ def scatter_add(target, indices, values) -> None:
         _xp.add.at(target, indices, values)
 
 
-def seed_from(*keys: int) -> int:
-    """Mix several integers (seed, step, site) into one 63-bit seed, deterministically."""
-    state = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFF for k in keys]).generate_state(2, np.uint64)
-    return int(state[0] >> np.uint64(1))
+def philox_bits16(shape, seed: int, step: int, site: int):
+    """16 random bits per element, on the host, for the dropout key (seed, step, site).
 
-
-def rng(seed: int):
-    """A seeded random generator of the active backend (``xp.random.default_rng``)."""
-    return _xp.random.default_rng(int(seed))
+    NumPy's Philox4x64-10 (Salmon et al. 2011), a counter-based generator: with key (seed, 0) and
+    counter (b, 0, step, site), block b = 1, 2, ... gives four 64-bit words, i.e. 16 values of 16
+    bits; element e takes bits 16(e % 4) .. 16(e % 4) + 15 of word (e // 4) % 4 of block e // 16 + 1.
+    Nothing is stored between calls: the bits of any element follow from the key alone, which is
+    how the dropout kernel (kernels/dropout.cu) computes the SAME bits on the GPU, thread by thread.
+    Returns a NumPy uint16 array of ``shape``."""
+    count = math.prod(shape)
+    generator = np.random.Philox(counter=np.array([0, 0, step, site], dtype=np.uint64),
+                                 key=np.array([seed, 0], dtype=np.uint64))
+    words = generator.random_raw(-(-count // 4))                       # (ceil(n / 4),) uint64
+    # little-endian: the low 16 bits of each word come first, on any machine
+    return words.astype("<u8", copy=False).view("<u2")[:count].reshape(shape)
 
 
 def default_backend_from_env() -> None:

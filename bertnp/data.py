@@ -350,6 +350,7 @@ def create_instances_from_document(
 
     # Per document target length: usually full, with probability short_seq_prob a random shorter
     # one (to reduce the mismatch between pretraining and short fine-tuning inputs).
+    # TASK 4.2 create_instances: chunks, the A/B split, random next (lesson 03)
     target_seq_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_seq_length = rng.randint(2, max_num_tokens)
@@ -426,6 +427,7 @@ def create_instances_from_document(
             current_length = 0
         i += 1
     return instances
+    # END TASK 4.2
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,6 +527,7 @@ def create_masked_lm_predictions(
         after_special = False
     rng.shuffle(cand_indexes)
 
+    # TASK 4.3 masking: exactly num_to_predict positions, 80/10/10 (lesson 03)
     output = list(tokens)
     n_predict = num_to_predict(len(tokens), masked_lm_prob, max_predictions_per_seq)
     random_ids = vocab.random_ids
@@ -562,6 +565,7 @@ def create_masked_lm_predictions(
             masked.append((index, tokens[index]))
     masked.sort()
     return output, [p for p, _ in masked], [t for _, t in masked]
+    # END TASK 4.3
 
 
 def _mask_instance(instance: TrainingInstance, vocab: MaskingVocab, rng: random.Random,

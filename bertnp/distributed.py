@@ -580,7 +580,9 @@ class DataParallel:
         """Each rank its own dropout masks: rank r > 0 derives its dropout seed from the run's (rank 0
         keeps it, so one process is unchanged). Called after building and after loading a checkpoint."""
         if self.active and self.rank > 0:
-            model.dropout_seed = backend.seed_from(model.seed, 0x5EED, self.rank)
+            # the dropout key's seed (backend.philox_bits16) mixed from (run seed, a tag, rank): 63 bits
+            mixed = np.random.SeedSequence([model.seed & 0xFFFFFFFFFFFF, 0x5EED, self.rank]).generate_state(2, np.uint64)
+            model.dropout_seed = int(mixed[0] >> np.uint64(1))
 
     # ------------------------------------------------------------------ one update
     def share(self, batch: dict) -> dict:

@@ -71,6 +71,7 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
     (~1e-10 absolute) would read as a 1e-5 relative error; order 4 resolves them."""
     if order not in _STENCILS:
         raise ValueError(f"order must be 2 or 4, got {order!r}")
+    # TASK 1.1 numerical_gradient: centered differences, entry by entry (lesson 01)
     offsets, weights, denominator = _STENCILS[order]
     x_host = backend.to_host(x)
     if x_host.dtype != np.float64:
@@ -87,6 +88,12 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-5, order: int = 
         x[index] = saved
         grad[index] = total / (denominator * h)
     return grad
+    # END TASK 1.1
+
+
+def _on_backend(value):
+    """A host NumPy array -> the active backend's array; anything else unchanged."""
+    return backend.to_device(value) if type(value) is np.ndarray else value
 
 
 def _scalar(out, dout) -> float:
@@ -106,9 +113,12 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
       tuple whose entries are named by ``grad_names`` (default: ``wrt`` in order).
     * The upstream gradient ``dout`` is standard normal (seeded), shaped like ``out``.
 
-    Returns ``{name: relative error}``. Inputs must be float64 arrays of the active backend.
+    Returns ``{name: relative error}``. The inputs must be float64. Host (NumPy) arrays among the
+    inputs and params are first copied to the active backend, so the same call checks a layer on
+    the GPU (on NumPy nothing is copied: ``x`` itself is perturbed, and restored).
     """
-    inputs = dict(inputs)
+    inputs = {name: _on_backend(value) for name, value in inputs.items()}
+    params = {name: _on_backend(value) for name, value in params.items()}
     for name in wrt:
         if name not in inputs:
             raise ValueError(f"wrt names {name!r}, which is not among the inputs {sorted(inputs)}")
@@ -117,7 +127,7 @@ def check_layer(forward: Callable, backward: Callable, inputs: Mapping[str, obje
             raise TypeError(f"input {name!r} must be a float64 array for a gradient check, got {dtype}")
 
     out, cache = forward(**inputs, **params)
-    dout = backend.to_device(np.random.default_rng(seed).standard_normal(np.shape(out)))
+    dout = backend.to_device(np.random.default_rng(seed).standard_normal(tuple(out.shape)))
     grads = backward(dout, cache)
     if not isinstance(grads, Mapping):
         if not isinstance(grads, tuple):
@@ -168,6 +178,7 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
         idx = np.arange(p.size)
         if max_entries is not None and p.size > max_entries:
             idx = np.sort(rng.choice(p.size, size=max_entries, replace=False))
+        # TASK 1.1 check_model: the same differences on a model's parameters (lesson 01)
         numeric = np.empty(idx.size)
         for j, i in enumerate(idx):
             index = np.unravel_index(i, p.shape)  # a multi-index: right for any memory layout
@@ -178,5 +189,6 @@ def check_model(model, inputs: Mapping[str, object], names: Sequence[str] | None
                 total += weight * float(model(**inputs).loss)
             p[index] = saved
             numeric[j] = total / (denominator * h)
+        # END TASK 1.1
         errors[name] = rel_error(grads[name].reshape(-1)[idx], numeric, floor=floor)
     return errors

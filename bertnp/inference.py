@@ -6,7 +6,7 @@ and attention maps.
     model = bn.BertForPreTraining.from_pretrained("runs/demo/model")
     tok = bn.BertTokenizer.from_pretrained("runs/demo/model")
     inf.fill_mask(model, tok, "And God said, let there be [MASK].")
-        # [[{'token_str': 'light', 'token': 1234, 'score': 0.41, 'sequence': 'and god said, let there be light.'}, ...]]
+        # [{'token_str': 'light', 'token': 1234, 'score': 0.41, 'sequence': 'and god said, let there be light.'}, ...]
     inf.next_sentence_probability(model, tok, "He went home.", "He slept.")      # 0.93
 
     enc = bn.BertModel.from_pretrained(minilm_dir)            # e.g. all-MiniLM-L6-v2
@@ -119,10 +119,15 @@ def _check_batch_size(batch_size) -> int:
 def fill_mask(model, tokenizer, text, top_k: int = 5, max_length: int | None = None):
     """The ``top_k`` most likely tokens for each ``[MASK]`` in ``text``.
 
-    Returns one list per ``[MASK]`` (in order of appearance), each of ``top_k`` dicts
-    ``{"token_str", "token", "score", "sequence"}`` (Hugging Face's fill-mask pipeline fields;
-    ``sequence`` is the text with that one mask filled in, the others left as ``[MASK]``). Given a
-    list of texts, returns a list of such results.
+    The result has the shape of Hugging Face's fill-mask pipeline: for a text with one ``[MASK]``,
+    a flat list of ``top_k`` dicts ``{"token_str", "token", "score", "sequence"}``, best first
+    (``sequence`` is the text with that mask filled in); for a text with several, one such list per
+    ``[MASK]``, in order of appearance (the other masks stay ``[MASK]`` in ``sequence``). Given a
+    list of texts, a list with one such result per text::
+
+        fill_mask(model, tok, "the [MASK] sat.")                 # [{...}, {...}, ...]
+        fill_mask(model, tok, "the [MASK] sat on the [MASK].")   # [[{...}, ...], [{...}, ...]]
+        fill_mask(model, tok, ["a [MASK].", "the [MASK]."])      # [[{...}, ...], [{...}, ...]]
 
     Only the masked positions go through the 30k-way decoder: the model is called with
     ``labels`` set at the ``[MASK]`` positions, which makes it compute the MLM logits there alone
@@ -170,6 +175,7 @@ def fill_mask(model, tokenizer, text, top_k: int = 5, max_length: int | None = N
                           "token": int(token_id), "score": float(p[token_id]),
                           "sequence": tokenizer.decode(body)})
         results[b].append(preds)
+    results = [r[0] if len(r) == 1 else r for r in results]               # one mask: a flat list, as HF
     return results[0] if single else results
 
 

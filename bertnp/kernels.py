@@ -2,10 +2,10 @@
 
 The CUDA C sources live in the top-level ``kernels/`` folder, one operation per file in llm.c's
 manner (``softmax_attention.cu``, ``layernorm.cu``, ``gelu.cu``, ``cross_entropy.cu``,
-``adamw.cu``); each opens with a comment giving the math, the numbered versions and the launch
-configuration. This module compiles each file once per process with ``cupy.RawModule`` (NVRTC
-compiles for the running GPU; CuPy also keeps a disk cache) and wraps its kernels in functions with
-the SAME signatures and the SAME cache types as the NumPy operations, so a model can switch per run::
+``adamw.cu``, ``dropout.cu``); each opens with a comment giving the math, the numbered versions and
+the launch configuration. This module compiles each file once per process with
+``cupy.RawModule`` (NVRTC compiles for the running GPU; CuPy also keeps a disk cache) and wraps its
+kernels in functions with the SAME signatures and the SAME cache types as the NumPy operations, so a model can switch per run::
 
     from bertnp import kernels
     F = kernels.ops(use_kernels)                  # a namespace: kernel wrappers, or bertnp.ops itself
@@ -44,11 +44,12 @@ __all__ = [
     "softmax_forward", "softmax_backward", "layernorm_forward", "layernorm_backward",
     "gelu_forward", "gelu_backward", "activation_forward", "activation_backward",
     "cross_entropy_forward", "cross_entropy_backward", "adamw_step", "adamw_step_reference",
+    "dropout_philox_forward", "dropout_mask_backward",
 ]
 
 # ----------------------------------------------------------------------------- finding the sources
 
-KERNEL_NAMES = ("softmax_attention", "layernorm", "gelu", "cross_entropy", "adamw")
+KERNEL_NAMES = ("softmax_attention", "layernorm", "gelu", "cross_entropy", "adamw", "dropout")
 PACKAGE_DATA_DIR = "cuda_kernels"     # where setup.cfg puts kernels/*.cu inside an installed bertnp
 KERNELS_DIR_ENV = "BERTNP_KERNELS_DIR"
 COMPILE_OPTIONS = ("-std=c++17",)     # CuPy adds the running GPU's -arch itself
@@ -56,12 +57,12 @@ COMPILE_OPTIONS = ("-std=c++17",)     # CuPy adds the running GPU's -arch itself
 # The version each wrapper launches unless told otherwise (the numbers of the .cu files' headers).
 DEFAULT_VERSIONS = {
     "softmax_forward": 3, "softmax_backward": 2,
-    "layernorm_forward": 2, "layernorm_backward": 2, "layernorm_param_grad": 2,
+    "layernorm_forward": 2, "layernorm_backward": 3, "layernorm_param_grad": 2,
     "gelu": 2, "cross_entropy_forward": 2, "cross_entropy_backward": 2, "adamw": 2,
 }
 VERSIONS = {
     "softmax_forward": (1, 2, 3), "softmax_backward": (1, 2),
-    "layernorm_forward": (1, 2), "layernorm_backward": (1, 2), "layernorm_param_grad": (1, 2),
+    "layernorm_forward": (1, 2), "layernorm_backward": (1, 2, 3), "layernorm_param_grad": (1, 2),
     "gelu": (1, 2), "cross_entropy_forward": (1, 2), "cross_entropy_backward": (1, 2), "adamw": (1, 2),
 }
 
@@ -189,6 +190,19 @@ def param_grad_chunks(rows: int):
     return rows_per_chunk, max(1, -(-rows // rows_per_chunk))
 
 
+LN_FUSED_WARPS = 4               # backward v3: warps per block, each with its own 2 x C sums
+LN_FUSED_MAX_C = 1536            # 4 warps x 2 x C floats <= 48 KB of shared memory
+FINAL_ROWS = 16                  # finalize: rows of the (32, 16) block summing chunks in parallel
+
+
+def fused_chunks(rows: int):
+    """(rows_per_chunk, n_chunks) for backward v3: 2 rows per warp (8 per block) keeps ~one warp per
+    two rows in flight, as many as v2 has, while the partial sums add only 2 / (3 x 8) = 8% to the
+    bytes dx reads and writes; at most 2048 chunks (then more rows per chunk)."""
+    rows_per_chunk = max(2 * LN_FUSED_WARPS, -(-rows // 2048))
+    return rows_per_chunk, max(1, -(-rows // rows_per_chunk))
+
+
 def _address(array) -> int:
     data = array.data
     return data.ptr if hasattr(data, "ptr") else array.ctypes.data   # CuPy, or NumPy (CPU tests)
@@ -300,16 +314,27 @@ def layernorm_backward(dout, cache: LayerNormCache, *, version=None, param_versi
     pv = _version("layernorm_param_grad", param_version)
     C = xhat.shape[-1]
     rows = xhat.size // C
+    if v == 3 and C > LN_FUSED_MAX_C:                             # its shared sums would not fit
+        v = 2
     dout = xp.ascontiguousarray(dout)
     xhat = xp.ascontiguousarray(xhat)
     rstd = xp.ascontiguousarray(rstd)
     gamma_c = xp.ascontiguousarray(gamma)
     dx = xp.empty(xhat.shape, dtype=xhat.dtype)
+    dgamma = xp.empty((C,), dtype=xhat.dtype)
+    dbeta = xp.empty((C,), dtype=xhat.dtype)
+    if v == 3:                                                    # dx and the partial sums, one pass
+        rows_per_chunk, n_chunks = fused_chunks(rows)
+        partial = xp.empty((n_chunks, 2, C), dtype=xhat.dtype)
+        _function("layernorm", "layernorm_backward_v3")(
+            (n_chunks,), (LN_FUSED_WARPS * WARP,),
+            (dx, partial, dout, xhat, rstd, gamma_c, np.int64(rows), np.int32(C), np.int32(rows_per_chunk)),
+            shared_mem=LN_FUSED_WARPS * 2 * C * 4)
+        _finalize_param_grads(dgamma, dbeta, partial, n_chunks, C)
+        return dx, dgamma, dbeta
     grid, block = rows_launch(rows, per_warp=v > 1)
     _function("layernorm", f"layernorm_backward_dx_v{v}")(
         grid, block, (dx, dout, xhat, rstd, gamma_c, np.int64(rows), np.int32(C)))
-    dgamma = xp.empty((C,), dtype=xhat.dtype)
-    dbeta = xp.empty((C,), dtype=xhat.dtype)
     col_grid = -(-C // 256)
     if pv == 1:
         _function("layernorm", "layernorm_param_grad_v1")(
@@ -320,9 +345,14 @@ def layernorm_backward(dout, cache: LayerNormCache, *, version=None, param_versi
         _function("layernorm", "layernorm_param_grad_partial")(
             (col_grid, n_chunks), (256,),
             (partial, dout, xhat, np.int64(rows), np.int32(C), np.int32(rows_per_chunk)))
-        _function("layernorm", "layernorm_param_grad_finalize")(
-            (col_grid,), (256,), (dgamma, dbeta, partial, np.int32(n_chunks), np.int32(C)))
+        _finalize_param_grads(dgamma, dbeta, partial, n_chunks, C)
     return dx, dgamma, dbeta
+
+
+def _finalize_param_grads(dgamma, dbeta, partial, n_chunks: int, C: int) -> None:
+    """dgamma, dbeta = the sums over chunks of partial (n_chunks, 2, C), in a fixed order."""
+    _function("layernorm", "layernorm_param_grad_finalize")(
+        (-(-C // WARP), 2), (WARP, FINAL_ROWS), (dgamma, dbeta, partial, np.int32(n_chunks), np.int32(C)))
 
 
 # ----------------------------------------------------------------------------- GELU
@@ -401,8 +431,10 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
         if bool(bad.any()):
             raise ValueError(f"targets must be in [0, {V}) or equal ignore_index={ignore_index}; "
                              f"got {int(targets[bad][0])}")
+    # TASK 1.8 kernel_ce_rows: which rows count (lesson 08)
     safe_targets = xp.where(valid_bool, targets, 0)               # (N,) the cache's safe index
     valid = valid_bool.astype(logits.dtype)                       # (N,) 1.0 / 0.0
+    # END TASK 1.8
     v = _version("cross_entropy_forward", version)
     logits = xp.ascontiguousarray(logits)
     targets64 = xp.ascontiguousarray(targets.astype(xp.int64, copy=False))
@@ -414,8 +446,10 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
         grid, block = (N,), (cross_entropy_block(V),)
     _function("cross_entropy", f"cross_entropy_forward_v{v}")(
         grid, block, (probs, nll, logits, targets64, np.int64(ignore_index), np.int64(N), np.int32(V)))
+    # TASK 1.8 kernel_ce_loss: the mean over the counted rows (lesson 08)
     count = xp.maximum(valid.sum(), 1.0)                          # () counted rows, at least 1
     loss = (nll * valid).sum() / count                            # () on the device: no sync
+    # END TASK 1.8
     return loss, CrossEntropyCache(probs, safe_targets, valid, count)
 
 
@@ -452,9 +486,11 @@ def _adamw_scalars(lr, step, beta1, beta2, weight_decay):
     """Per-step scalars in double precision (as PyTorch computes them on the host)."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be a positive integer (1 for the first update), got {step!r}")
+    # TASK 5.1 adamw_scalars: the decay factor and the bias corrections (lesson 10)
     decay = 1.0 - lr * weight_decay                  # p *= 1 - lr * wd
     step_size = lr / (1.0 - beta1 ** int(step))      # lr / (1 - b1^t)
     bc2_sqrt = math.sqrt(1.0 - beta2 ** int(step))   # sqrt(1 - b2^t)
+    # END TASK 5.1
     return decay, step_size, bc2_sqrt
 
 
@@ -463,6 +499,7 @@ def adamw_step_reference(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.
     """The AdamW update in array code (any backend, any float dtype), in place on param, exp_avg,
     exp_avg_sq: ``correct_bias=True`` is torch.optim.AdamW, ``False`` Google BERT's optimizer
     (no bias correction, decay inside the update), the same switch as :class:`bertnp.AdamW`."""
+    # TASK 5.1 adamw_step_reference: the same update in array code (lesson 10)
     xp = backend.xp()
     decay, step_size, bc2_sqrt = _adamw_scalars(lr, step, beta1, beta2, weight_decay)
     if correct_bias:
@@ -479,6 +516,7 @@ def adamw_step_reference(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.
         exp_avg_sq += (1.0 - beta2) * (grad * grad)
         update = exp_avg / (xp.sqrt(exp_avg_sq) + eps) + weight_decay * param
         param -= lr * update
+    # END TASK 5.1
 
 
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-6,
@@ -510,6 +548,62 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, step, beta1=0.9, beta2=0
                       f32(lr), f32(beta1), f32(beta2), f32(1.0 - beta1), f32(1.0 - beta2), f32(eps),
                       f32(weight_decay), f32(decay), f32(step_size), f32(bc2_sqrt)))
     return None
+
+
+# ----------------------------------------------------------------------------- dropout
+# Not behind use_kernels: on CuPy, bertnp.ops.dropout always draws its mask here (the alternative,
+# a cupy.random generator per dropout site per step, costs more than every other kernel together).
+
+DROPOUT_BLOCK = 256              # threads per block of dropout_forward_f32 / dropout_mask: its shared tile
+DROPOUT_TILE = 16 * DROPOUT_BLOCK  # elements per tile: one Philox call (16 values) per thread
+
+
+def dropout_launch(n: int):
+    """(grid, block) for the tiled dropout kernels: grid-stride over tiles of 4096 elements."""
+    return (max(1, min(GRID_CAP, -(-n // DROPOUT_TILE))),), (DROPOUT_BLOCK,)
+
+
+def dropout_philox_forward(x, key, threshold: int, scale: float):
+    """Dropout on the device: x (...) -> (out (...), mask (...) bool), the mask drawn from the
+    key's Philox bits (kernels/dropout.cu; the same bits as NumPy's, bertnp.backend.philox_bits16).
+    float32: ONE kernel writes the mask and out; other dtypes: the mask kernel, then array code."""
+    xp = backend.xp()
+    seed, step, site = (np.uint64(v) for v in key)
+    n = x.size
+    mask = xp.empty(x.shape, dtype=xp.bool_)
+    grid, block = dropout_launch(n)
+    if n and x.dtype == np.float32:
+        x_c = xp.ascontiguousarray(x)
+        out = xp.empty(x.shape, dtype=x.dtype)
+        _function("dropout", "dropout_forward_f32")(
+            grid, block, (out, mask, x_c, np.int64(n), seed, step, site, np.uint32(threshold),
+                          np.float32(scale)))
+        return out, mask
+    if n:
+        _function("dropout", "dropout_mask")(
+            grid, block, (mask, np.int64(n), seed, step, site, np.uint32(threshold)))
+    # TASK 1.6 kernel_dropout_forward: the scale and the mask, in array code (lesson 07)
+    out = x * x.dtype.type(scale)                 # (...) the reference's two passes
+    out *= mask
+    return out, mask
+    # END TASK 1.6
+
+
+def dropout_mask_backward(dout, mask, scale: float):
+    """dout (...) -> dx (...) = dout * scale * mask: one kernel for float32, array code otherwise."""
+    xp = backend.xp()
+    if dout.dtype != np.float32 or dout.shape != mask.shape or dout.size == 0:
+        # TASK 1.6 kernel_dropout_backward: the same mask and scale, in array code (lesson 07)
+        dx = dout * dout.dtype.type(scale)
+        dx *= mask
+        return dx
+        # END TASK 1.6
+    dout_c, mask_c = xp.ascontiguousarray(dout), xp.ascontiguousarray(mask)
+    dx = xp.empty(dout.shape, dtype=dout.dtype)
+    grid, block = elementwise_launch(dout.size, vectorized=False)
+    _function("dropout", "dropout_backward_f32")(
+        grid, block, (dx, dout_c, mask_c, np.int64(dout.size), np.float32(scale)))
+    return dx
 
 
 # ----------------------------------------------------------------------------- one switch per run

@@ -220,6 +220,14 @@ class _BertBase:
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self._params.values()))
 
+    def __repr__(self) -> str:
+        """``BertForPreTraining(L2 H128 A2 I512 V8000, 1.47M parameters, float32, eval)``."""
+        c = self.config
+        extra = f", num_labels={self.num_labels}" if hasattr(self, "num_labels") else ""
+        return (f"{type(self).__name__}(L{c.num_hidden_layers} H{c.hidden_size} A{c.num_attention_heads} "
+                f"I{c.intermediate_size} V{c.vocab_size}{extra}, {self.num_parameters() / 1e6:.2f}M parameters, "
+                f"{self.dtype.name}, {'train' if self.training else 'eval'})")
+
     def zero_grad(self) -> None:
         for grad in self._grads.values():
             grad.fill(0)
@@ -346,9 +354,9 @@ class _BertBase:
 
     # ------------------------------------------------------------------ dropout randomness
     def _dropout_rng(self, site: int):
-        """A generator for dropout site ``site`` of the current forward: a pure function of
-        (dropout_seed, forward_count, site), so saving forward_count is enough to resume exactly."""
-        return backend.rng(backend.seed_from(self.dropout_seed, self.forward_count, site))
+        """The dropout key of site ``site`` in the current forward: (dropout_seed, forward_count, site),
+        which fixes the mask (counter-based random bits), so saving forward_count is enough to resume exactly."""
+        return (self.dropout_seed, self.forward_count, site)
 
     # ------------------------------------------------------------------ encoder forward / backward
     def _encoder_forward(self, ids, mask, types, output_attentions=False):
@@ -431,6 +439,7 @@ class _BertBase:
         acc = self._accumulate
         dx = dhidden                                                                            # (B, T, C)
         if self.has_pooler and dpooled is not None:
+            # TASK 3.4 pooler_backward: the pooler's gradient lands on [CLS] (lesson 08)
             dpooled = tanh_backward(dpooled, cache["pool_tanh"])
             dfirst, dW, db = linear_backward(dpooled, cache["pool_dense"])
             acc(p + "pooler.dense.weight", dW)
@@ -438,7 +447,9 @@ class _BertBase:
             dx = dx.copy() if dx is not None else backend.xp().zeros(
                 cache["shape"] + (c.hidden_size,), dtype=self.dtype)
             dx[:, 0] += dfirst                             # pooled read x[:, 0] only: its gradient lands there
+            # END TASK 3.4
         for i in reversed(range(c.num_hidden_layers)):
+            # TASK 3.2 encoder_layer_backward: one post-LN layer in reverse (lesson 09)
             L = f"{p}encoder.layer.{i}."
             lc = cache["layers"][i]
             # x_out = LN2(h + f): the residual sends the same gradient to h and to the FFN branch
@@ -469,7 +480,9 @@ class _BertBase:
                 acc(L + f"attention.self.{proj}.bias", getattr(g, proj + "_bias"))
             dx = g.x                                       # x fed both the residual and the attention:
             dx += dsum                                     # sum the two, in place (g.x is a fresh array)
+            # END TASK 3.2
         # embeddings: back through dropout and LayerNorm, then to the three tables (x was their sum)
+        # TASK 3.1 embeddings_backward: to the three tables (lesson 05)
         dx = dropout_backward(dx, cache["emb_drop"])
         dx, dg, db = self.F.layernorm_backward(dx, cache["emb_ln"])
         acc(p + "embeddings.LayerNorm.weight", dg)
@@ -480,6 +493,7 @@ class _BertBase:
         seq_len = cache["shape"][1]
         # position t was added to every sequence of the batch: its gradient sums over the batch axis
         self._grads[p + "embeddings.position_embeddings.weight"][:seq_len] += dx.sum(axis=0)   # (B, T, C) -> (T, C)
+        # END TASK 3.1
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory) -> Path:
@@ -681,10 +695,12 @@ class BertForPreTraining(_BertBase):
         if labels is not None:
             # MLM only where it is scored: gather the N labelled positions (row-major) -- the 30k-way
             # decoder is most of BERT's FLOPs, and ~85% of positions would be thrown away.
+            # TASK 3.5 gather_labelled: the MLM loss is scored at the labelled positions only (lesson 08)
             flat_positions = np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)     # (N,) on the host
             head["positions"] = backend.to_device(flat_positions)
             selected = hidden.reshape(batch * seq_len, H)[head["positions"]]        # (B, T, C) -> (B*T, C) -> (N, C)
             mlm_targets = backend.to_device(labels.reshape(-1)[flat_positions])     # (N,)
+            # END TASK 3.5
         else:
             selected = hidden                                                       # (B, T, C): every position
         t, head["dense"] = linear_forward(selected, P["cls.predictions.transform.dense.weight"],
@@ -738,6 +754,7 @@ class BertForPreTraining(_BertBase):
         dhidden = None
         if has_mlm:
             # walk the MLM head in reverse: loss <- logits <- LayerNorm <- GELU <- dense <- gathered rows
+            # TASK 3.3 mlm_head_backward: the MLM head in reverse; the decoder is tied (lesson 08)
             dlogits = self.F.cross_entropy_backward(dmlm, head["mlm_ce"])               # (N, V) (softmax - onehot) / N
             # logits = t @ E^T + bias: a Linear whose weight is the word embedding E (V, C)
             dt, dW, db = linear_backward(dlogits, head["decoder"])                      # (N, C), (V, C), (V,)
@@ -750,16 +767,21 @@ class BertForPreTraining(_BertBase):
             dselected, dW, db = linear_backward(dt, head["dense"])                      # (N, C) to the gathered rows
             acc("cls.predictions.transform.dense.weight", dW)
             acc("cls.predictions.transform.dense.bias", db)
+            # END TASK 3.3
             # scatter the N gathered rows back to their positions; positions are distinct, so = is exact
+            # TASK 3.5 scatter_labelled: back to the positions they were gathered from (lesson 08)
             dhidden = xp.zeros((batch * seq_len, H), dtype=self.dtype)                  # (B*T, C)
             dhidden[head["positions"]] = dselected
             dhidden = dhidden.reshape(batch, seq_len, H)                                # (B*T, C) -> (B, T, C)
+            # END TASK 3.5
         dpooled = None
         if has_nsp:
+            # TASK 3.4 nsp_head_backward: (lesson 08)
             dnsp_logits = self.F.cross_entropy_backward(dnsp, head["nsp_ce"])           # (B, 2) (softmax - onehot) / B
-            dpooled, dW, db = linear_backward(dnsp_logits, head["nsp"])                        # nsp_logits = pooled Wsr^T + bsr: (B, C)
+            dpooled, dW, db = linear_backward(dnsp_logits, head["nsp"])                 # nsp_logits = pooled Wsr^T + bsr: (B, C)
             acc("cls.seq_relationship.weight", dW)
             acc("cls.seq_relationship.bias", db)
+            # END TASK 3.4
         if dhidden is None:                  # NSP only: the hidden states reach the loss through the pooler alone
             dhidden = xp.zeros((batch, seq_len, H), dtype=self.dtype)
         self._encoder_backward(dhidden, dpooled)

@@ -32,11 +32,12 @@ on CuPy: it only uses the backend's array module.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Mapping
 
 import numpy as np
 
-from bertnp import backend
+from bertnp import backend, parallel
 
 __all__ = [
     "AdamW",
@@ -51,7 +52,9 @@ __all__ = [
 
 def default_no_decay(name: str) -> bool:
     """BERT's rule: no weight decay on biases and LayerNorm parameters."""
+    # TASK 5.1 no_decay: which tensors are not decayed (lesson 10)
     return name.endswith(".bias") or "LayerNorm" in name
+    # END TASK 5.1
 
 
 def _check_number(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:
@@ -121,6 +124,7 @@ class AdamW:
         for p in self.params.values():
             largest[p.dtype] = max(largest.get(p.dtype, 0), p.size)
         self._scratch = {dt: xp.empty(n, dtype=dt) for dt, n in largest.items()}
+        self._thread_scratch: dict = {}          # {thread id: {dtype: buffer}} for bertnp.parallel's threads
 
     # ------------------------------------------------------------------ gradients
     @property
@@ -155,13 +159,17 @@ class AdamW:
         lr, eps = self.lr, self.eps
         step_size = bc2_sqrt = None                       # (used only with the bias correction)
         if self.correct_bias:
+            # TASK 5.1 bias_correction: (lesson 10)
             step_size = lr / (1.0 - b1 ** t)              # lr / (1 - b1^t)
             bc2_sqrt = math.sqrt(1.0 - b2 ** t)           # sqrt(1 - b2^t)
+            # END TASK 5.1
         # On the CPU the ~14 elementwise passes of an update run over blocks of BLOCK entries, so
         # that the block of p, g, m, v stays in the L2 cache between passes instead of streaming
-        # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py).
+        # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py),
+        # and the blocks of all tensors are shared out over the CPU cores (bertnp.parallel.run).
         # Elementwise, so the result is bit-identical. On a GPU: whole tensors (or one kernel).
         blocked = backend.get_backend() == "numpy"
+        tasks = []                                        # (p, g, m, v, wd) of a tensor or a block of one
         for name, p in self.params.items():
             g, m, v = grads[name], self.exp_avg[name], self.exp_avg_sq[name]
             if g.shape != p.shape:
@@ -172,16 +180,35 @@ class AdamW:
                 kernels.adamw_step(p, g, m, v, lr=lr, step=t, beta1=b1, beta2=b2, eps=eps,
                                    weight_decay=wd, correct_bias=self.correct_bias)
                 continue
-            scratch = self._scratch[p.dtype]
             if not (blocked and p.size > self.BLOCK and all(a.flags.c_contiguous for a in (p, g, m, v))):
-                s = scratch[:p.size].reshape(p.shape)                   # a view: no allocation
-                self._update(p, g, m, v, s, lr, wd, step_size, bc2_sqrt)
+                tasks.append((p, g, m, v, wd))
                 continue
             p1, g1, m1, v1 = (a.reshape(-1) for a in (p, g, m, v))    # (...) -> (n,), views
             for start in range(0, p.size, self.BLOCK):
                 stop = min(start + self.BLOCK, p.size)
-                self._update(p1[start:stop], g1[start:stop], m1[start:stop], v1[start:stop],
-                             scratch[:stop - start], lr, wd, step_size, bc2_sqrt)
+                tasks.append((p1[start:stop], g1[start:stop], m1[start:stop], v1[start:stop], wd))
+
+        def update(index: int) -> None:
+            p, g, m, v, wd = tasks[index]
+            self._update(p, g, m, v, self._scratch_for(p), lr, wd, step_size, bc2_sqrt)
+
+        if blocked:
+            parallel.run(update, len(tasks))
+        else:
+            for index in range(len(tasks)):
+                update(index)
+
+    def _scratch_for(self, p):
+        """A view of scratch space shaped like ``p``: the flat buffer of this thread and dtype (no
+        allocation after the first step: each CPU thread keeps its own, the caller the big one)."""
+        if threading.current_thread() is threading.main_thread() or backend.get_backend() != "numpy":
+            buffer = self._scratch[p.dtype]
+        else:
+            mine = self._thread_scratch.setdefault(threading.get_ident(), {})
+            buffer = mine.get(p.dtype)
+            if buffer is None or buffer.size < p.size:
+                buffer = mine[p.dtype] = backend.xp().empty(max(p.size, self.BLOCK), dtype=p.dtype)
+        return buffer[:p.size].reshape(p.shape)                       # a view: no allocation
 
     BLOCK = 65536        # entries per cache block on the CPU (256 KB of float32 per array)
 
@@ -191,6 +218,7 @@ class AdamW:
         b1, b2 = self.betas
         eps = self.eps
         if self.correct_bias:
+            # TASK 5.1 adamw_update: decoupled decay, the moments, the update (lesson 10)
             if wd:
                 p *= 1.0 - lr * wd                    # decoupled decay on the old weights
             xp.subtract(g, m, out=s)                  # m += (1 - b1) (g - m)  (torch's lerp)
@@ -206,6 +234,7 @@ class AdamW:
             xp.divide(m, s, out=s)                    # p -= step_size * m / denom
             s *= step_size
             p -= s
+            # END TASK 5.1
         else:                                         # Google BERT's AdamWeightDecayOptimizer
             m *= b1                                   # m = b1 m + (1 - b1) g
             xp.multiply(g, 1.0 - b1, out=s)
@@ -289,6 +318,7 @@ def global_grad_norm(grads: Mapping, sync: bool = True):
     float64 array of the backend, never read on the host (the training loop reads it later,
     together with the loss, at its logging interval)."""
     _check_grads(grads)
+    # TASK 5.3 global_grad_norm: (lesson 10)
     xp = backend.xp()
     total = None
     for g in grads.values():
@@ -301,6 +331,7 @@ def global_grad_norm(grads: Mapping, sync: bool = True):
         return xp.sqrt(xp.asarray(total, dtype=xp.float64))   # the same float64 sqrt as below
     total = float(total) if total is not None else 0.0    # the one host synchronisation
     return math.sqrt(total) if math.isfinite(total) else total
+    # END TASK 5.3
 
 
 def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: bool = True):
@@ -317,6 +348,7 @@ def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: boo
     trusting the update.
     """
     max_norm = _check_number("max_norm", max_norm, 0.0, low_open=True)
+    # TASK 5.3 clip_grad_norm: one coefficient for all tensors (lesson 10)
     norm = global_grad_norm(grads, sync=sync)
     if not sync:
         xp = backend.xp()
@@ -333,6 +365,7 @@ def clip_grad_norm(grads: Mapping, max_norm: float, eps: float = 1e-6, sync: boo
     if coef < 1.0:
         scale_grads(grads, coef)
     return norm
+    # END TASK 5.3
 
 
 def scale_grads(grads: Mapping, factor: float) -> None:
@@ -355,9 +388,11 @@ def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float
         step / warmup_steps                                      if step < warmup_steps
         max(0, (total_steps - step) / (total_steps - warmup_steps))   otherwise
     """
+    # TASK 5.2 linear_warmup_decay: (lesson 10)
     if step < warmup_steps:
         return step / warmup_steps
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    # END TASK 5.2
 
 
 class LinearWarmupDecay:

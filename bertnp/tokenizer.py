@@ -304,6 +304,7 @@ class WordpieceTokenizer:
 
     def tokenize_word(self, word: str) -> list[str]:
         """Pieces of one word (no whitespace inside): "unwanted" -> ["un", "##want", "##ed"]."""
+        # TASK 4.1 wordpiece: greedy longest-match-first (lesson 03)
         n = len(word)
         if n > self.max_input_chars_per_word:  # BERT rule: over-long word -> [UNK]
             return [self.unk_token]
@@ -326,6 +327,7 @@ class WordpieceTokenizer:
             pieces.append(piece)
             start = end
         return pieces
+        # END TASK 4.1
 
     def tokenize(self, text: str) -> list[str]:
         """Pieces of every whitespace-separated word of ``text``."""

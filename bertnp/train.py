@@ -211,15 +211,17 @@ class TrainConfig(RunConfig):
     do_lower_case: bool = True
     preset: str = "mini"
     model_config: str | None = None
-    max_predictions_per_seq: int | None = None     # default: round(0.15 * max_seq_length)
+    max_predictions_per_seq: int | None = None     # default: round(masked_lm_prob * max_seq_length)
+    masked_lm_prob: float = 0.15                    # training masks only; held-out pairs keep BERT's 0.15
     masking: str = "dynamic"
     dupe_factor: int = 1
     grad_accum: int = 1
     time_budget: float | None = None
     correct_bias: bool = True
     eval_batches: int = 20
+    plot: bool = True                               # redraw training.png at each evaluation (matplotlib)
 
-    RUNTIME_ONLY = RunConfig.RUNTIME_ONLY + ("eval_batches",)
+    RUNTIME_ONLY = RunConfig.RUNTIME_ONLY + ("eval_batches", "plot")
 
     def validate(self) -> None:
         super().validate()
@@ -230,13 +232,15 @@ class TrainConfig(RunConfig):
             raise ValueError(f"max_predictions_per_seq must be a positive integer, got {self.max_predictions_per_seq!r}")
         if not _is_int(self.eval_batches, 0):
             raise ValueError(f"eval_batches must be an integer >= 0, got {self.eval_batches!r}")
+        if not (_is_number(self.masked_lm_prob, 0.0, low_open=True) and self.masked_lm_prob < 1):
+            raise ValueError(f"masked_lm_prob must be a number in (0, 1), got {self.masked_lm_prob!r}")
         if self.vocab is None and self.vocab_size < 50:
             raise ValueError(f"vocab_size must be at least 50, got {self.vocab_size}")
         if self.steps is None and self.time_budget is None:
             raise ValueError("give the run's length: steps or time_budget")
         if self.time_budget is not None and not _is_number(self.time_budget, 0.0, low_open=True):
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
-        for name in ("do_lower_case", "correct_bias"):
+        for name in ("do_lower_case", "correct_bias", "plot"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.corpus_format not in ("bert", "plain"):
@@ -430,6 +434,9 @@ class TrainingLoop:
         self.writes = self.parallel.is_writer
         self.log = log if self.writes else _quiet
         self.parallel.log = self.log
+        # a time budget covers the whole run: vocabulary, data, evaluations and checkpoints included
+        self._wall_start = time.perf_counter()
+        self._setup_time = None                    # seconds before the first step (vocabulary, data)
         config = dataclasses.replace(config)
         self.out = out = Path(config.out_dir)
         if self.parallel.active:                   # rank 0 makes the folder; every rank must see it
@@ -746,7 +753,13 @@ class TrainingLoop:
                      "the same update batches and normalisation, so the same gradients up to rounding "
                      "(dropout masks, drawn per rank, differ)")
         self._apply_resume_changes()
-        self.log(f"resumed from '{path}' at step {self.step} of {self.total_steps}")
+        if self.step >= self.total_steps:
+            self.log(f"'{self.out}' is a complete run: step {self.step} of {self.total_steps} "
+                     f"(model in '{self.out / 'model'}'). To train it further, give a longer run: "
+                     f"bertnp {self.command} --out {self.out} --resume --steps N, with N > {self.step} "
+                     "(the learning-rate schedule is stretched to N steps)")
+        else:
+            self.log(f"resumed from '{path}' at step {self.step} of {self.total_steps}")
 
     def _apply_resume_changes(self) -> None:
         """Set the schedule (and the loop) to the settings a resume changed, and say what changed."""
@@ -827,6 +840,11 @@ class TrainingLoop:
             bar = tqdm(total=end, initial=self.step, desc=self.description, unit="step", dynamic_ncols=True,
                        file=sys.stderr)
         say = bar.write if bar is not None else self.log
+        log = self.log
+        if bar is not None and log is print:        # notes on their own line, not squeezed onto the bar
+            self.log = lambda message: bar.write(str(message), file=sys.stdout)
+        if self._setup_time is None:
+            self._setup_time = self._budget_elapsed() - self.train_time
         window = Counter()
         try:
             with self._stop_on_signals():
@@ -887,6 +905,7 @@ class TrainingLoop:
         finally:
             if bar is not None:
                 bar.close()
+            self.log = log
         summary = {"step": self.step, "total_steps": self.total_steps, "complete": self.step >= self.total_steps,
                    "train_time": self.train_time,
                    "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
@@ -898,6 +917,13 @@ class TrainingLoop:
 
     def _can_evaluate(self) -> bool:
         return True
+
+    def _budget_elapsed(self) -> float:
+        """Seconds counted against a time budget: the wall clock since the run was made (a resumed
+        run, whose setup was paid before: its training time)."""
+        if self.resumed_from is not None:
+            return self.train_time
+        return time.perf_counter() - self._wall_start
 
     def _evaluate_and_log(self, say) -> dict:
         result = self.evaluate()
@@ -964,9 +990,11 @@ class Trainer(TrainingLoop):
         mcfg.check_fits_in_memory(c.dtype)
         self.model_config = mcfg
 
-        max_pred = c.max_predictions_per_seq or max(1, round(0.15 * c.max_seq_length))
+        max_pred = c.max_predictions_per_seq or max(1, round(c.masked_lm_prob * c.max_seq_length))
+        eval_max_pred = max(1, round(0.15 * c.max_seq_length))    # held-out masks: always BERT's 15%
         t0 = time.perf_counter()
         self.dataset = PretrainingDataset(train_docs, tok, max_seq_length=c.max_seq_length,
+                                          masked_lm_prob=c.masked_lm_prob,
                                           max_predictions_per_seq=max_pred, masking=c.masking,
                                           dupe_factor=c.dupe_factor, seed=c.seed)
         self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
@@ -974,7 +1002,7 @@ class Trainer(TrainingLoop):
         if heldout_docs and c.eval_batches > 0:
             try:
                 heldout = PretrainingDataset(heldout_docs, tok, max_seq_length=c.max_seq_length,
-                                             max_predictions_per_seq=max_pred, masking="static",
+                                             max_predictions_per_seq=eval_max_pred, masking="static",
                                              dupe_factor=1, seed=c.seed + 1)
             except ValueError as exc:
                 log(f"note: no held-out evaluation ({exc})")
@@ -1030,8 +1058,11 @@ class Trainer(TrainingLoop):
         self.model.forward_count = count
         self.loader.load_state_dict(loader_state)
         per_step_all = per_step + per_eval / c.eval_every
-        c.steps = max(1, int(c.time_budget / per_step_all))
-        self.log(f"time budget {c.time_budget:.0f} s at ~{per_step:.3f} s/step -> {c.steps} steps")
+        spent = time.perf_counter() - self._wall_start        # vocabulary, data, model: inside the budget
+        left = c.time_budget - spent - per_eval                # the final evaluation too
+        c.steps = max(1, int(left / per_step_all))
+        self.log(f"time budget {c.time_budget:.0f} s: {spent:.0f} s spent on vocabulary and data; the rest at "
+                 f"~{per_step:.3f} s/step (evaluations included: {per_step_all:.3f}) -> {c.steps} steps")
 
     def _retune(self) -> bool:
         return self.adaptive_steps and self._retune_steps()
@@ -1044,8 +1075,9 @@ class Trainer(TrainingLoop):
         c = self.config
         if self.step not in {max(1, int(f * c.steps)) for f in (0.1, 0.25, 0.5)} or self.step >= c.steps:
             return False
-        per_step = self.train_time / self.step * 1.02
-        total = self.step + max(1, int((c.time_budget - self.train_time) / per_step))
+        elapsed = self._budget_elapsed()
+        per_step = (elapsed - (self._setup_time or 0.0)) / self.step * 1.02   # wall clock: evaluations included
+        total = self.step + max(1, int((c.time_budget - elapsed) / per_step))
         total = max(total, self.step + 1)
         if abs(total - c.steps) <= 0.1 * c.steps:
             return False
@@ -1053,8 +1085,10 @@ class Trainer(TrainingLoop):
         if self.step < warmup and c.warmup < 1:         # still warming up: keep the warmup fraction
             warmup = max(self.step, c.warmup_steps(total))
         self.schedule.warmup_steps = min(warmup, total)
-        self.log(f"note: {per_step:.3f} s/step so far: the time budget fits {total} steps, not {c.steps}; "
-                 "the learning-rate decay now ends there")
+        slower = total < c.steps
+        self.log(f"note: {per_step:.3f} s/step so far ({'slower' if slower else 'faster'} than estimated"
+                 f"{': a busy or slower machine' if slower else ''}): the time budget fits {total} steps, "
+                 f"not {c.steps}; the learning-rate decay now ends there")
         c.steps = self.total_steps = total
         self.schedule.total_steps = total
         self.optimizer.lr = self.schedule.lr_at(self.schedule.last_step)
@@ -1063,7 +1097,7 @@ class Trainer(TrainingLoop):
 
     def _over_budget(self, last: bool) -> bool:
         c = self.config
-        over = c.time_budget is not None and self.train_time > OVERTIME * c.time_budget and not last
+        over = c.time_budget is not None and self._budget_elapsed() > OVERTIME * c.time_budget and not last
         if over:
             self.log(f"note: the time budget ({c.time_budget:.0f} s) is exceeded by "
                      f"{100 * (OVERTIME - 1):.0f}% (a busy or slower machine): stopping at step "
@@ -1135,8 +1169,9 @@ class Trainer(TrainingLoop):
                 "tok_s": f"{rec['tokens_per_s']:.0f}"}
 
     def plot(self) -> Path | None:
-        """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib; rank 0 only)."""
-        if not self.writes:
+        """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib, or
+        with ``config.plot=False``: drawing takes a second or two of the time budget each time; rank 0 only)."""
+        if not (self.writes and self.config.plot):
             return None
         try:
             from bertnp.viz import plot_training

@@ -127,7 +127,9 @@ def count_words(files_or_texts, basic_tokenizer: BasicTokenizer | None = None,
     """
     basic = basic_tokenizer or BasicTokenizer()
     chunks: Counter = Counter()
-    for name, lines in tqdm(_sources(files_or_texts), desc="reading", unit=" source", disable=not show_progress):
+    sources = list(_sources(files_or_texts))            # (name, lazy lines): files are read below
+    # a bar only when there is more than one source to count (one text gave "reading: 0 source")
+    for name, lines in tqdm(sources, desc="reading", unit=" source", disable=not show_progress or len(sources) < 2):
         for line in lines:
             chunks.update(_WHITESPACE_RUN.split(line))
     chunks.pop("", None)

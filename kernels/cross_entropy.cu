@@ -12,6 +12,9 @@ For one row z (V logits, V = vocabulary size, 30522 for BERT) with target t:
                loss   = sum_{valid rows} nll / max(1, #valid)    (done by the caller on (N,) values)
     backward   dz[c]  = (p[c] - [c == t]) * valid * dloss / count    (softmax minus one-hot)
 
+A NaN logit makes its row's nll and probabilities NaN, and so the loss, as in the reference (the
+online update must not skip it: every comparison with NaN is false).
+
 A row with t == ignore_index is not counted (valid = 0): its nll is computed with target 0, like the
 reference's safe index, and multiplied by 0 later. A target outside [0, V) that is not ignored
 would read out of bounds: the kernel writes NaN to that row's nll instead, so a bad label poisons
@@ -71,13 +74,13 @@ extern "C" __global__ void cross_entropy_forward_v1(float* probs, float* nll, co
 
 __device__ __forceinline__ void online_update(float& m, float& d, float v) {
     if (v > m) { d = d * expf(m - v) + 1.0f; m = v; }       // new max: rescale the sum so far
-    else if (v > BNP_NEG_INF) { d += expf(v - m); }            // -inf logits contribute 0
-}
+    else if (v != BNP_NEG_INF) { d += expf(v - m); }           // -inf logits contribute 0; a NaN
+}                                                              // (both tests false) makes d NaN
 
 __device__ __forceinline__ void online_combine(float& m, float& d, float m2, float d2) {
-    float mn = fmaxf(m, m2);                                   // a pair that saw nothing is (-inf, 0)
-    float a = (m == BNP_NEG_INF) ? 0.0f : d * expf(m - mn);
-    float b = (m2 == BNP_NEG_INF) ? 0.0f : d2 * expf(m2 - mn);
+    float mn = fmaxf(m, m2);                                   // a pair that saw nothing finite is
+    float a = (m == BNP_NEG_INF) ? d : d * expf(m - mn);       // (-inf, 0), or (-inf, NaN) after a
+    float b = (m2 == BNP_NEG_INF) ? d2 : d2 * expf(m2 - mn);   // NaN: its d passes unchanged
     m = mn;
     d = a + b;
 }

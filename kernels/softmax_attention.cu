@@ -25,7 +25,9 @@ mask row is broadcast over the whole batch. mask may be NULL (no mask).
 Edge cases, exactly as the reference:
   * a row whose every key is masked with float32's minimum: all v are equal, so p is uniform (HF);
   * a row of -inf (an infinite mask): M is -inf; the reference shifts by 0 instead, every exp is 0,
-    the sum is 0 and it divides by 1, so the row is all zeros, never NaN.
+    the sum is 0 and it divides by 1, so the row is all zeros, never NaN;
+  * a NaN score makes its whole row NaN (the sum is NaN), so it shows downstream as in PyTorch; every
+    comparison with NaN is false, so each test below is written to let NaN through, never to drop it.
 
 Versions (each is checked against the NumPy reference before it is timed):
   v1  one thread per row. Three sequential passes over the row (max, sum of exp, write).
@@ -89,7 +91,7 @@ extern "C" __global__ void softmax_forward_v1(float* probs, const float* scores,
         p[k] = e;                                              // park exp in the output
         sum += e;
     }
-    float denom = (sum > 0.0f) ? sum : 1.0f;                   // an all -inf row stays 0, not NaN
+    float denom = (sum == 0.0f) ? 1.0f : sum;                  // an all -inf row stays 0; NaN stays NaN
     for (int k = 0; k < K; k++) p[k] = p[k] / denom;           // pass 3: normalise
 }
 
@@ -116,7 +118,7 @@ extern "C" __global__ void softmax_forward_v2(float* probs, const float* scores,
         sum += e;
     }
     sum = warp_sum(sum);
-    float denom = (sum > 0.0f) ? sum : 1.0f;
+    float denom = (sum == 0.0f) ? 1.0f : sum;
     for (int k = lane; k < K; k += WARP) p[k] = p[k] / denom;
 }
 
@@ -127,17 +129,18 @@ __device__ __forceinline__ void online_update(float& m, float& d, float v) {
     if (v > m) {                     // new max: rescale the old sum to the new reference point
         d = d * expf(m - v) + 1.0f;  // (m = -inf: d is 0 and expf(-inf) = 0, so d becomes 1)
         m = v;
-    } else if (v > BNP_NEG_INF) {    // v = -inf contributes exp(-inf) = 0; skipping it avoids -inf - -inf
-        d += expf(v - m);
-    }
+    } else if (v != BNP_NEG_INF) {   // v = -inf contributes exp(-inf) = 0; skipping it avoids -inf - -inf.
+        d += expf(v - m);            // NaN lands here (v > m and v == -inf are both false for NaN):
+    }                                // exp(NaN) = NaN poisons d, and so the row, as in the reference
 }
 
 __device__ __forceinline__ void online_combine(float& m, float& d, float m2, float d2) {
-    // merge two pairs: both sums are moved to the larger max. A pair with m = -inf has d = 0
-    // (it has seen nothing finite) and contributes 0; testing for it avoids exp(-inf - -inf) = NaN.
+    // merge two pairs: both sums are moved to the larger max. A pair with m = -inf has seen nothing
+    // finite: its d is 0 (or NaN, if it saw a NaN) and passes as it is; testing for it avoids
+    // exp(-inf - -inf) = NaN where there was no NaN.
     float mn = fmaxf(m, m2);
-    float a = (m == BNP_NEG_INF) ? 0.0f : d * expf(m - mn);
-    float b = (m2 == BNP_NEG_INF) ? 0.0f : d2 * expf(m2 - mn);
+    float a = (m == BNP_NEG_INF) ? d : d * expf(m - mn);
+    float b = (m2 == BNP_NEG_INF) ? d2 : d2 * expf(m2 - mn);
     m = mn;
     d = a + b;
 }
@@ -160,7 +163,7 @@ extern "C" __global__ void softmax_forward_v3(float* probs, const float* scores,
         online_combine(m, d, m2, d2);
     }
     float shift = finite_or_zero(m);                           // all -inf row: shift 0, d = 0
-    float denom = (d > 0.0f) ? d : 1.0f;
+    float denom = (d == 0.0f) ? 1.0f : d;                      // (not d > 0: NaN must not become 1)
     for (int k = lane; k < K; k += WARP)                       // second (and last) pass: write
         p[k] = expf(s[k] + (msk ? msk[k] : 0.0f) - shift) / denom;
 }

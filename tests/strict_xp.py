@@ -8,7 +8,17 @@ everything created through it is a StrictArray. Like CuPy arrays, StrictArrays
   someone writes ``np.`` in an operation;
 * refuse to be mixed with plain host arrays in arithmetic (``a + np.ones(3)``), as CuPy raises
   ``TypeError: Unsupported type <class 'numpy.ndarray'>``;
+* refuse a host array assigned into them (``a[...] = np.ones(3)``), as CuPy raises
+  ``ValueError: non-scalar numpy.ndarray cannot be used for fill``;
 * offer ``.get()`` to copy to the host, and reductions return 0-d arrays, not Python scalars.
+
+``np.asarray(a)`` / ``np.array(a)`` / ``np.asanyarray(a)`` of a NumPy subclass return a plain copy
+or view without asking the subclass, where CuPy raises ``TypeError: Implicit conversion to a NumPy
+array is not allowed``. :func:`guard_host_conversions` closes that hole for a test: it replaces
+those three functions in the numpy module by ones that refuse a StrictArray (calls made by NumPy's
+C code, and by the stand-in's own namespace, are not affected).
+
+``BERTNP_TEST_BACKEND=strict`` runs the whole suite on this stand-in (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -46,6 +56,12 @@ class StrictArray(np.ndarray):
         if outs:
             return outs[0] if len(outs) == 1 else outs
         return _wrap(result)
+
+    def __setitem__(self, key, value):
+        if type(value) is np.ndarray and value.ndim > 0:
+            raise ValueError(f"non-scalar numpy.ndarray (shape {value.shape}) cannot be assigned into a "
+                             "device array: move it with backend.to_device first (CuPy refuses it)")
+        super().__setitem__(key, value)
 
     def get(self):
         """Copy to the host, as cupy.ndarray.get() does."""
@@ -111,6 +127,23 @@ class StrictNamespace:
 
 
 STRICT = StrictNamespace()
+
+
+_CONVERSIONS = ("asarray", "array", "asanyarray")
+
+
+def guard_host_conversions(monkeypatch) -> None:
+    """For one test: np.asarray / np.array / np.asanyarray of a StrictArray raise TypeError, as
+    CuPy's arrays do (move them with backend.to_host, or .get())."""
+    for name in _CONVERSIONS:
+        original = getattr(np, name)
+
+        def guarded(obj, *args, _original=original, _name=name, **kwargs):
+            if isinstance(obj, StrictArray) and not _allowed():
+                raise TypeError(f"numpy.{_name}() of a device array: implicit conversion to a NumPy "
+                                "array is not allowed (CuPy refuses it); use backend.to_host")
+            return _original(obj, *args, **kwargs)
+        monkeypatch.setattr(np, name, guarded)
 
 
 # the ways a device value is read on the host: on a GPU each one waits for the GPU to finish

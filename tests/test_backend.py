@@ -10,6 +10,7 @@ import pytest
 import bertnp as bn
 from bertnp import backend
 from bertnp import ops
+from conftest import on_numpy
 from strict_xp import STRICT, StrictArray
 
 PACKAGE = Path(bn.__file__).parent
@@ -18,6 +19,7 @@ PACKAGE = Path(bn.__file__).parent
 # ----------------------------------------------------------------------------- selection
 
 def test_set_and_get_backend():
+    bn.set_backend("numpy")
     assert bn.get_backend() == "numpy" and backend.xp() is np
     with pytest.raises(ValueError, match="unknown backend 'torch'"):
         bn.set_backend("torch")
@@ -29,9 +31,10 @@ def test_set_and_get_backend():
 def test_cupy_request_without_gpu_says_what_is_missing():
     if backend.is_available("cupy"):
         pytest.skip("a GPU is available here: the missing-CuPy error cannot be shown")
+    before = bn.get_backend()
     with pytest.raises(RuntimeError, match="(CuPy|cupy|GPU|CUDA)"):
         bn.set_backend("cupy")
-    assert bn.get_backend() == "numpy"
+    assert bn.get_backend() == before
 
 
 def test_environment_variable_selects_backend(monkeypatch):
@@ -45,7 +48,8 @@ def test_environment_variable_selects_backend(monkeypatch):
 
 def test_host_device_helpers():
     a = np.arange(6.0).reshape(2, 3)
-    assert backend.to_device(a) is a                       # NumPy on NumPy: no copy
+    with on_numpy():
+        assert backend.to_device(a) is a                   # NumPy on NumPy: no copy
     assert backend.to_host(a) is a
     with backend.using(STRICT, "strict"):
         d = backend.to_device(a)
@@ -60,11 +64,116 @@ def test_scatter_add_handles_repeated_indices():
     np.testing.assert_array_equal(target[:, 0], [2, 0, 1])
 
 
-def test_seeded_generators_are_reproducible():
-    a = backend.rng(backend.seed_from(1, 2, 3)).random(5)
-    b = backend.rng(backend.seed_from(1, 2, 3)).random(5)
-    c = backend.rng(backend.seed_from(1, 2, 4)).random(5)
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+def test_philox_bits_are_numpys_philox_stream():
+    """philox_bits16 is NumPy's Philox4x64-10 with key (seed, 0) and counter (0, 0, step, site):
+    element e is 16-bit piece e % 4 (low bits first) of raw word e // 4. Checked here against the
+    generator's raw words (and in test_kernels against a transcription of the CUDA kernel)."""
+    words = np.random.Philox(counter=[0, 0, 2, 3], key=[1, 0]).random_raw(3)
+    pieces = [(int(w) >> (16 * k)) & 0xFFFF for w in words for k in range(4)]
+    got = backend.philox_bits16((2, 5), 1, 2, 3)
+    assert got.dtype == np.uint16 and got.shape == (2, 5)
+    assert got.reshape(-1).tolist() == pieces[:10]
+    assert not np.array_equal(got, backend.philox_bits16((2, 5), 1, 2, 4))
+
+
+# ----------------------------------------------------------------------------- the CuPy start-up check
+
+class _FakeArray(np.ndarray):
+    """A host array whose arithmetic fails like a CuPy whose own kernels cannot be compiled."""
+    error = None
+
+    def __add__(self, other):
+        raise self.error
+
+
+def _fake_cupy(devices=1, count_error=None, kernel_error=None, op_error=None, wrong=False):
+    """Just enough of CuPy's surface for backend._import_cupy: a device count, RawKernel, zeros."""
+    import types
+
+    def raw_kernel(source, name):
+        assert "bertnp_probe" in source and name == "bertnp_probe"
+        if kernel_error is not None:
+            raise kernel_error
+
+        def launch(grid, block, args):
+            out, n = args
+            assert type(n) is np.int32 and grid == (1,) and block == (4,)
+            out[:] = 2.0 * np.arange(int(n)) + (1.0 if wrong else 0.0)
+        return launch
+
+    def zeros(n, dtype):
+        array = np.zeros(n, dtype=dtype)
+        if op_error is not None:
+            array = array.view(_FakeArray)
+            _FakeArray.error = op_error
+        return array
+
+    def device_count():
+        if count_error is not None:
+            raise count_error
+        return devices
+    runtime = types.SimpleNamespace(getDeviceCount=device_count)
+    return types.SimpleNamespace(__version__="14.2.0", float32=np.float32, RawKernel=raw_kernel,
+                                 zeros=zeros, asnumpy=np.asarray, cuda=types.SimpleNamespace(runtime=runtime))
+
+
+def _start_with(monkeypatch, fake):
+    import sys
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", None)
+    return backend._import_cupy
+
+
+CUPY_FAILURES = [
+    # (what CuPy raises, where, words the message must contain)
+    (RuntimeError("nvrtc: error: failed to open libnvrtc-builtins.so.13.0. Make sure that "
+                  "libnvrtc-builtins.so.13.0 is installed correctly."), "kernel",
+     ["libnvrtc-builtins", "LD_LIBRARY_PATH"]),
+    (RuntimeError("catastrophic error: cannot open source file \"cuda_fp16.h\""), "op",
+     ["CUDA headers", "cupy-cuda12x[ctk]", "cupy-cuda13x[ctk]"]),
+    (RuntimeError("Failed to find CUDA headers"), "op", ["CUDA headers", "bertnp[gpu]"]),
+    (OSError("libnvrtc.so.12: cannot open shared object file: No such file or directory"), "kernel",
+     ["NVRTC", "bertnp[gpu]"]),
+    (RuntimeError("cudaErrorUnsupportedPtxVersion: the provided PTX was compiled with an unsupported "
+                  "toolchain."), "kernel", ["driver"]),
+    (ValueError("something else entirely"), "kernel", ["not recognised", "something else entirely"]),
+]
+
+
+@pytest.mark.parametrize("error,where,words", CUPY_FAILURES)
+def test_cupy_start_names_the_cause_of_a_failed_kernel(monkeypatch, error, where, words):
+    """set_backend('cupy') compiles and runs a one-line kernel and one of CuPy's own: a broken
+    NVRTC, missing headers or an old driver fail there, with the cause and the fix named."""
+    start = _start_with(monkeypatch, _fake_cupy(**{f"{where}_error": error}))
+    with pytest.raises(RuntimeError) as info:
+        start()
+    message = str(info.value)
+    assert "one-line kernel failed" in message and "CuPy 14.2.0" in message
+    for word in words:
+        assert word in message, (word, message)
+    assert backend._cupy is None and bn.get_backend() != "cupy"
+
+
+def test_cupy_start_reports_missing_gpu_driver_and_wrong_answers(monkeypatch):
+    start = _start_with(monkeypatch, _fake_cupy(devices=0))
+    with pytest.raises(RuntimeError, match="none was found"):
+        start()
+    start = _start_with(monkeypatch, _fake_cupy(count_error=RuntimeError("cudaErrorNoDevice")))
+    with pytest.raises(RuntimeError, match="working CUDA driver.*cudaErrorNoDevice"):
+        start()
+    start = _start_with(monkeypatch, _fake_cupy(wrong=True))
+    with pytest.raises(RuntimeError, match="expected"):
+        start()
+
+
+def test_cupy_start_succeeds_when_the_probe_runs(monkeypatch):
+    fake = _fake_cupy()
+    _start_with(monkeypatch, fake)
+    bn.set_backend("cupy")
+    try:
+        assert bn.get_backend() == "cupy" and backend.xp() is fake and backend._import_cupy() is fake
+    finally:
+        bn.set_backend("numpy")
 
 
 # ----------------------------------------------------------------------------- the strict stand-in works
@@ -76,6 +185,10 @@ def test_strict_stand_in_catches_direct_numpy_calls():
             np.sum(x)
         with pytest.raises(TypeError, match="mix a device array with a host"):
             x + np.ones(3)
+        with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
+            x[0] = np.ones(3)
+        x[0] = STRICT.ones(3)                               # device into device, or a scalar: fine
+        x[1, 0] = np.float64(2.0)
         assert isinstance(STRICT.exp(x) + 1.0, StrictArray)
         assert isinstance(x.sum(), StrictArray)             # reductions stay on the "device"
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import bertnp as bn
+from conftest import dev, host
 from bertnp.ops.activations import gelu_backward, gelu_forward, normal_cdf
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -36,8 +37,8 @@ def test_harness_runs_bertnp_only_and_writes_results(bench, tmp_path):
     assert bench.main(TINY + ["--memory-steps", "1", "--profile-steps", "1",
                               "--results", str(results), "--json", str(out)]) == 0
     text = results.read_text()
-    for expected in ("## CPU", "### Training step", "### Inference", "### Peak memory",
-                     "### Targets (issue 8)", "### Per-operation profile of the bertnp step",
+    for expected in ("## CPU, with", "### Training step", "### Inference", "### Peak memory",
+                     "### Targets (issue 18)", "### Per-operation profile of the bertnp step",
                      "| A: bertnp (NumPy, float32) |", "## GPU",
                      "Not measured yet: no GPU was available to this session."):
         assert expected in text, expected
@@ -60,6 +61,16 @@ def test_results_keep_other_sections(bench, tmp_path):
     assert "new numbers" in text and "old numbers" not in text
     assert text.index("intro") < text.index("## CPU") < text.index("## GPU")
     assert "H100 table" in text and "Not measured yet" not in text
+    # one section per kind of CPU: a run on one kind keeps the other kind's figures
+    kinds = tmp_path / "KINDS.md"
+    kinds.write_text("# bertnp benchmarks\n\n## CPU, without AVX-512\n\nearlier run\n\n## GPU\n\nH100 table\n")
+    bench.write_results("## CPU, with AVX-512\n\nthis run\n", kinds)
+    bench.write_results("## CPU, with AVX-512\n\nthe next run\n", kinds)
+    text = kinds.read_text()
+    assert "earlier run" in text and "the next run" in text and "this run" not in text
+    assert text.index("without AVX-512") < text.index("with AVX-512\n") < text.index("## GPU")
+    assert bench.machine_kind({"avx512": True}) == "## CPU, with AVX-512"
+    assert bench.machine_kind({"avx512": False}) == "## CPU, without AVX-512"
     fresh = tmp_path / "NEW.md"
     bench.write_results("## CPU\n\nfirst\n", fresh)
     assert fresh.read_text().endswith("## GPU\n\nNot measured yet: no GPU was available to this session.\n")
@@ -93,26 +104,26 @@ def test_float32_normal_cdf_is_exact_to_float32_rounding():
     x = np.concatenate([np.linspace(-14, 14, 400_001), [-1e30, -40.0, 0.0, 40.0, 1e30]])
     x32 = x.astype(np.float32)
     exact = 0.5 * (1 + np.vectorize(math.erf)(x32.astype(np.float64) / math.sqrt(2)))
-    phi = normal_cdf(x32)
+    phi = host(normal_cdf(dev(x32)))
     assert phi.dtype == np.float32
     assert np.abs(phi - exact).max() <= 1e-7
-    assert normal_cdf(np.array([np.inf, -np.inf], dtype=np.float32)).tolist() == [1.0, 0.0]
-    assert np.isnan(normal_cdf(np.array([np.nan], dtype=np.float32))).all()
+    assert host(normal_cdf(dev(np.array([np.inf, -np.inf], dtype=np.float32)))).tolist() == [1.0, 0.0]
+    assert np.isnan(host(normal_cdf(dev(np.array([np.nan], dtype=np.float32))))).all()
     # 400k values go block by block (cache blocking); a strided view takes the one-pass path: same bits
-    np.testing.assert_array_equal(normal_cdf(x32[::2]), phi[::2])
+    np.testing.assert_array_equal(host(normal_cdf(dev(x32)[::2])), phi[::2])
     # float64 keeps the exact erf: bit-for-bit what it computed before
     from scipy.special import erf
     x64 = np.linspace(-6, 6, 101)
-    np.testing.assert_array_equal(normal_cdf(x64), 0.5 * (1.0 + erf(x64 * (1.0 / math.sqrt(2.0)))))
+    np.testing.assert_array_equal(host(normal_cdf(dev(x64))), 0.5 * (1.0 + erf(x64 * (1.0 / math.sqrt(2.0)))))
 
 
 def test_float32_gelu_and_its_gradient_match_float64():
     x = np.random.default_rng(0).standard_normal(100_000) * 3
     dout = np.random.default_rng(1).standard_normal(x.shape)
-    out64, cache64 = gelu_forward(x)
-    out32, cache32 = gelu_forward(x.astype(np.float32))
-    assert np.abs(out32 - out64).max() <= 5e-7 * max(1.0, np.abs(x).max() / 8)
-    dx64 = gelu_backward(dout, cache64)
-    dx32 = gelu_backward(dout.astype(np.float32), cache32)
+    out64, cache64 = gelu_forward(dev(x))
+    out32, cache32 = gelu_forward(dev(x.astype(np.float32)))
+    assert np.abs(host(out32) - host(out64)).max() <= 5e-7 * max(1.0, np.abs(x).max() / 8)
+    dx64 = host(gelu_backward(dev(dout), cache64))
+    dx32 = host(gelu_backward(dev(dout.astype(np.float32)), cache32))
     assert dx32.dtype == np.float32
     assert np.abs(dx32 - dx64).max() <= 1e-6

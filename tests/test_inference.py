@@ -14,6 +14,7 @@ from bertnp import inference as inf
 from bertnp.config import BertConfig
 from bertnp.model import BertForPreTraining, BertForSequenceClassification, BertModel
 from bertnp.tokenizer import BertTokenizer
+from conftest import host
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "minilm_outputs.npz"
 WORDS = "the a cat dog sat ran on under mat sofa king queen house river big small and then slept".split()
@@ -47,7 +48,7 @@ def test_fill_mask_equals_softmax_of_full_logits(tok, pre64):
     assert len(result) == 2 and all(len(r) == 4 for r in result)
     enc = tok(text, return_tensors="np")
     pre64.eval()
-    full = pre64(**enc).prediction_logits[0]                                 # (T, V): every position
+    full = host(pre64(**enc).prediction_logits)[0]                           # (T, V): every position
     positions = np.flatnonzero(enc["input_ids"][0] == tok.mask_token_id)
     for preds, pos in zip(result, positions):
         p = inf.softmax(full[pos])
@@ -60,8 +61,20 @@ def test_fill_mask_equals_softmax_of_full_logits(tok, pre64):
             assert "[CLS]" not in d["sequence"] and "[SEP]" not in d["sequence"]
             assert d["sequence"].count("[MASK]") == 1                       # the other mask stays
     batch = inf.fill_mask(pre64, tok, [text, "a [MASK] ran ."], top_k=2)
-    assert len(batch) == 2 and len(batch[0]) == 2 and len(batch[1]) == 1
+    assert len(batch) == 2 and len(batch[0]) == 2 and len(batch[1]) == 2
     assert [d["token"] for d in batch[0][0]] == [d["token"] for d in result[0][:2]]
+    assert all(isinstance(d, dict) for d in batch[1])                      # one mask: a flat list
+
+
+def test_fill_mask_one_mask_is_a_flat_list_as_hf_pipeline(tok, pre64):
+    """HF's pipeline: one text with one [MASK] -> [dict, ...]; a list of such texts -> [[dict, ...], ...]."""
+    one = inf.fill_mask(pre64, tok, "the [MASK] ran .", top_k=3)
+    assert isinstance(one, list) and len(one) == 3 and all(isinstance(d, dict) for d in one)
+    assert one[0]["score"] >= one[1]["score"] >= one[2]["score"]
+    two = inf.fill_mask(pre64, tok, ["the [MASK] ran .", "a [MASK] sat ."], top_k=3)
+    assert len(two) == 2 and all(isinstance(r, list) and len(r) == 3 for r in two)
+    assert all(isinstance(d, dict) for r in two for d in r)
+    assert [d["token"] for d in two[0]] == [d["token"] for d in one]
 
 
 def test_fill_mask_errors_and_mode_restored(tok, pre64):
@@ -126,12 +139,12 @@ def test_sentence_embeddings_do_not_depend_on_padding_or_batching(tok):
     np.testing.assert_allclose(pairs, one_by_one, atol=1e-12)
     # the mean is over [CLS] ... [SEP] of each text: recompute the first by hand
     enc = tok(texts[1], return_tensors="np")
-    h = model(**enc).last_hidden_state[0]
+    h = host(model(**enc).last_hidden_state)[0]
     np.testing.assert_allclose(together[1], h.mean(axis=0), atol=1e-12)
     cls = inf.sentence_embeddings(model, tok, texts, pooling="cls")
     np.testing.assert_allclose(cls[1], h[0], atol=1e-12)
     pooled = inf.sentence_embeddings(model, tok, texts, pooling="pooler")
-    np.testing.assert_allclose(pooled[1], model(**enc).pooler_output[0], atol=1e-12)
+    np.testing.assert_allclose(pooled[1], host(model(**enc).pooler_output)[0], atol=1e-12)
     unit = inf.sentence_embeddings(model, tok, texts, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-12)
     np.testing.assert_allclose(unit @ unit.T, inf.cosine_similarity(together), atol=1e-12)
@@ -205,7 +218,7 @@ def test_attention_maps_are_the_models_probabilities(tok):
     assert maps.attentions.shape == (2, 3, T, T)
     assert maps.token_type_ids.tolist() == [0] * 6 + [1] * 4
     np.testing.assert_allclose(maps.attentions.sum(axis=-1), 1.0, atol=1e-12)
-    P, c = model.state_dict(), model.config
+    P, c = {name: host(p) for name, p in model.state_dict().items()}, model.config
     ids, types = maps.input_ids, maps.token_type_ids
     x = (P["embeddings.word_embeddings.weight"][ids] + P["embeddings.position_embeddings.weight"][:T]
          + P["embeddings.token_type_embeddings.weight"][types])                       # (T, C)

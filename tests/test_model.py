@@ -10,6 +10,7 @@ import pytest
 
 import bertnp as bn
 from bertnp.gradcheck import check_model, rel_error
+from conftest import dev, host
 
 REF = Path(__file__).parent / "reference"
 PARITY = 1e-9          # relative, as the issue requires
@@ -21,7 +22,7 @@ def _load(name):
 
 def _rel(a, b):
     """max |a - b| / max |b|: relative agreement of a whole tensor."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = host(a).astype(np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
@@ -74,6 +75,7 @@ def test_pretraining_loss_and_every_gradient_match_hf():
 
 def _assert_grads_match(grads, expected):
     """Every gradient within PARITY of HF's, relative to the tensor's largest entry."""
+    grads = {name: host(g) for name, g in grads.items()}
     for name, ref in expected.items():
         assert grads[name].dtype == np.float64 and grads[name].shape == ref.shape, name
         if "attention.self.key.bias" in name:
@@ -108,7 +110,7 @@ def test_load_full_hf_state_dict_with_tied_duplicates():
     cfg = bn.BertConfig.from_dict(json.loads(str(fx["config_json"])))
     model = bn.BertForPreTraining(cfg, dtype="float64")
     model.load_state_dict(full, strict=True)
-    np.testing.assert_array_equal(model.state_dict()["bert.embeddings.word_embeddings.weight"],
+    np.testing.assert_array_equal(host(model.state_dict()["bert.embeddings.word_embeddings.weight"]),
                                   params["bert.embeddings.word_embeddings.weight"])
     full["cls.predictions.decoder.weight"] = params["bert.embeddings.word_embeddings.weight"] + 1
     with pytest.raises(ValueError, match="cls.predictions.decoder.weight"):
@@ -123,7 +125,7 @@ def _tiny_model(seed=3, **cfg_overrides):
     model = bn.BertForPreTraining(cfg, seed=seed, dtype="float64").eval()
     r = np.random.default_rng(seed)
     for name, p in model.parameters().items():   # larger than BERT's init so every nonlinearity bends
-        p[...] = r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0)
+        p[...] = dev(r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0))
     return model
 
 
@@ -168,7 +170,7 @@ def test_whole_model_gradcheck_relu():
     for i, layer in enumerate(model._cache["layers"]):
         name = f"bert.encoder.layer.{i}.intermediate.dense"
         pre, _ = linear_forward(layer["ffn1"].x, P[name + ".weight"], P[name + ".bias"])   # (B, T, I)
-        assert np.abs(pre).min() > 1e-3, (i, np.abs(pre).min())
+        assert np.abs(host(pre)).min() > 1e-3, (i, np.abs(host(pre)).min())
     errors = check_model(model, batch, h=1e-4, order=4, floor=1e-5)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-6, (worst, errors[worst])
@@ -177,7 +179,7 @@ def test_whole_model_gradcheck_relu():
 def test_hidden_act_names():
     """HF's names: "gelu" is the erf form, "gelu_new" and "gelu_pytorch_tanh" the same tanh form."""
     batch = dict(input_ids=_tiny_batch()["input_ids"])
-    logits = {act: _tiny_model(hidden_act=act)(**batch).prediction_logits
+    logits = {act: host(_tiny_model(hidden_act=act)(**batch).prediction_logits)
               for act in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")}
     np.testing.assert_array_equal(logits["gelu_new"], logits["gelu_pytorch_tanh"])
     assert 0 < np.abs(logits["gelu_new"] - logits["gelu"]).max() < 1e-2      # the forms differ by <= 5e-4
@@ -190,7 +192,7 @@ def test_sequence_classifier_gradcheck():
     model = bn.BertForSequenceClassification(cfg, num_labels=3, seed=1, dtype="float64").eval()
     r = np.random.default_rng(1)
     for name, p in model.parameters().items():
-        p[...] = r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0)
+        p[...] = dev(r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0))
     batch = dict(input_ids=r.integers(1, 17, (3, 5)), labels=np.array([0, 2, 1]))
     errors = check_model(model, batch, floor=1e-5)
     assert len(errors) == len(model.state_dict())
@@ -212,7 +214,7 @@ def test_padded_and_ignored_positions_cannot_change_mlm_loss():
     assert float(model(**changed).mlm_loss) == pytest.approx(base, rel=1e-13)
     # and the loss is the mean over exactly the labelled positions
     out = model(**batch)
-    logits, targets = out.prediction_logits, batch["labels"][batch["labels"] != -100]
+    logits, targets = host(out.prediction_logits), batch["labels"][batch["labels"] != -100]
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     assert float(out.mlm_loss) == pytest.approx(-logp[np.arange(3), targets].mean(), rel=1e-12)
 
@@ -222,7 +224,7 @@ def test_not_next_examples_count_in_nsp_loss():
     model = _tiny_model()
     batch = _tiny_batch()
     out = model(**batch)
-    logits = out.seq_relationship_logits
+    logits = host(out.seq_relationship_logits)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -(logp[0, 0] + logp[1, 1]) / 2          # both examples, labels 0 and 1
     assert float(out.nsp_loss) == pytest.approx(expected, rel=1e-12)
@@ -234,7 +236,7 @@ def test_tied_embedding_gets_the_sum_of_both_gradients():
     name = "bert.embeddings.word_embeddings.weight"
     model.zero_grad()
     model(**batch)
-    total = model.backward()[name].copy()
+    total = host(model.backward()[name]).copy()
     # the decoder's share alone: freeze the lookup path by measuring it with finite differences
     # is slow, so instead recompute with an untied copy: gradient of loss w.r.t. the decoder use.
     from bertnp.ops.linear import linear_backward
@@ -242,7 +244,7 @@ def test_tied_embedding_gets_the_sum_of_both_gradients():
     model(**batch)
     head = model._head_cache
     from bertnp.ops.losses import cross_entropy_backward
-    decoder_share = linear_backward(cross_entropy_backward(1.0, head["mlm_ce"]), head["decoder"])[1]
+    decoder_share = host(linear_backward(cross_entropy_backward(1.0, head["mlm_ce"]), head["decoder"])[1])
     lookup_share = total - decoder_share
     assert np.abs(decoder_share).max() > 1e-3 and np.abs(lookup_share).max() > 1e-3
     # and the whole is right: finite differences agree with the sum
@@ -259,7 +261,7 @@ def test_batch_without_any_mlm_label_gives_zero_mlm_loss():
     assert float(out.mlm_loss) == 0.0 and out.prediction_logits.shape == (0, 23)
     assert float(out.loss) == float(out.nsp_loss) > 0
     model.zero_grad()
-    grads = model.backward()
+    grads = {name: host(g) for name, g in model.backward().items()}
     assert all(np.isfinite(g).all() for g in grads.values())
     assert not grads["cls.predictions.bias"].any() and not grads["cls.predictions.transform.dense.weight"].any()
     assert grads["bert.pooler.dense.weight"].any()
@@ -269,13 +271,13 @@ def test_gradients_accumulate_until_zero_grad():
     model = _tiny_model()
     batch = _tiny_batch()
     model(**batch)
-    first = {k: v.copy() for k, v in model.backward().items()}
+    first = {k: host(v).copy() for k, v in model.backward().items()}
     model(**batch)
-    second = model.backward()
+    second = {k: host(v) for k, v in model.backward().items()}
     for name in first:
         np.testing.assert_allclose(second[name], 2 * first[name], rtol=1e-12, atol=1e-300)
     model.zero_grad()
-    assert all(not g.any() for g in model.grads.values())
+    assert all(not host(g).any() for g in model.grads.values())
 
 
 def test_backward_without_loss_is_an_error():
@@ -302,7 +304,7 @@ def test_initial_losses_are_ln_vocab_and_ln_2():
 def test_init_statistics_and_dtype():
     cfg = bn.BertConfig.preset("tiny", vocab_size=500)
     model = bn.BertForPreTraining(cfg, seed=0, dtype="float64")
-    sd = model.state_dict()
+    sd = {k: host(v) for k, v in model.state_dict().items()}
     w = sd["bert.encoder.layer.0.intermediate.dense.weight"]
     assert w.shape == (512, 128) and w.dtype == np.float64
     assert abs(w.std() - 0.02) < 0.001 and abs(w.mean()) < 0.001
@@ -311,7 +313,7 @@ def test_init_statistics_and_dtype():
     assert not sd["bert.embeddings.word_embeddings.weight"][0].any()          # [PAD] row
     assert "cls.predictions.decoder.weight" not in sd                         # tied: listed once
     same = bn.BertForPreTraining(cfg, seed=0, dtype="float64").state_dict()
-    assert all(np.array_equal(sd[k], same[k]) for k in sd)                    # seeded
+    assert all(np.array_equal(sd[k], host(same[k])) for k in sd)              # seeded
     with pytest.raises(TypeError, match="dtype"):
         bn.BertForPreTraining(cfg, dtype="int32")
 
@@ -321,11 +323,12 @@ def test_train_mode_dropout_is_seeded_and_eval_is_deterministic():
     batch = dict(input_ids=np.arange(1, 17).reshape(2, 8))
     a = bn.BertForPreTraining(cfg, seed=5)
     b = bn.BertForPreTraining(cfg, seed=5)
-    out_a1, out_a2 = a(**batch).seq_relationship_logits, a(**batch).seq_relationship_logits
+    nsp = lambda model: host(model(**batch).seq_relationship_logits)  # noqa: E731
+    out_a1, out_a2 = nsp(a), nsp(a)
     assert not np.array_equal(out_a1, out_a2)                 # fresh masks every forward
-    np.testing.assert_array_equal(out_a1, b(**batch).seq_relationship_logits)   # same seed, same masks
+    np.testing.assert_array_equal(out_a1, nsp(b))             # same seed, same masks
     a.eval()
-    np.testing.assert_array_equal(a(**batch).seq_relationship_logits, a(**batch).seq_relationship_logits)
+    np.testing.assert_array_equal(nsp(a), nsp(a))
 
 
 def test_attention_maps_on_request():
@@ -333,8 +336,8 @@ def test_attention_maps_on_request():
     batch = _tiny_batch()
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True)
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 3, 7, 7)
-    np.testing.assert_allclose(out.attentions[0].sum(-1), 1.0, rtol=1e-12)
-    assert np.abs(out.attentions[1][1, :, :, 5:]).max() == 0.0            # padded keys get no attention
+    np.testing.assert_allclose(host(out.attentions[0]).sum(-1), 1.0, rtol=1e-12)
+    assert np.abs(host(out.attentions[1])[1, :, :, 5:]).max() == 0.0      # padded keys get no attention
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -412,7 +415,7 @@ def test_bad_classification_labels(labels, error, pattern):
 
 def test_bad_state_dicts(small_model):
     sd = {k: v.copy() for k, v in small_model.state_dict().items()}
-    before = {k: v.copy() for k, v in sd.items()}
+    before = {k: host(v).copy() for k, v in sd.items()}
     missing = dict(sd)
     del missing["bert.pooler.dense.weight"]
     with pytest.raises(ValueError, match="missing keys: bert.pooler.dense.weight"):
@@ -434,7 +437,7 @@ def test_bad_state_dicts(small_model):
     with pytest.raises(TypeError, match="state_dict must be a mapping"):
         small_model.load_state_dict([("bert.pooler.dense.bias", np.zeros(8))])
     after = small_model.state_dict()
-    assert all(np.array_equal(before[k], after[k]) for k in before)     # failed loads changed nothing
+    assert all(np.array_equal(before[k], host(after[k])) for k in before)     # failed loads changed nothing
     report = small_model.load_state_dict(missing, strict=False)          # non-strict: reported, not raised
     assert report["missing_keys"] == ["bert.pooler.dense.weight"]
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from bertnp.gradcheck import check_layer, numerical_gradient, rel_error
+from conftest import dev, host
 from bertnp.ops import (attention_backward, attention_forward, cross_entropy_backward,
                         cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward,
                         embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
@@ -47,15 +48,15 @@ def test_embedding_gradcheck_with_repeated_ids(rng):
     errors = check_layer(embedding_forward, embedding_backward, dict(table=table),
                          wrt=("table",), ids=ids)
     assert errors["table"] <= SMOOTH
-    dout = np.ones((2, 3, 3))
-    dtable = embedding_backward(dout, embedding_forward(ids, table)[1])
+    dout = dev(np.ones((2, 3, 3)))
+    dtable = host(embedding_backward(dout, embedding_forward(dev(ids), dev(table))[1]))
     np.testing.assert_array_equal(dtable[:, 0], [1, 2, 0, 0, 3, 0])   # counts of each id
 
 
 def test_embedding_padding_idx_gets_no_gradient(rng):
     ids = np.array([[0, 2, 0]])
-    _, cache = embedding_forward(ids, rng.standard_normal((3, 2)), padding_idx=0)
-    dtable = embedding_backward(np.ones((1, 3, 2)), cache)
+    _, cache = embedding_forward(dev(ids), dev(rng.standard_normal((3, 2))), padding_idx=0)
+    dtable = host(embedding_backward(dev(np.ones((1, 3, 2))), cache))
     np.testing.assert_array_equal(dtable[0], 0.0)
     np.testing.assert_array_equal(dtable[2], 1.0)
 
@@ -102,6 +103,11 @@ def test_dropout_gradcheck_with_seeded_mask(rng):
     assert errors["x"] <= SMOOTH
 
 
+def _on_device(arguments: dict) -> dict:
+    """The host arrays among keyword arguments moved to the test backend (numbers stay as they are)."""
+    return {name: dev(a) if isinstance(a, np.ndarray) else a for name, a in arguments.items()}
+
+
 def _attention_inputs(rng, channels=6):
     inputs = dict(x=rng.standard_normal((2, 5, channels)))
     for proj in ("query", "key", "value"):
@@ -126,9 +132,9 @@ def test_attention_gradcheck(rng, training):
 
 def test_attention_key_bias_gradient_is_exactly_zero(rng):
     """Why the key bias needs the noise floor above: its true gradient is 0."""
-    out, cache = attention_forward(**_attention_inputs(rng), num_heads=3)
-    grads = attention_backward(rng.standard_normal(out.shape), cache)
-    assert np.abs(grads.key_bias).max() < 1e-12
+    out, cache = attention_forward(**_on_device(_attention_inputs(rng)), num_heads=3)
+    grads = attention_backward(dev(rng.standard_normal(out.shape)), cache)
+    assert np.abs(host(grads.key_bias)).max() < 1e-12
 
 
 def test_cross_entropy_gradcheck_with_ignored_rows(rng):
@@ -215,8 +221,8 @@ def test_layernorm_property(lead, channels, seed):
     # a row whose entries are nearly equal (std ~ 0.01, as 3 random values can be) has a huge rstd
     # and derivatives that change on the scale of h = 1e-3: the stencil, not the backward, is off
     assume(inputs["x"].std(axis=-1).min() > 0.1)
-    out, _ = layernorm_forward(**inputs, eps=1e-5)
-    normalised = (out - inputs["beta"]) / inputs["gamma"]
+    out, _ = layernorm_forward(**_on_device(inputs), eps=1e-5)
+    normalised = (host(out) - inputs["beta"]) / inputs["gamma"]
     np.testing.assert_allclose(normalised.mean(-1), 0, atol=1e-8)
     errors = check_layer(layernorm_forward, layernorm_backward, inputs, wrt=("x", "gamma", "beta"), eps=1e-5, **PROPERTY)
     assert max(errors.values()) <= SMOOTH
@@ -227,8 +233,8 @@ def test_layernorm_property(lead, channels, seed):
 def test_softmax_property(lead, k, seed):
     r = np.random.default_rng(seed)
     scores = r.standard_normal(lead + (k,)) * 1.5   # moderate: no saturated (~0-gradient) rows
-    probs, _ = softmax_forward(scores)
-    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+    probs, _ = softmax_forward(dev(scores))
+    np.testing.assert_allclose(host(probs).sum(-1), 1.0, rtol=1e-12)
     errors = check_layer(softmax_forward, softmax_backward, dict(scores=scores), wrt=("scores",), **PROPERTY)
     assert errors["scores"] <= SMOOTH
 
@@ -245,8 +251,7 @@ def test_gelu_property(shape, seed, approximate):
 @given(shape=shape_strategy, p=st.floats(0.05, 0.9), seed=st.integers(0, 99))
 def test_dropout_property(shape, p, seed):
     x = np.random.default_rng(seed).standard_normal(shape)
-    out1, _ = dropout_forward(x, p, rng=seed)
-    out2, _ = dropout_forward(x, p, rng=seed)
+    out1, out2 = (host(dropout_forward(dev(x), p, rng=seed)[0]) for _ in range(2))
     np.testing.assert_array_equal(out1, out2)                     # same seed, same mask
     kept = out1 != 0
     np.testing.assert_allclose(out1[kept], x[kept] / (1 - p))     # survivors scaled by 1/(1-p)
@@ -258,7 +263,7 @@ def test_embedding_property(lead, vocab, dim, seed):
     r = np.random.default_rng(seed)
     ids = r.integers(0, vocab, lead)                      # small vocabularies: ids repeat often
     table = r.standard_normal((vocab, dim))
-    out, _ = embedding_forward(ids, table)
+    out, _ = embedding_forward(dev(ids), dev(table))
     assert out.shape == lead + (dim,)
     errors = check_layer(embedding_forward, embedding_backward, dict(table=table), wrt=("table",),
                          ids=ids, **PROPERTY)
@@ -281,7 +286,7 @@ def test_cross_entropy_property(n, k, seed):
     r = np.random.default_rng(seed)
     logits = r.standard_normal((n, k)) * 2
     targets = np.where(r.random(n) < 0.3, -100, r.integers(0, k, n))   # some (maybe all) rows ignored
-    loss, _ = cross_entropy_forward(logits, targets)
+    loss, _ = cross_entropy_forward(dev(logits), dev(targets))
     counted = targets != -100
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     expected = -logp[counted, targets[counted]].mean() if counted.any() else 0.0
@@ -319,25 +324,25 @@ def test_attention_property(batch, seq_len, num_heads, head_size, seed):
 
 def test_gelu_values_match_definitions():
     x = np.linspace(-5, 5, 41)
-    exact, _ = gelu_forward(x, "none")
+    exact = host(gelu_forward(dev(x), "none")[0])
     cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
     np.testing.assert_allclose(exact, x * cdf, rtol=1e-14, atol=1e-16)
-    approx, _ = gelu_forward(x, "tanh")
+    approx = host(gelu_forward(dev(x), "tanh")[0])
     assert np.abs(approx - exact).max() < 5e-4                    # the two forms differ by <= ~5e-4
 
 
 def test_dropout_rate_and_mean():
-    x = np.ones((200, 500))
-    out, _ = dropout_forward(x, 0.1, rng=0)
+    x = dev(np.ones((200, 500)))
+    out = host(dropout_forward(x, 0.1, rng=0)[0])
     assert abs((out == 0).mean() - 0.1) < 0.005                   # 100k draws: sd 0.001
     assert abs(out.mean() - 1.0) < 0.01                           # inverted dropout keeps the mean
     same, cache = dropout_forward(x, 0.1, training=False)
-    assert same is x and cache.scale is None
+    assert same is x and cache.mask is None
 
 
 def test_cross_entropy_value_matches_definition(rng):
     logits, targets = rng.standard_normal((4, 5)), np.array([0, -100, 4, 2])
-    loss, _ = cross_entropy_forward(logits, targets)
+    loss, _ = cross_entropy_forward(dev(logits), dev(targets))
     rows = [0, 2, 3]
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     assert float(loss) == pytest.approx(-np.mean(logp[rows, targets[rows]]), rel=1e-14)
@@ -349,9 +354,9 @@ def test_cross_entropy_value_matches_definition(rng):
 def test_cross_entropy_extreme_logits(dtype):
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4], [0.0, 0.0, 0.0]], dtype=dtype)
     targets = np.array([0, 0, 2])
-    loss, cache = cross_entropy_forward(logits, targets)
-    dlogits = cross_entropy_backward(dtype(1.0), cache)
-    assert np.isfinite(loss) and np.isfinite(dlogits).all()
+    loss, cache = cross_entropy_forward(dev(logits), dev(targets))
+    dlogits = host(cross_entropy_backward(dtype(1.0), cache))
+    assert np.isfinite(host(loss)) and np.isfinite(dlogits).all()
     assert float(loss) == pytest.approx((0.0 + 2e4 + math.log(3)) / 3, rel=1e-6)
     # (softmax - onehot) / 3: row 0 is already right, row 1 puts all its mass on the wrong class
     expected = np.array([[0, 0, 0], [-1, 0, 1], [1 / 3, 1 / 3, -2 / 3]]) / 3
@@ -364,26 +369,26 @@ def test_ignored_rows_cannot_change_the_loss(rng):
     and the mean divides by the counted rows only."""
     logits = rng.standard_normal((5, 6))
     targets = np.array([2, -100, 0, -100, 5])
-    loss, _ = cross_entropy_forward(logits, targets)
+    loss, _ = cross_entropy_forward(dev(logits), dev(targets))
     wild = logits.copy()
     wild[[1, 3]] = rng.standard_normal((2, 6)) * 1e4
-    loss_wild, cache = cross_entropy_forward(wild, targets)
+    loss_wild, cache = cross_entropy_forward(dev(wild), dev(targets))
     assert float(loss_wild) == float(loss)
-    dlogits = cross_entropy_backward(1.0, cache)
+    dlogits = host(cross_entropy_backward(1.0, cache))
     assert not dlogits[[1, 3]].any()
-    counted, _ = cross_entropy_forward(logits[[0, 2, 4]], targets[[0, 2, 4]])
+    counted, _ = cross_entropy_forward(dev(logits[[0, 2, 4]]), dev(targets[[0, 2, 4]]))
     assert float(loss) == pytest.approx(float(counted), rel=1e-15)
 
 
 def test_cross_entropy_all_ignored_is_zero_not_nan(rng):
     logits = rng.standard_normal((3, 4))
-    loss, cache = cross_entropy_forward(logits, np.full(3, -100))
+    loss, cache = cross_entropy_forward(dev(logits), dev(np.full(3, -100)))
     assert float(loss) == 0.0
-    np.testing.assert_array_equal(cross_entropy_backward(1.0, cache), 0.0)
+    np.testing.assert_array_equal(host(cross_entropy_backward(1.0, cache)), 0.0)
 
 
 def test_cross_entropy_empty_batch():
-    loss, cache = cross_entropy_forward(np.zeros((0, 4)), np.zeros(0, dtype=np.int64))
+    loss, cache = cross_entropy_forward(dev(np.zeros((0, 4))), dev(np.zeros(0, dtype=np.int64)))
     assert float(loss) == 0.0 and cross_entropy_backward(1.0, cache).shape == (0, 4)
 
 
@@ -392,22 +397,22 @@ def test_softmax_extreme_and_fully_masked_rows(dtype):
     scores = np.array([[[1e4, -1e4, 0.0, 5.0]], [[3.0, 1.0, 2.0, 0.0]]], dtype=dtype)   # (2, 1, 4)
     mask = np.zeros((2, 1, 4), dtype=dtype)
     mask[1] = np.finfo(dtype).min                     # every key of row 1 masked
-    probs, cache = softmax_forward(scores, mask)
-    assert np.isfinite(probs).all()
-    np.testing.assert_allclose(probs[0, 0], [1, 0, 0, 0], atol=1e-30)
-    np.testing.assert_allclose(probs[1, 0], 0.25, rtol=1e-6)   # all masked: uniform, as HF
-    assert np.isfinite(softmax_backward(np.ones_like(probs), cache)).all()
+    probs, cache = softmax_forward(dev(scores), dev(mask))
+    assert np.isfinite(host(probs)).all()
+    np.testing.assert_allclose(host(probs)[0, 0], [1, 0, 0, 0], atol=1e-30)
+    np.testing.assert_allclose(host(probs)[1, 0], 0.25, rtol=1e-6)   # all masked: uniform, as HF
+    assert np.isfinite(host(softmax_backward(dev(np.ones(probs.shape, dtype)), cache))).all()
     inf_mask = np.where(mask < 0, -np.inf, 0).astype(dtype)
-    probs_inf, _ = softmax_forward(scores, inf_mask)
-    assert np.isfinite(probs_inf).all()                        # an infinite mask gives zeros, not NaN
+    probs_inf, _ = softmax_forward(dev(scores), dev(inf_mask))
+    assert np.isfinite(host(probs_inf)).all()                  # an infinite mask gives zeros, not NaN
 
 
 def test_attention_fully_masked_sequence_has_no_nan(rng):
     inputs = _attention_inputs(rng)
     mask = np.full((2, 1, 1, 5), NEG)
-    out, cache = attention_forward(**inputs, num_heads=2, additive_mask=mask)
-    grads = attention_backward(np.ones_like(out), cache)
-    assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads)
+    out, cache = attention_forward(**_on_device(inputs), num_heads=2, additive_mask=dev(mask))
+    grads = attention_backward(dev(np.ones(out.shape)), cache)
+    assert np.isfinite(host(out)).all() and all(np.isfinite(host(g)).all() for g in grads)
 
 
 # ----------------------------------------------------------------------------- float32 vs float64
@@ -434,13 +439,13 @@ def test_float32_forward_matches_float64(rng):
          dict(targets=np.array([0, 8, -100, 4, 4, 2]))),
     ]
     for forward, args, params in cases:
-        out64, _ = forward(**args, **params)
+        out64, _ = forward(**_on_device(args), **_on_device(params))
         p32 = dict(params)
         if "additive_mask" in p32:
             p32["additive_mask"] = np.where(mask < 0, np.finfo(np.float32).min, 0).astype(np.float32)
-        out32, _ = forward(**{k: v.astype(np.float32) for k, v in args.items()}, **p32)
+        out32, _ = forward(**{k: dev(v.astype(np.float32)) for k, v in args.items()}, **_on_device(p32))
         assert out32.dtype == np.float32, forward.__name__
-        np.testing.assert_allclose(out32, out64, rtol=2e-5, atol=2e-6, err_msg=forward.__name__)
+        np.testing.assert_allclose(host(out32), host(out64), rtol=2e-5, atol=2e-6, err_msg=forward.__name__)
 
 
 # ----------------------------------------------------------------------------- bad input

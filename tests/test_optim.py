@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bertnp import checkpoint
+from conftest import dev, host
 from bertnp.optim import (AdamW, LinearWarmupDecay, clip_grad_norm, default_no_decay, global_grad_norm,
                           linear_warmup_decay, scale_grads)
 
@@ -23,8 +24,8 @@ class StandIn:
 
     def __init__(self, shapes: dict, seed: int = 0, dtype=np.float64):
         rng = np.random.default_rng(seed)
-        self._params = {n: rng.standard_normal(s).astype(dtype) for n, s in shapes.items()}
-        self.grads = {n: np.zeros(s, dtype=dtype) for n, s in shapes.items()}
+        self._params = {n: dev(rng.standard_normal(s).astype(dtype)) for n, s in shapes.items()}
+        self.grads = {n: dev(np.zeros(s, dtype=dtype)) for n, s in shapes.items()}
 
     def parameters(self):
         return self._params
@@ -38,8 +39,8 @@ class StandIn:
 
 def test_adamw_two_steps_by_hand():
     """Two torch-style AdamW updates of a decayed scalar and an undecayed bias, written out."""
-    w, b = np.array([1.0]), np.array([2.0])
-    gw, gb = np.zeros(1), np.zeros(1)
+    w, b = dev(np.array([1.0])), dev(np.array([2.0]))
+    gw, gb = dev(np.zeros(1)), dev(np.zeros(1))
     opt = AdamW({"w": w, "x.bias": b}, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
                 grads={"w": gw, "x.bias": gb})
     assert opt.weight_decay_of("w") == 0.1 and opt.weight_decay_of("x.bias") == 0.0
@@ -50,9 +51,9 @@ def test_adamw_two_steps_by_hand():
     #   w: decay 1 * (1 - 0.1*0.1) = 0.99; m = 0.05, v = 0.00025
     #      m_hat = 0.05 / 0.1 = 0.5, sqrt(v_hat) = sqrt(0.00025 / 0.001) = 0.5
     #      w = 0.99 - 0.1 * 0.5 / (0.5 + 1e-8)
-    assert w[0] == pytest.approx(0.99 - 0.1 * 0.5 / (0.5 + 1e-8), rel=1e-15, abs=0)
-    assert b[0] == pytest.approx(2.0 - 0.1 * 0.5 / (0.5 + 1e-8), rel=1e-15, abs=0)   # no decay
-    w1, b1 = w[0], b[0]
+    assert float(w[0]) == pytest.approx(0.99 - 0.1 * 0.5 / (0.5 + 1e-8), rel=1e-15, abs=0)
+    assert float(b[0]) == pytest.approx(2.0 - 0.1 * 0.5 / (0.5 + 1e-8), rel=1e-15, abs=0)   # no decay
+    w1, b1 = float(w[0]), float(b[0])
 
     # step 2, g = -0.25
     gw[:] = gb[:] = -0.25
@@ -60,21 +61,21 @@ def test_adamw_two_steps_by_hand():
     #   m = 0.9 * 0.05 + 0.1 * -0.25 = 0.02;  v = 0.999 * 0.00025 + 0.001 * 0.0625 = 0.00031225
     #   bias corrections 1 - 0.9^2 = 0.19, 1 - 0.999^2 = 0.001999
     m_hat, v_hat = 0.02 / 0.19, 0.00031225 / 0.001999
-    assert opt.exp_avg["w"][0] == pytest.approx(0.02, rel=1e-14)
-    assert opt.exp_avg_sq["w"][0] == pytest.approx(0.00031225, rel=1e-14)
-    assert w[0] == pytest.approx(w1 * 0.99 - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-8), rel=1e-14)
-    assert b[0] == pytest.approx(b1 - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-8), rel=1e-14)
+    assert float(opt.exp_avg["w"][0]) == pytest.approx(0.02, rel=1e-14)
+    assert float(opt.exp_avg_sq["w"][0]) == pytest.approx(0.00031225, rel=1e-14)
+    assert float(w[0]) == pytest.approx(w1 * 0.99 - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-8), rel=1e-14)
+    assert float(b[0]) == pytest.approx(b1 - 0.1 * m_hat / (math.sqrt(v_hat) + 1e-8), rel=1e-14)
     assert opt.step_count == 2
 
 
 def test_google_variant_by_hand_and_differs():
     """correct_bias=False is Google BERT's optimizer: no bias correction, eps on the raw sqrt(v)."""
-    w = np.array([1.0])
-    g = np.array([0.5])
+    w = dev(np.array([1.0]))
+    g = dev(np.array([0.5]))
     opt = AdamW({"w": w}, lr=0.1, eps=1e-6, weight_decay=0.1, correct_bias=False, grads={"w": g})
     opt.step()
     # m = 0.05, v = 0.00025; update = 0.05 / (sqrt(0.00025) + 1e-6) + 0.1 * 1.0
-    assert w[0] == pytest.approx(1.0 - 0.1 * (0.05 / (math.sqrt(0.00025) + 1e-6) + 0.1), rel=1e-14)
+    assert float(w[0]) == pytest.approx(1.0 - 0.1 * (0.05 / (math.sqrt(0.00025) + 1e-6) + 0.1), rel=1e-14)
 
     # Over 20 steps with the same gradients, the two variants end visibly apart.
     ends = []
@@ -83,9 +84,9 @@ def test_google_variant_by_hand_and_differs():
         opt = AdamW(model, lr=1e-3, weight_decay=0.01, correct_bias=correct)
         rng = np.random.default_rng(5)
         for _ in range(20):
-            model.grads["w"][:] = rng.standard_normal(50)
+            model.grads["w"][:] = dev(rng.standard_normal(50))
             opt.step()
-        ends.append(model.parameters()["w"].copy())
+        ends.append(host(model.parameters()["w"]).copy())
     assert np.max(np.abs(ends[0] - ends[1])) > 1e-3
 
 
@@ -104,7 +105,7 @@ def test_schedule_values():
     assert f[12] == 0.0 and f[13] == 0.0
     assert linear_warmup_decay(0, 0, 10) == 1.0        # no warmup: full lr at once
 
-    opt = AdamW({"w": np.zeros(1)}, lr=1e-3, grads={"w": np.zeros(1)})
+    opt = AdamW({"w": dev(np.zeros(1))}, lr=1e-3, grads={"w": dev(np.zeros(1))})
     sched = LinearWarmupDecay(opt, warmup_steps=3, total_steps=12)
     seen = []
     for _ in range(12):
@@ -114,7 +115,7 @@ def test_schedule_values():
     ref = np.load(FIXTURE)["lrs"]                     # the fixture's torch LambdaLR values
     np.testing.assert_allclose(seen, ref, rtol=1e-15, atol=0)
     state = sched.state_dict()
-    other = LinearWarmupDecay(AdamW({"w": np.zeros(1)}, lr=5.0, grads={"w": np.zeros(1)}), 1, 2)
+    other = LinearWarmupDecay(AdamW({"w": dev(np.zeros(1))}, lr=5.0, grads={"w": dev(np.zeros(1))}), 1, 2)
     other.load_state_dict(json.loads(json.dumps(state)))
     assert other.last_step == 12 and other.optimizer.lr == 0.0
 
@@ -122,18 +123,18 @@ def test_schedule_values():
 # ----------------------------------------------------------------------------- clipping, accumulation
 
 def test_clip_grad_norm_like_torch():
-    grads = {"a": np.full((3, 4), 2.0), "b": np.full(5, -1.0)}
+    grads = {"a": dev(np.full((3, 4), 2.0)), "b": dev(np.full(5, -1.0))}
     norm = clip_grad_norm(grads, 1.0)
     assert norm == pytest.approx(math.sqrt(12 * 4 + 5), rel=1e-15)
     coef = 1.0 / (norm + 1e-6)                        # torch's clip_grad_norm_ formula
-    np.testing.assert_allclose(grads["a"], 2.0 * coef, rtol=1e-15)
+    np.testing.assert_allclose(host(grads["a"]), 2.0 * coef, rtol=1e-15)
     assert global_grad_norm(grads) == pytest.approx(norm * coef, rel=1e-12)
 
-    small = {"a": np.full(4, 0.1)}
+    small = {"a": dev(np.full(4, 0.1))}
     assert clip_grad_norm(small, 1.0) == pytest.approx(0.2)
-    np.testing.assert_array_equal(small["a"], 0.1)    # under the threshold: untouched
+    np.testing.assert_array_equal(host(small["a"]), 0.1)    # under the threshold: untouched
 
-    bad = {"a": np.array([1.0, np.nan])}
+    bad = {"a": dev(np.array([1.0, np.nan]))}
     assert math.isnan(clip_grad_norm(bad, 1.0))
     with pytest.raises(ValueError, match="max_norm"):
         clip_grad_norm(small, 0.0)
@@ -146,11 +147,11 @@ def test_accumulation_equals_big_batch():
     a, b = StandIn({"w": (4, 3)}, seed=2), StandIn({"w": (4, 3)}, seed=2)
     opt_a, opt_b = AdamW(a, lr=1e-2), AdamW(b, lr=1e-2)
     for part in parts:
-        a.grads["w"] += part                          # what backward() does per micro-batch
+        a.grads["w"] += dev(part)                     # what backward() does per micro-batch
     scale_grads(a.grads, 1 / len(parts))
-    b.grads["w"][:] = np.mean(parts, axis=0)
+    b.grads["w"][:] = dev(np.mean(parts, axis=0))
     opt_a.step(), opt_b.step()
-    np.testing.assert_allclose(a.parameters()["w"], b.parameters()["w"], rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(host(a.parameters()["w"]), host(b.parameters()["w"]), rtol=1e-14, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -183,9 +184,9 @@ def test_updates_are_in_place():
     opt = AdamW(model, lr=0.1)
     model.grads["w"][...] = 1.0
     opt.step()
-    assert model.parameters()["w"] is w and not np.array_equal(w, before)
+    assert model.parameters()["w"] is w and not np.array_equal(host(w), host(before))
     opt.zero_grad()
-    assert not model.grads["w"].any()
+    assert not host(model.grads["w"]).any()
 
 
 @pytest.mark.parametrize("correct_bias", [True, False])
@@ -202,20 +203,20 @@ def test_cache_blocked_update_is_bit_identical(correct_bias, monkeypatch):
         rng = np.random.default_rng(5)
         for _ in range(3):
             for name, g in model.grads.items():
-                g[...] = rng.standard_normal(g.shape)
+                g[...] = dev(rng.standard_normal(g.shape))
             opt.step()
-        runs[block] = ({n: p.copy() for n, p in model.parameters().items()},
-                       {n: m.copy() for n, m in opt.exp_avg_sq.items()})
+        runs[block] = ({n: host(p).copy() for n, p in model.parameters().items()},
+                       {n: host(m).copy() for n, m in opt.exp_avg_sq.items()})
     for n in shapes:
         np.testing.assert_array_equal(runs[64][0][n], runs[10**9][0][n], err_msg=n)
         np.testing.assert_array_equal(runs[64][1][n], runs[10**9][1][n], err_msg=n)
     monkeypatch.setattr(AdamW, "BLOCK", 64)
     model = StandIn({"w": (40, 30)}, seed=1, dtype=np.float32)
-    transposed = np.asfortranarray(np.ones((40, 30), dtype=np.float32))   # not C-contiguous
+    transposed = dev(np.ones((30, 40), dtype=np.float32)).T             # not C-contiguous
     opt = AdamW(model.parameters(), grads={"w": transposed})
-    before = model.parameters()["w"].copy()
+    before = host(model.parameters()["w"]).copy()
     opt.step()
-    assert not np.array_equal(model.parameters()["w"], before)
+    assert not np.array_equal(host(model.parameters()["w"]), before)
 
 
 # ----------------------------------------------------------------------------- state save/load
@@ -227,7 +228,7 @@ def test_state_round_trip_through_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(3):
         for g in model.grads.values():
-            g[...] = rng.standard_normal(g.shape)
+            g[...] = dev(rng.standard_normal(g.shape))
         opt.step()
     path = checkpoint.save_optimizer(tmp_path / "optimizer.safetensors", opt)
     for n in shapes:
@@ -237,11 +238,11 @@ def test_state_round_trip_through_checkpoint(tmp_path):
     assert opt2.step_count == 3 and opt2.lr == 1e-2 and opt2.weight_decay == 0.1
     for _ in range(2):
         for n, g in model.grads.items():
-            g[...] = rng.standard_normal(g.shape)
+            g[...] = dev(rng.standard_normal(g.shape))
             twin.grads[n][...] = g
         opt.step(), opt2.step()
     for n in shapes:
-        np.testing.assert_array_equal(model.parameters()[n], twin.parameters()[n])
+        np.testing.assert_array_equal(host(model.parameters()[n]), host(twin.parameters()[n]))
 
     bad = AdamW(StandIn({"a.weight": (4, 3)}), lr=1e-2)
     with pytest.raises(ValueError, match="optimizer.safetensors.*a.bias"):
@@ -279,18 +280,18 @@ def test_first_two_updates_match_torch_fixture():
     clipping from the fixture's gradient alone must land on torch's weights after update 2."""
     ref = np.load(FIXTURE)
     names = [k[len("param/"):] for k in ref.files if k.startswith("param/")]
-    params = {n: ref[f"param/{n}"].copy() for n in names}
-    grads = {n: np.zeros_like(p) for n, p in params.items()}
+    params = {n: dev(ref[f"param/{n}"].copy()) for n in names}
+    grads = {n: p * 0 for n, p in params.items()}
     opt = AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, grads=grads)
     for n in names:
         assert opt.weight_decay_of(n) == float(ref[f"weight_decay/{n}"]), n
     sched = LinearWarmupDecay(opt, warmup_steps=3, total_steps=12)
     for step in range(2):
         for n in names:
-            grads[n][...] = ref[f"grad0/{n}"]
+            grads[n][...] = dev(ref[f"grad0/{n}"])
         norm = clip_grad_norm(grads, 1.0)
         assert norm == pytest.approx(ref["grad_norms"][step], rel=1e-13)
         opt.step()
         sched.step()
-    worst = max(float(np.max(np.abs(params[n] - ref[f"step2/{n}"]))) for n in names)
+    worst = max(float(np.max(np.abs(host(params[n]) - ref[f"step2/{n}"]))) for n in names)
     assert worst < 1e-15, worst

@@ -34,6 +34,7 @@ from bertnp.checkpoint import load_tensors, save_tensors, tensors_metadata
 from bertnp.config import BertConfig
 from bertnp.model import BertForPreTraining, BertForSequenceClassification, BertModel
 from bertnp.tokenizer import BertTokenizer
+from conftest import dev, host
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "reference" / "minilm_outputs.npz"
@@ -87,7 +88,7 @@ def inputs(ref) -> dict:
 
 
 def maxdiff(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+    return float(np.max(np.abs(host(a).astype(np.float64) - host(b).astype(np.float64))))
 
 
 # ============================================================================ the real checkpoint
@@ -121,7 +122,7 @@ def test_minilm_hidden_states_and_pooler_match_hf(minilm, ref, dtype, suffix, to
     out = model(**inputs(ref))
     assert out.last_hidden_state.dtype == np.dtype(dtype) and out.pooler_output.dtype == np.dtype(dtype)
     mask = ref["attention_mask"].astype(bool)
-    d_hidden = maxdiff(out.last_hidden_state[mask], ref["last_hidden_state" + suffix][mask])   # real tokens
+    d_hidden = maxdiff(host(out.last_hidden_state)[mask], ref["last_hidden_state" + suffix][mask])   # real tokens
     d_all = maxdiff(out.last_hidden_state, ref["last_hidden_state" + suffix])                  # padding too
     d_pool = maxdiff(out.pooler_output, ref["pooler_output" + suffix])
     print(f"\nMiniLM {dtype}: max|diff| hidden (real tokens) {d_hidden:.3g}, hidden (all) {d_all:.3g}, "
@@ -179,7 +180,7 @@ def test_heads_missing_from_the_checkpoint_are_named_in_a_warning(minilm_dir, mi
     assert "model.safetensors" in message
     assert "bert.encoder" not in message                     # the encoder itself was loaded
     out = pre(**inputs(ref))
-    np.testing.assert_array_equal(out.last_hidden_state, minilm["float32"](**inputs(ref)).last_hidden_state)
+    np.testing.assert_array_equal(host(out.last_hidden_state), host(minilm["float32"](**inputs(ref)).last_hidden_state))
     with pytest.warns(UserWarning, match="classifier.weight, classifier.bias"):
         clf = BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=3)
     assert clf.num_labels == 3 and clf(**inputs(ref)).logits.shape == (8, 3)
@@ -193,8 +194,9 @@ def test_minilm_save_and_reload_is_identical(minilm_dir, minilm, ref, tmp_path):
     model.save_pretrained(tmp_path / "copy")
     again = BertModel.from_pretrained(tmp_path / "copy")
     for name, value in model.state_dict().items():
-        np.testing.assert_array_equal(again.state_dict()[name], value, err_msg=name)
-    np.testing.assert_array_equal(again(**inputs(ref)).last_hidden_state, model(**inputs(ref)).last_hidden_state)
+        np.testing.assert_array_equal(host(again.state_dict()[name]), host(value), err_msg=name)
+    np.testing.assert_array_equal(host(again(**inputs(ref)).last_hidden_state),
+                                  host(model(**inputs(ref)).last_hidden_state))
     original = load_tensors(minilm_dir / "model.safetensors")
     saved = load_tensors(tmp_path / "copy" / "model.safetensors")
     assert set(saved) == set(original) - {"embeddings.position_ids"}
@@ -225,7 +227,7 @@ def tiny_inputs(seed=0):
 def outputs_of(model, batch) -> dict:
     out = model(**batch)
     fields = ("last_hidden_state", "pooler_output", "prediction_logits", "seq_relationship_logits", "logits")
-    return {f: np.asarray(getattr(out, f)) for f in fields if getattr(out, f, None) is not None}
+    return {f: host(getattr(out, f)) for f in fields if getattr(out, f, None) is not None}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -234,7 +236,7 @@ def outputs_of(model, batch) -> dict:
 def test_save_pretrained_round_trip_is_exact(tmp_path, cls, kwargs, dtype):
     model = cls(tiny_config(), seed=4, dtype=dtype, **kwargs).eval()
     for p in model.parameters().values():                   # move every tensor off its init value
-        p += np.random.default_rng(1).normal(0, 0.01, size=p.shape).astype(p.dtype)
+        p += dev(np.random.default_rng(1).normal(0, 0.01, size=p.shape).astype(p.dtype))
     model.save_pretrained(tmp_path / "m")
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert files == {"config.json", "model.safetensors"}
@@ -248,7 +250,7 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, cls, kwargs, dtype):
     again = cls.from_pretrained(tmp_path / "m", dtype=dtype)
     assert not again.training and again.config == model.config
     for name, value in model.state_dict().items():
-        np.testing.assert_array_equal(again.state_dict()[name], value, err_msg=name)
+        np.testing.assert_array_equal(host(again.state_dict()[name]), host(value), err_msg=name)
     ours, theirs = outputs_of(model, tiny_inputs()), outputs_of(again, tiny_inputs())
     for key in ours:
         np.testing.assert_array_equal(theirs[key], ours[key], err_msg=key)
@@ -263,19 +265,20 @@ def test_prefix_is_added_or_removed_between_model_classes(tmp_path):
     pre.save_pretrained(tmp_path / "pre")
     with pytest.warns(UserWarning, match=r"not used by BertModel: cls\.predictions"):
         enc = BertModel.from_pretrained(tmp_path / "pre")
-    np.testing.assert_array_equal(enc(**tiny_inputs()).last_hidden_state, pre(**tiny_inputs()).last_hidden_state)
+    np.testing.assert_array_equal(host(enc(**tiny_inputs()).last_hidden_state),
+                                  host(pre(**tiny_inputs()).last_hidden_state))
     enc.save_pretrained(tmp_path / "enc")
     assert not any(k.startswith("bert.") for k in load_tensors(tmp_path / "enc" / "model.safetensors"))
     with pytest.warns(UserWarning, match=r"newly initialised .*cls\.seq_relationship\.weight"):
         back = BertForPreTraining.from_pretrained(tmp_path / "enc")
-    np.testing.assert_array_equal(back(**tiny_inputs()).pooler_output, pre(**tiny_inputs()).pooler_output)
+    np.testing.assert_array_equal(host(back(**tiny_inputs()).pooler_output), host(pre(**tiny_inputs()).pooler_output))
 
 
 def test_hf_style_full_state_dict_loads(tmp_path):
     """HF's own files may carry the tied decoder duplicates, LayerNorm gamma/beta (old TF-converted
     checkpoints) and buffers; all load, and a duplicate that disagrees is refused by name."""
     pre = BertForPreTraining(tiny_config(), seed=2).eval()
-    sd = {k: v.copy() for k, v in pre.state_dict().items()}
+    sd = {k: host(v).copy() for k, v in pre.state_dict().items()}
     sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"].copy()
     sd["cls.predictions.decoder.bias"] = sd["cls.predictions.bias"].copy()
     sd["bert.embeddings.position_ids"] = np.arange(20, dtype=np.int64)[None]
@@ -288,7 +291,8 @@ def test_hf_style_full_state_dict_loads(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = BertForPreTraining.from_pretrained(d)
-    np.testing.assert_array_equal(again(**tiny_inputs()).prediction_logits, pre(**tiny_inputs()).prediction_logits)
+    np.testing.assert_array_equal(host(again(**tiny_inputs()).prediction_logits),
+                                  host(pre(**tiny_inputs()).prediction_logits))
     sd["cls.predictions.decoder.bias"] = sd["cls.predictions.decoder.bias"] + 1
     save_tensors(d / "model.safetensors", sd)
     with pytest.raises(ValueError, match=r"model\.safetensors.*cls\.predictions\.decoder\.bias"):
@@ -404,7 +408,7 @@ def test_float16_checkpoint_loads_in_the_requested_dtype(good_dir):
     sd = {k: v.astype(np.float16) for k, v in load_tensors(good_dir / "model.safetensors").items()}
     save_tensors(good_dir / "model.safetensors", sd)
     model = BertModel.from_pretrained(good_dir, dtype="float64")
-    w = model.state_dict()["encoder.layer.0.output.dense.weight"]
+    w = host(model.state_dict()["encoder.layer.0.output.dense.weight"])
     assert w.dtype == np.float64
     np.testing.assert_array_equal(w, sd["encoder.layer.0.output.dense.weight"].astype(np.float64))
 
@@ -433,7 +437,7 @@ def test_bfloat16_checkpoint_is_widened_to_float32(good_dir):
         assert loaded[name].dtype == np.float32 and loaded[name].shape == value.shape
         np.testing.assert_array_equal(loaded[name], truncated, err_msg=name)
     model = BertModel.from_pretrained(good_dir)
-    w = model.state_dict()["encoder.layer.1.intermediate.dense.weight"]
+    w = host(model.state_dict()["encoder.layer.1.intermediate.dense.weight"])
     np.testing.assert_array_equal(w, loaded["encoder.layer.1.intermediate.dense.weight"])
     data = (good_dir / "model.safetensors").read_bytes()
     (good_dir / "model.safetensors").write_bytes(data[:-10])      # a truncated BF16 file is still refused

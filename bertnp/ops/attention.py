@@ -21,6 +21,7 @@ from bertnp.ops._checks import require_float, require_same_dtype, require_shape
 from bertnp.ops.dropout import DropoutCache, dropout_backward, dropout_forward
 from bertnp.ops.linear import LinearCache, linear_backward, linear_forward
 from bertnp.ops.softmax import SoftmaxCache, softmax_backward, softmax_forward
+from bertnp.parallel import matmul   # a @ b; on the CPU, the batch of matrices is split over the cores
 
 
 class AttentionCache(NamedTuple):
@@ -71,6 +72,7 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     scale = 1.0 / math.sqrt(head_size)
 
     # one GEMM for the three projections: stack the weights along the output axis.
+    # TASK 2.1 attention_forward: scores, the padding mask, softmax, context (lesson 06)
     qkv_weight = xp.concatenate([query_weight, key_weight, value_weight], axis=0)   # (3C, C)
     qkv_bias = xp.concatenate([query_bias, key_bias, value_bias], axis=0)           # (3C,)
     qkv, qkv_cache = linear_forward(x, qkv_weight, qkv_bias)                        # (B, T, 3C)
@@ -78,14 +80,15 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     qkv = qkv.transpose(2, 0, 3, 1, 4)                                               # (3, B, nh, T, hs)
     q, k, v = qkv[0] * scale, qkv[1], qkv[2]         # (B, nh, T, hs) each; scaling Q is cheaper than scores
 
-    scores = q @ k.swapaxes(-1, -2)                                                  # (B, nh, T, T)
+    scores = matmul(q, k.swapaxes(-1, -2))                                           # (B, nh, T, T)
     # softmax_fns: an optional (forward, backward) pair with the softmax ops' signatures, e.g. the
     # fused CUDA kernel of kernels/softmax_attention.cu; by default the NumPy reference.
     softmax_fwd, softmax_bwd = softmax_fns if softmax_fns is not None else (softmax_forward, softmax_backward)
     probs, softmax_cache = softmax_fwd(scores, additive_mask)                        # (B, nh, T, T)
     probs_dropped, dropout_cache = dropout_forward(probs, dropout_p, rng, training)  # (B, nh, T, T)
-    context = probs_dropped @ v                                                      # (B, nh, T, hs)
+    context = matmul(probs_dropped, v)                                               # (B, nh, T, hs)
     out = context.transpose(0, 2, 1, 3).reshape(batch, seq_len, channels)            # (B, T, C)
+    # END TASK 2.1
     cache = AttentionCache(qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped,
                            num_heads, scale, softmax_bwd)
     return out, cache
@@ -98,15 +101,16 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
     batch, seq_len, channels = dout.shape
     head_size = channels // num_heads
 
+    # TASK 2.2 attention_backward: every gradient of the attention (lesson 06)
     dcontext = dout.reshape(batch, seq_len, num_heads, head_size).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
     # context = probs_dropped @ v: the two factors' gradients are the usual matmul pair.
-    dprobs_dropped = dcontext @ v.swapaxes(-1, -2)                # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
-    dv = probs_dropped.swapaxes(-1, -2) @ dcontext                # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dprobs_dropped = matmul(dcontext, v.swapaxes(-1, -2))         # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
+    dv = matmul(probs_dropped.swapaxes(-1, -2), dcontext)         # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dprobs = dropout_backward(dprobs_dropped, dropout_cache)      # back through the dropout mask
     dscores = softmax_bwd(dprobs, softmax_cache)                  # back through the softmax (mask is constant)
     # scores = q_scaled @ k^T: again a matmul pair.
-    dq_scaled = dscores @ k                                       # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-    dk = dscores.swapaxes(-1, -2) @ q                             # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dq_scaled = matmul(dscores, k)                                # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dk = matmul(dscores.swapaxes(-1, -2), q)                      # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
 
     # reassemble into the fused projection's output layout (B, T, 3, nh, hs) = (B, T, 3C): write each
     # gradient through the same transposed view the forward read q, k, v from (one copy each).
@@ -123,3 +127,4 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
                           dqkv_weight[:c], dqkv_bias[:c],
                           dqkv_weight[c:2 * c], dqkv_bias[c:2 * c],
                           dqkv_weight[2 * c:], dqkv_bias[2 * c:])
+    # END TASK 2.2

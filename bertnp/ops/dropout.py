@@ -1,41 +1,107 @@
 """Inverted dropout: zero each element with probability p and scale the survivors by 1/(1-p),
 so the expected value is unchanged and evaluation needs no rescaling.
 
-The mask comes from a seeded generator, so a given seed gives the same mask every time -- that is
-what makes gradient checks with dropout on, and bit-exact resumed training, possible.
+    keep[e] = bits16(key, e) >= T,   T = round(p * 2^16)        (so P(drop) = T / 2^16, p to 2^-17)
+    out[e]  = x[e] * keep[e] / (1 - p)
+
+The random bits come from a counter-based generator, Philox4x64-10 (Salmon et al. 2011): the 16
+bits of element e are a pure function of the key (seed, step, site) and of e, computed without any
+generator state (``bertnp.backend.philox_bits16`` spells out the layout). So
+
+* the same key gives the same mask every time -- gradient checks with dropout on, and bit-exact
+  resumed training (a model's key is (dropout_seed, forward_count, site): saving forward_count is
+  enough to resume);
+* NumPy (NumPy's own Philox, on the host) and CuPy (kernels/dropout.cu, one thread per 16 elements)
+  draw the SAME mask for the same key, so the two backends train alike with dropout on;
+* nothing is built per call: no generator to seed, on the GPU one kernel launch per dropout site.
+
+The cache keeps the mask as 1 byte per element (bool on NumPy, uint8 on CuPy), not a float scale.
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 from bertnp import backend
 from bertnp.ops._checks import require_float, require_probability
 
+KEY_LIMIT = 2 ** 64          # seed, step and site are Philox key / counter words (uint64)
+BITS = 16                    # random bits per element: the drop probability is resolved to 2^-16
+
+
+class DropoutKey(NamedTuple):
+    """Where a mask comes from: the model's dropout seed, its forward counter, the dropout site."""
+    seed: int
+    step: int = 0
+    site: int = 0
+
 
 class DropoutCache(NamedTuple):
-    scale: object   # (...) 0 where dropped, 1/(1-p) where kept; None when dropout was a no-op
+    mask: object           # (...) 1 byte per element, nonzero where kept; None when dropout was a no-op
+    scale: float = 1.0     # 1 / (1 - p), what the kept elements were multiplied by
+
+
+def dropout_key(rng) -> DropoutKey:
+    """``rng`` -- an int seed, or a (seed, step, site) tuple of ints -- as a checked DropoutKey."""
+    parts = tuple(rng) if isinstance(rng, tuple) else (rng,)
+    if len(parts) not in (1, 3) or any(isinstance(v, bool) for v in parts):
+        raise TypeError(f"rng must be an int seed or a (seed, step, site) tuple of ints, got {rng!r}")
+    try:
+        values = [operator.index(v) for v in parts]
+    except TypeError:
+        raise TypeError(f"rng must be an int seed or a (seed, step, site) tuple of ints, got "
+                        f"{type(rng).__name__}") from None
+    if any(not 0 <= v < KEY_LIMIT for v in values):
+        raise ValueError(f"rng: seed, step and site must be in [0, 2**64), got {tuple(values)}")
+    return DropoutKey(*values)
+
+
+def drop_threshold(p: float) -> int:
+    """T such that an element is dropped when its 16 random bits are below T: P(drop) = T / 2^16."""
+    return int(round(p * (1 << BITS)))
+
+
+def _device_kernels():
+    """bertnp.kernels when dropout runs as CUDA kernels (the CuPy backend), else None."""
+    if backend.get_backend() != "cupy":
+        return None
+    from bertnp import kernels                # imported here: kernels imports the ops
+    return kernels
 
 
 def dropout_forward(x, p: float, rng=None, training: bool = True):
-    """x: (...) -> out: (...). ``rng``: a backend generator or an int seed. Returns (out, cache)."""
+    """x: (...) -> out: (...). ``rng``: an int seed or a (seed, step, site) key. Returns (out, cache)."""
     require_float("x", x)
     require_probability("p", p)
     if not training or p == 0.0:
         return x, DropoutCache(None)
     if rng is None:
-        raise ValueError("rng (a generator or an int seed) is required when training with p > 0")
-    if isinstance(rng, int):
-        rng = backend.rng(rng)
-    xp = backend.xp()
-    scale = rng.random(x.shape, dtype=x.dtype)            # (...) uniform in [0, 1); the buffer becomes scale
-    keep = scale >= p                                     # (...) True with probability 1 - p
-    xp.multiply(keep, x.dtype.type(1.0 / (1.0 - p)), out=scale)   # (...) 0 or 1/(1-p), in x's dtype
-    return x * scale, DropoutCache(scale)
+        raise ValueError("rng (an int seed or a (seed, step, site) key) is required when training with p > 0")
+    key = dropout_key(rng)
+    # TASK 1.6 dropout_forward: inverted dropout's mask and scale (lesson 07)
+    threshold, scale = drop_threshold(p), 1.0 / (1.0 - p)
+    kernels = _device_kernels()
+    if kernels is not None:                   # one kernel: the bits, the mask and out, in one pass
+        out, mask = kernels.dropout_philox_forward(x, key, threshold, scale)
+        return out, DropoutCache(mask, scale)
+    bits = backend.philox_bits16(tuple(x.shape), *key)    # (...) uint16 on the host
+    mask = backend.to_device(bits >= threshold)           # (...) bool: kept where the bits reach T
+    out = x * x.dtype.type(scale)                         # (...) scaled survivors ...
+    out *= mask                                           # ... and zeros where dropped
+    return out, DropoutCache(mask, scale)
+    # END TASK 1.6
 
 
 def dropout_backward(dout, cache: DropoutCache):
     """dout: (...) -> dx: (...)."""
-    if cache.scale is None:
+    # TASK 1.6 dropout_backward: (lesson 07)
+    if cache.mask is None:
         return dout
-    # out = x * scale elementwise, so the gradient passes through the same scale.
-    return dout * cache.scale
+    # out = x * mask * scale elementwise, so the gradient passes through the same mask and scale.
+    kernels = _device_kernels()
+    if kernels is not None:
+        return kernels.dropout_mask_backward(dout, cache.mask, cache.scale)
+    dx = dout * dout.dtype.type(cache.scale)              # (...)
+    dx *= cache.mask
+    return dx
+    # END TASK 1.6

@@ -55,6 +55,7 @@ def embedding_backward(dout, cache: EmbeddingCache, out=None):
         if tuple(out.shape) != (vocab, dim) or out.dtype != dtype:
             raise ValueError(f"out must be a ({vocab}, {dim}) array of {dtype}, got {tuple(out.shape)} {out.dtype}")
         dtable = out
+    # TASK 1.7 embedding_backward: a scatter-add over repeated ids (lesson 05)
     if padding_idx is not None:
         frozen = dtable[padding_idx].copy()    # (C,) what the padding row holds before this lookup's share
     # out[n] = table[ids[n]], so each row n sends dout[n] back to row ids[n]; repeats accumulate.
@@ -67,4 +68,5 @@ def embedding_backward(dout, cache: EmbeddingCache, out=None):
         backend.scatter_add(dtable, ids.reshape(-1), dout.reshape(-1, dim))   # (..., C) -> (N, C) rows
     if padding_idx is not None:
         dtable[padding_idx] = frozen   # the padding row gets nothing from the lookup (torch.nn.Embedding)
+    # END TASK 1.7
     return dtable

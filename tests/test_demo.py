@@ -1,0 +1,168 @@
+"""`make demo` and the newcomer's first hour: threads for the machine found, a budget that covers the
+whole run, notes on their own line, a finished run that says so, the demo's figures equal to
+`bertnp eval`'s, examples chosen before training, and the small things a newcomer sees first."""
+from __future__ import annotations
+
+import io
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bertnp as bn
+from bertnp import demo
+from bertnp.train import TrainConfig, Trainer
+
+from test_train import tiny_world  # noqa: F401  (the tiny corpus fixture)
+from tiny_world import WORDS, quiet, tiny_config
+
+
+# ----------------------------------------------------------------------------- threads for the machine
+
+@pytest.mark.parametrize("cores, load, threads", [(2, 0.1, 2), (2, 0.45, 2), (2, 0.8, 1), (2, 1.6, 1),
+                                                  (2, 7.0, 1), (8, 3.2, 5), (1, 0.0, 1)])
+def test_threads_follow_the_free_cores(cores, load, threads):
+    chosen, why = demo.choose_threads(cores=cores, load=load)
+    assert chosen == threads
+    assert f"{load:.2f}" in why and (("fewer threads" in why) == (threads < cores))
+
+
+def test_threads_set_by_the_user_win(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    _, line = demo.blas_threads()
+    assert "1" in line and "OPENBLAS_NUM_THREADS set by you" in line
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    limit, line = demo.blas_threads(requested=1)
+    assert line == "BLAS threads: 1 (--threads)"
+    from threadpoolctl import threadpool_info
+    with limit:
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+
+
+# ----------------------------------------------------------------------------- the budget and the notes
+
+def test_time_budget_covers_setup_and_evaluations(tiny_world, tmp_path, monkeypatch):
+    """The budget is wall time from the Trainer's creation: a slow setup leaves fewer steps."""
+    real = Trainer._build
+
+    def slow_build(self):
+        real(self)
+        time.sleep(1.0)                           # as if the vocabulary and the data took 1 s
+    monkeypatch.setattr(Trainer, "_build", slow_build)
+    t0 = time.perf_counter()
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=None, time_budget=2.0, eval_every=2,
+                                  plot=False), log=quiet)
+    summary = trainer.train()
+    wall = time.perf_counter() - t0
+    # the run is cut at 1.25 x the budget at the latest; one step, the last evaluation and the final
+    # save may follow (a tiny model: milliseconds each, a second on a very busy machine)
+    assert wall < 2.0 * 1.25 + 1.0
+    assert summary["step"] >= 1
+
+
+def test_notes_during_training_get_their_own_line(tiny_world, tmp_path, monkeypatch, capsys):
+    """With a progress bar on screen, a note is written above it (tqdm.write), not onto it."""
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=4, progress=True))
+    trainer.adaptive_steps = True
+
+    def retune(self):
+        if self.step == 2:
+            self.log("note: the machine is slow")
+        return False
+    monkeypatch.setattr(Trainer, "_retune_steps", retune)
+    trainer.train()
+    out = capsys.readouterr().out
+    assert re.search(r"(^|\n)note: the machine is slow\n", out)
+    assert trainer.log is print                                     # restored after training
+
+
+def test_resuming_a_complete_run_says_so_and_how_to_extend_it(tiny_world, tmp_path):
+    Trainer(tiny_config(tiny_world, tmp_path / "run", steps=4), log=quiet).train()
+    notes = []
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=None, resume=True), log=notes.append)
+    said = " ".join(notes)
+    assert "complete run" in said and "step 4 of 4" in said
+    assert f"bertnp pretrain --out {tmp_path / 'run'} --resume --steps N" in said
+    assert trainer.train()["step"] == 4
+
+
+def test_one_text_gets_no_reading_progress_bar(capsys):
+    from bertnp.wordpiece_trainer import count_words
+    count_words("the cat sat on the mat", show_progress=True)
+    assert "reading" not in capsys.readouterr().err
+    count_words(["the cat", "the dog"], show_progress=True)
+    assert "reading" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- what a newcomer sees
+
+def test_a_model_prints_its_config_and_size():
+    cfg = bn.BertConfig.preset("tiny", vocab_size=1000)
+    model = bn.BertForPreTraining(cfg)
+    text = repr(model)
+    assert text.startswith("BertForPreTraining(L2 H128 A2 I512 V1000")
+    assert f"{model.num_parameters() / 1e6:.2f}M parameters" in text and "float32" in text and "train" in text
+    assert "eval" in repr(model.eval())
+    clf = bn.BertForSequenceClassification(cfg, num_labels=3, dtype="float64")
+    assert "num_labels=3" in repr(clf) and "float64" in repr(clf)
+
+
+def test_unigram_cross_entropy_is_the_frequency_models_loss():
+    docs = [[[5, 5, 6], [7]], [[5]]]
+    labels = np.full((1, 4), -100)
+    labels[0, :3] = [5, 6, 9]
+    ce = demo.unigram_cross_entropy(docs, [{"labels": labels}], vocab_size=10, special_ids=[0, 1])
+    counts = np.ones(10)
+    counts[[5, 6, 7]] += [3, 1, 1]
+    counts[[0, 1]] = 0
+    p = counts / counts.sum()
+    assert ce == pytest.approx(-np.mean(np.log(p[[5, 6, 9]])), rel=1e-12)
+
+
+def test_nsp_examples_follow_a_rule_fixed_before_training():
+    """No model goes in: the pairs cannot be picked after training. Even ones are true next pairs
+    (consecutive sentences of one held-out document), odd ones come from another document."""
+    from bertnp.corpus import bundled_corpus
+    from bertnp.data import read_corpus
+    pairs = demo.nsp_examples(6)
+    assert pairs == demo.nsp_examples(6)
+    assert [is_next for _, _, is_next in pairs] == [True, False] * 3
+    docs = read_corpus([bundled_corpus("heldout")])
+    for a, b, is_next in pairs:
+        home = [d for d in docs if a in d][0]
+        assert (b in home and home.index(b) == home.index(a) + 1) == is_next
+
+
+def test_is_word():
+    assert demo.is_word("light") and demo.is_word("##ing")
+    assert not any(demo.is_word(t) for t in (",", ".", "[UNK]", "12", "'"))
+
+
+# ----------------------------------------------------------------------------- the demo end to end
+
+@pytest.mark.slow
+def test_demo_and_eval_report_the_same_heldout_figures(tmp_path, capsys):
+    """A short demo: the figures it prints equal `bertnp eval`'s on the model it saved; its figure
+    is drawn; the try-it line names the model; it reports its total time against the budget.
+    (Whether the budget holds is test_time_budget_covers_setup_and_evaluations's question: here,
+    on a busy machine, the vocabulary and the data alone can take longer than 25 s.)"""
+    from bertnp.cli import main
+    result = demo.run_demo(out=str(tmp_path / "demo"), time_budget=25.0, progress=False, threads=1)
+    out = capsys.readouterr().out
+    assert "BLAS threads: 1 (--threads)" in out
+    assert Path(result["figure"]).is_file() and result["steps"] >= 1
+    assert f"total {result['total_time']:.0f} s of a 25 s budget" in out
+    assert "spent on vocabulary and data" in out
+    assert main(["eval", "--model", result["model_dir"]]) == 0
+    evaluated = capsys.readouterr().out
+    ev = result["heldout"]
+    assert f"MLM accuracy {ev['mlm_acc']:.4f}" in evaluated
+    assert f"NSP accuracy {ev['nsp_acc']:.4f}" in evaluated
+    assert f"held-out MLM accuracy:  {ev['mlm_acc']:.3f}" in out
+    assert f"bertnp fill-mask --model {result['model_dir']}" in out
+    assert math.isfinite(result["unigram_cross_entropy"]) and result["unigram_cross_entropy"] > 3

@@ -1,0 +1,103 @@
+"""Lesson 15's exercise checks (the FLOPs of an encoder layer; the warp's butterfly sum) pass the
+solutions and fail, saying what is wrong, for the plausible wrong answers; blanked, the lesson still
+runs and only its checks fail (see tests/lesson_exercises.py)."""
+from __future__ import annotations
+
+import pytest
+
+from lesson_exercises import assert_blanked_lesson_fails_only_its_checks, assert_check_fails, run_exercise
+
+LESSON = "15_speed_memory_gpu"
+
+LAYER = """
+tokens = B * T
+weights = 2 * tokens * (C * 3 * C + C * C + C * I + I * C)
+head_size = C // num_heads
+scores = 2 * B * num_heads * T * T * head_size
+context = 2 * B * num_heads * T * head_size * T
+forward = weights + scores + context
+backward = 2 * forward
+"""
+
+FLOP_MUTANTS = {
+    # the backward computes dA and dB for every product: 2x the forward, not 1x
+    "backward_equals_forward": (LAYER.replace("backward = 2 * forward", "backward = forward"),
+                                r"backward FLOPs differ.*TWO products in the backward"),
+    # Q K^T and P V have no weights: a count from the parameters misses them
+    "attention_products_forgotten": (LAYER.replace("forward = weights + scores + context", "forward = weights"),
+                                     r"forward FLOPs differ.*misses exactly the 73,728 FLOPs of the products between activations"),
+    "multiply_add_counted_as_one": (LAYER.replace("2 * ", "").replace("backward = forward", "backward = 2 * forward"),
+                                    r"forward FLOPs differ.*half the count: a multiply-add is 2 FLOPs"),
+    # per head with the full width C instead of C / num_heads
+    "attention_times_the_heads": (LAYER.replace("head_size = C // num_heads", "head_size = C"),
+                                  r"forward FLOPs differ.*multiplied the attention by the number of heads"),
+    "output_projection_forgotten": (LAYER.replace("C * 3 * C + C * C", "C * 3 * C"),
+                                    r"forward FLOPs differ.*the layer's forward products.*\(48, 16\) @ \(16, 16\).*compare your list"),
+    "one_ffn_product_only": (LAYER.replace(" + I * C)", ")"), r"forward FLOPs differ.*compare your list"),
+}
+
+WARP_MUTANTS = {
+    # __shfl_down_sync: lane l reads lane l + off (its own value past the end): only lane 0 gets the total
+    "shfl_down_instead_of_xor": ("""
+        lane_ids = np.arange(32)
+        v = lanes.copy()
+        for off in (16, 8, 4, 2, 1):
+            v = v + v[..., np.where(lane_ids + off < 32, lane_ids + off, lane_ids)]
+    """, r"every lane holds the same total, but in warp 0 lanes"),
+    # one lane after another, in place: later lanes read partners that were already updated
+    "lanes_updated_one_at_a_time": ("""
+        v = lanes.copy()
+        for off in (16, 8, 4, 2, 1):
+            for lane in range(32):
+                v[..., lane] += v[..., lane ^ off]
+    """, r"(lane 0 of warp \d+ holds|every lane holds the same total)"),
+    "masks_in_the_other_order": ("""
+        lane_ids = np.arange(32)
+        v = lanes.copy()
+        for off in (1, 2, 4, 8, 16):
+            v = v + v[..., lane_ids ^ off]
+    """, r"right to float32 rounding, but \d+ of 500 warps differ"),
+    "only_half_the_lanes": ("""
+        lane_ids = np.arange(32)
+        v = lanes.copy()
+        for off in (8, 4, 2, 1):
+            v = v + v[..., lane_ids ^ off]
+    """, r"lane 0 of warp \d+ holds .* are all 32 lanes' values in it, each once"),
+    "numpy_sum_broadcast": ("""
+        v = np.repeat(lanes.sum(axis=-1, keepdims=True), 32, axis=-1)
+    """, r"right to float32 rounding, but \d+ of 500 warps differ"),
+    "input_modified_in_place": ("""
+        lane_ids = np.arange(32)
+        v = lanes
+        for off in (16, 8, 4, 2, 1):
+            v += v[..., lane_ids ^ off]
+    """, r"leaves its input unchanged"),
+    "summed_in_float64": ("""
+        lane_ids = np.arange(32)
+        v = lanes.astype(np.float64)
+        for off in (16, 8, 4, 2, 1):
+            v = v + v[..., lane_ids ^ off]
+    """, r"stay float32"),
+}
+
+
+def test_solutions_pass():
+    run_exercise(LESSON, "my_encoder_layer_flops")
+    run_exercise(LESSON, "my_encoder_layer_flops", LAYER)          # the test's copy is the lesson's
+    run_exercise(LESSON, "my_warp_sum")
+
+
+@pytest.mark.parametrize("name", sorted(FLOP_MUTANTS))
+def test_flop_check_fails_for_mutant(name):
+    body, message = FLOP_MUTANTS[name]
+    assert_check_fails(LESSON, "my_encoder_layer_flops", body, f"(?s){message}")
+
+
+@pytest.mark.parametrize("name", sorted(WARP_MUTANTS))
+def test_warp_sum_check_fails_for_mutant(name):
+    body, message = WARP_MUTANTS[name]
+    assert_check_fails(LESSON, "my_warp_sum", body, f"(?s){message}")
+
+
+def test_blanked_lesson_runs_and_every_check_fails():
+    assert_blanked_lesson_fails_only_its_checks(LESSON)
