@@ -3,6 +3,7 @@
     python benchmarks/bench_mpi.py                         # tiny and mini, 3 rounds -> RESULTS.md
     python benchmarks/bench_mpi.py --configs tiny --rounds 1 --steps 3 --no-write      # a quick look
     python benchmarks/bench_mpi.py --base-step             # also one BERT-base step (README's scaling model)
+    python benchmarks/bench_mpi.py --configs --sweep 2 4   # only the all-reduce against size and ranks
 
 Every variant trains the same update -- 32 sequences x 128 tokens of the bundled corpus, BERT's
 30522-token vocabulary, float32, dropout 0.1 -- with :class:`bertnp.train.Trainer`:
@@ -18,7 +19,8 @@ hits them alike. Reported per variant: ms per step and tokens/s (32 x 128 positi
 bench_cpu.py counts), median (min-max) over the rounds of each launch's median; for the ranks also
 the time a step spent waiting in the gradient all-reduce and in the count all-reduce, and the
 all-reduce of the flat gradient buffer timed alone (after a barrier: pure communication) with its
-bus bandwidth 2(N-1)/N x bytes / time. The load average is recorded at the start and the end.
+bus bandwidth 2(N-1)/N x bytes / time. Then (``--sweep``) MPI_Allreduce alone, timed against the
+buffer's size (1 KiB .. 64 MiB) on 2, 3 and 4 ranks. The load average is recorded at the start and the end.
 """
 from __future__ import annotations
 
@@ -98,6 +100,68 @@ def worker(args) -> None:
                       started_in_backward=dp.timings["buckets_started_in_backward"])
     if dp is None or dp.is_writer:
         print("RESULT " + json.dumps(result), flush=True)
+
+
+def sweep_worker(args) -> None:
+    """Every rank: Allreduce (sum, in place) of float32 buffers of each size, timed after a barrier."""
+    import numpy as np
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rows = []
+    for nbytes in args.sizes:
+        buffer = np.ones(max(nbytes // 4, 1), dtype=np.float32)
+        times = []
+        for i in range(args.repeats + 1):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+            elapsed = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)   # the slowest rank's time
+            if i:                                                             # the first call warms up
+                times.append(elapsed)
+        rows.append({"bytes": buffer.nbytes, "ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)})
+    if comm.rank == 0:
+        print("RESULT " + json.dumps({"ranks": comm.size, "rows": rows}), flush=True)
+
+
+def sweep(args) -> dict:
+    """All-reduce time against the buffer's size, for each number of ranks (one BLAS-free process per rank)."""
+    from bertnp.distributed import mpiexec_command
+    env = dict(os.environ, **{v: "1" for v in THREADS})
+    results = {}
+    for ranks in args.sweep:
+        command = mpiexec_command(ranks, str(Path(__file__).resolve()), "--sweep-worker", "--repeats",
+                                  str(args.repeats), "--sizes", *map(str, args.sizes))
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"sweep on {ranks} ranks failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        results[ranks] = json.loads(lines[-1][len("RESULT "):])["rows"]
+        for row in results[ranks]:
+            print(f"sweep {ranks} ranks {row['bytes']:>10d} B {row['ms']:9.3f} ms  load {loadavg()}", flush=True)
+    return results
+
+
+def sweep_section(results: dict) -> list[str]:
+    """Markdown: time per all-reduce and bus bandwidth 2(N-1)/N x bytes / time, per size and rank count."""
+    cores = os.cpu_count()
+    ranks = list(results)
+    lines = ["### All-reduce alone: time against size and ranks", "",
+             "`MPI_Allreduce` (sum, in place) of one float32 buffer, the slowest rank's time, median of "
+             f"the repeats after a barrier; bus GB/s = 2(N-1)/N x bytes / time (the ring cost model's "
+             f"bandwidth). This machine has {cores} cores: "
+             + ", ".join(f"{n} ranks" for n in ranks if n > cores) +
+             (" share them (more ranks than cores: MPICH's waiting ranks spin, so those times show an "
+              "overloaded machine, not a network)." if any(n > cores for n in ranks) else "."), "",
+             "| bytes | " + " | ".join(f"{n} ranks: ms | GB/s" for n in ranks) + " |",
+             "|---|" + "---|---|" * len(ranks)]
+    for i, row in enumerate(results[ranks[0]]):
+        cells = [f"{row['bytes']:,}"]
+        for n in ranks:
+            r = results[n][i]
+            bus = 2 * (n - 1) / n * r["bytes"] / (r["ms"] / 1e3) / 1e9
+            cells += [f"{r['ms']:.3f}", f"{bus:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def base_step(args) -> None:
@@ -182,6 +246,7 @@ def run(args) -> dict:
                     results[config][variant].append(result)
                     print(f"round {r + 1} {config:5s} {variant:22s} {result['ms']:8.1f} ms/step  "
                           f"grad wait {result['grad_wait_ms']:6.1f} ms  load {loadavg()}", flush=True)
+    swept = sweep(args) if args.sweep else None
     base = None
     if args.base_step:
         command = [sys.executable, str(Path(__file__).resolve()), "--base-step-worker", "--steps", "3"]
@@ -189,7 +254,7 @@ def run(args) -> dict:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
         base = json.loads([x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
         print(f"BERT-base step, 1 x 2, batch 8 x 128: {base['ms']:.0f} ms ({base['params']} parameters)")
-    return {"started": started, "load_start": load_start, "load_end": loadavg(), "results": results, "base": base,
+    return {"started": started, "load_start": load_start, "load_end": loadavg(), "results": results, "base": base, "sweep": swept,
             "args": vars(args)}
 
 
@@ -236,6 +301,8 @@ def section(data: dict) -> str:
         if flat:
             lines += ["", f"Gradient buffer: {flat['bytes'] / 2**20:.1f} MiB (float32) all-reduced once per step."]
         lines.append("")
+    if data.get("sweep"):
+        lines += sweep_section(data["sweep"])
     if data["base"]:
         b = data["base"]
         lines += [f"BERT-base ({b['params'] / 1e6:.1f}M parameters), one process x 2 threads, batch {b['batch']} x "
@@ -297,7 +364,7 @@ def write_results(text: str, path: Path = RESULTS) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=["tiny", "mini"])
+    p.add_argument("--configs", nargs="*", default=["tiny", "mini"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="timed steps per launch")
@@ -312,7 +379,12 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, help="also every number as JSON")
     p.add_argument("--scaling", type=float, nargs="+", metavar="TOKENS_PER_S",
                    help="print the scaling model's tables for machines of these speeds (BERT-base tokens/s) and exit")
+    p.add_argument("--sweep", type=int, nargs="*", default=[2, 3, 4], metavar="N",
+                   help="all-reduce alone, timed for each of these numbers of ranks and each of --sizes (none: skip)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[4 ** k for k in range(5, 14)], metavar="BYTES")
+    p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sweep-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--base-step-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", default="tiny", help=argparse.SUPPRESS)
     p.add_argument("--overlap", action="store_true", help=argparse.SUPPRESS)
@@ -320,6 +392,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.sweep_worker:
+        return sweep_worker(args)
     if args.base_step_worker:
         return base_step(args)
     if args.scaling:
