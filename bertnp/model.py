@@ -120,7 +120,10 @@ def _loss_share(name: str, denominator, count: int) -> float | None:
         raise ValueError(f"{name} must be a positive integer (the update's count), got {denominator!r}")
     if denominator < count:
         raise ValueError(f"{name} is {denominator}, fewer than this batch's own {count}")
-    return count / int(denominator)
+    # TASK 5.6 loss_share: what this batch's mean loss weighs in the mean over the whole update (lesson 11)
+    share = count / int(denominator)          # mean * count / denominator = (this batch's sum) / denominator
+    # END TASK 5.6
+    return share
 
 
 def _parse_dtype(dtype) -> np.dtype:
