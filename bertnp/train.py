@@ -1034,8 +1034,9 @@ class Trainer(TrainingLoop):
         return [self.loader.next_batch() for _ in range(self.config.grad_accum)]
 
     def _update_totals(self, batches) -> dict:
-        """Labelled tokens (the MLM loss's denominator), sequences (NSP's) and real tokens of the
-        whole update, from the host batches."""
+        """Host counts of the whole update, from its host micro-batches: ``mlm_total`` (labelled
+        tokens, the MLM loss's denominator), ``nsp_total`` (sequences, NSP's) and ``tokens`` (real
+        tokens, for the throughput)."""
         # TASK 5.6 update_totals: count the WHOLE update's labelled tokens and sequences first (lesson 11)
         totals = {"mlm_total": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches)),
                   "nsp_total": int(sum(b["next_sentence_label"].size for b in batches))}

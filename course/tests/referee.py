@@ -175,7 +175,8 @@ def whole_batch(model, batch) -> tuple:
     model.zero_grad()
     out = model(**batch)
     grads = {k: np.array(v, copy=True) for k, v in model.backward().items()}
-    return float(out.mlm_loss), float(out.nsp_loss), grads
+    losses = (float(out.mlm_loss), float(out.nsp_loss))
+    return losses + (grads,)
 
 
 def accumulate_with_the_trainer(model, micro: list) -> tuple:
