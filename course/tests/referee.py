@@ -219,7 +219,7 @@ def diagnose_accumulation(model, micro: list, mlm: float, nsp: float) -> str:
     return "none of the usual weightings: compare each micro-batch's out.mlm_loss with its mean * N_k / N"
 
 
-def check_accumulation(model, batch: dict, sizes, rtol: float = 1e-11) -> None:
+def check_accumulation(model, batch: dict, sizes, rtol: float = 1e-12) -> None:
     mlm_big, nsp_big, grads_big = whole_batch(model, batch)
     micro = cut(batch, sizes)
     counts = [int((mb["labels"] != -100).sum()) for mb in micro]

@@ -208,7 +208,7 @@ def test_pretraining_run():
 # ---------------------------------------------------------------------- gradient accumulation (5.6)
 
 def test_grad_accumulation():
-    """Task 5.6: K micro-batches give exactly the whole batch's loss and gradient (float64, 1e-11):
+    """Task 5.6: K micro-batches give exactly the whole batch's loss and gradient (float64, 1e-12):
     MLM normalised by the update's labelled tokens, NSP by its sequences -- not the mean of means."""
     model = tiny_model(31, layers=1)
     batch = accumulation_batch(0)
