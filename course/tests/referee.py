@@ -242,6 +242,43 @@ def check_accumulation(model, batch: dict, sizes, rtol: float = 1e-12) -> None:
                           "what backward() is handed: dL/d(mean) of each micro-batch is its share N_k / N (or B_k / B)")
 
 
+# ---------------------------------------------------------------------------------- the ring
+
+def ring_case(n: int, length: int, seed: int = 0):
+    """N buffers of integers held as float64: their sums are exact, so any wrong chunk shows."""
+    r = np.random.default_rng(100 * n + length + seed)
+    originals = [r.integers(-50, 50, length).astype(np.float64) for _ in range(n)]
+    return originals, [b.copy() for b in originals]
+
+
+def check_ring(n: int, length: int, seed: int = 0) -> None:
+    from bertnp.course.ring import Ring, ring_allreduce
+    originals, buffers = ring_case(n, length, seed)
+    ring = Ring(n)
+    ring_allreduce(buffers, ring)
+    expected = np.sum(originals, axis=0)
+    where = f"{n} ranks, {length} numbers each"
+    for rank, b in enumerate(buffers):
+        if not np.array_equal(b, expected):
+            wrong = np.flatnonzero(b != expected).tolist()
+            if np.allclose(b, expected / n):
+                hint = "every rank holds the AVERAGE: an all-reduce sums (the loss shares are already divided by the global counts)"
+            elif any(np.allclose(b, expected + k * o) for o in originals for k in (1, -1)):
+                hint = "one rank's numbers are counted twice or not at all: a chunk added once too often, or copied instead of added"
+            else:
+                hint = ("a chunk in the wrong place, or added during the all-gather (which copies), or copied during the "
+                        "reduce-scatter (which adds)?")
+            raise CheckFailed(f"{where}: after ring_allreduce rank {rank} holds {b.tolist()}, the sum is "
+                              f"{expected.tolist()} (wrong at positions {wrong})\n  hint: {hint}")
+    check(ring.steps == 2 * (n - 1), f"{where}: ring.exchange calls (a reduce-scatter and an all-gather of N - 1 "
+          "steps each)", ring.steps, 2 * (n - 1))
+    sent = ring.bytes_sent // 8
+    most = 2 * (n - 1) * int(np.ceil(length / n))                  # one chunk (at most ceil(length / N) numbers) a step
+    if sent.max() > most:
+        raise CheckFailed(f"{where}: the ranks sent {sent.tolist()} numbers; one chunk a step is at most {most} "
+                          f"(about 2 (N-1)/N x {length}): send one chunk of the buffer each step, not all of it")
+
+
 def trusted_file(relative: str) -> Path:
     """``bertnp/<relative>`` of the instructor's package (beside the referee's teach.py): a data file
     a test compares with is never read from the submission. In a handout: the handout's own."""
