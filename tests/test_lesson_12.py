@@ -55,5 +55,6 @@ def test_committed_run_is_small_and_made_by_its_script():
     T = len(run["attention"]["tokens"])
     assert maps.shape == (l12_make.ATTENTION_SNAPSHOTS, 4, 4, T, T), f"attention maps {maps.shape}, T = {T}"
     l12_bytes = sum(f.stat().st_size for f in HERE.glob("l12_*") if f.suffix != ".py")
-    all_bytes = sum(f.stat().st_size for f in HERE.iterdir() if f.is_file() and f.suffix != ".py")
-    assert l12_bytes < 300_000 and all_bytes < 1_000_000, f"lesson data: l12 {l12_bytes} B, all {all_bytes} B"
+    l11_14_bytes = sum(f.stat().st_size for f in HERE.glob("l1[1-4]_*") if f.suffix != ".py")
+    assert l12_bytes < 300_000 and l11_14_bytes < 400_000, \
+        f"lesson data: l12 {l12_bytes} B, lessons 11-14 {l11_14_bytes} B"

@@ -207,8 +207,8 @@ def main(argv=None) -> int:
         model.eval()
         ev = trainer.evaluate()
         probes = []
-        for text, result in zip(PROBES, fill_mask(model, tok, PROBES, top_k=10)):
-            probes.append([[p["token_str"], round(p["score"], 4)] for p in result[0]])
+        for result in fill_mask(model, tok, PROBES, top_k=10):        # one [MASK] per probe: a flat top-10
+            probes.append([[p["token_str"], round(p["score"], 4)] for p in result])
         snap = {"step": s, "elapsed_s": round(trainer.train_time, 1),
                 "eval": {k: round(float(v), 5) for k, v in ev.items() if isinstance(v, (int, float))},
                 "fill_mask": probes,

