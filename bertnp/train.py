@@ -327,6 +327,7 @@ def unigram_baseline(train_documents, batches, special_ids=()) -> tuple[int, flo
     """(most frequent training token id, accuracy of always predicting it on the batches' labels).
 
     ``train_documents``: token-id documents (``PretrainingDataset.documents``)."""
+    # TASK 5.7 unigram_baseline: the most frequent token of the training text, scored on the labelled positions (lesson 12)
     counts = Counter()
     for doc in train_documents:
         for sentence in doc:
@@ -339,6 +340,7 @@ def unigram_baseline(train_documents, batches, special_ids=()) -> tuple[int, flo
         labels = b["labels"][b["labels"] != IGNORE_INDEX]
         hits += int((labels == top).sum())
         total += labels.size
+    # END TASK 5.7
     return int(top), hits / max(total, 1)
 
 
@@ -1109,15 +1111,21 @@ class Trainer(TrainingLoop):
         return [self.loader.next_batch() for _ in range(self.config.grad_accum)]
 
     def _update_totals(self, batches) -> dict:
-        """Labelled tokens (the MLM loss's denominator), sequences (NSP's) and real tokens of the
-        whole update, from the host batches."""
-        return {"mlm_total": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches)),
-                "nsp_total": int(sum(b["next_sentence_label"].size for b in batches)),
-                "tokens": int(sum(b["attention_mask"].sum() for b in batches))}
+        """Host counts of the whole update, from its host micro-batches: ``mlm_total`` (labelled
+        tokens, the MLM loss's denominator), ``nsp_total`` (sequences, NSP's) and ``tokens`` (real
+        tokens, for the throughput)."""
+        # TASK 5.6 update_totals: count the WHOLE update's labelled tokens and sequences first (lesson 11)
+        totals = {"mlm_total": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches)),
+                  "nsp_total": int(sum(b["next_sentence_label"].size for b in batches))}
+        # END TASK 5.6
+        totals["tokens"] = int(sum(b["attention_mask"].sum() for b in batches))
+        return totals
 
     def _forward_backward(self, batch, totals) -> dict:
         model = self.model
+        # TASK 5.6 micro_batch_loss: this micro-batch's summed losses over the update's counts (lesson 11)
         out = model(**batch, mlm_denominator=max(totals["mlm_total"], 1), nsp_denominator=totals["nsp_total"])
+        # END TASK 5.6
         model.backward()
         counts = _device_counts(out, batch)
         # each micro-batch's losses are its share of the update's means: they add up
