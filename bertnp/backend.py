@@ -297,3 +297,29 @@ def default_backend_from_env() -> None:
     name = os.environ.get("BERTNP_BACKEND", "").strip()
     if name:
         set_backend(name)
+
+
+# ----------------------------------------------------------------------------- several GPUs (bertnp.distributed)
+
+def nccl():
+    """``(cupy.cuda.nccl, cupy.cuda)``: NCCL's collectives and CUDA streams/events, for all-reducing
+    gradients between GPUs; RuntimeError saying why not (not on cupy, or CuPy finds no NCCL)."""
+    if _name != "cupy":
+        raise RuntimeError("NCCL needs the cupy backend")
+    try:
+        from cupy.cuda import nccl as cupy_nccl
+    except ImportError as exc:
+        raise RuntimeError(f"CuPy cannot load NCCL ({exc}): pip install nvidia-nccl-cu12") from exc
+    if not getattr(cupy_nccl, "available", True):
+        raise RuntimeError("CuPy was built without NCCL: pip install nvidia-nccl-cu12")
+    return cupy_nccl, _cupy.cuda
+
+
+def use_device(local_rank: int) -> int:
+    """Make GPU ``local_rank % count`` current for this process (one GPU per rank on a machine);
+    call before allocating. Returns the device index (0 on NumPy, which has none)."""
+    if _name != "cupy":
+        return 0
+    index = int(local_rank) % _cupy.cuda.runtime.getDeviceCount()
+    _cupy.cuda.Device(index).use()
+    return index

@@ -104,6 +104,7 @@ def unigram_cross_entropy(train_documents, batches, vocab_size: int, special_ids
     special tokens excluded -- on the batches' masked tokens: the MLM loss of a model that learned
     word frequencies and nothing else."""
     import numpy as np
+    # TASK 5.7 unigram_cross_entropy: add-one smoothed training frequencies, no special tokens (lesson 12)
     counts = np.ones(vocab_size)
     for doc in train_documents:
         for sentence in doc:
@@ -111,6 +112,7 @@ def unigram_cross_entropy(train_documents, batches, vocab_size: int, special_ids
     counts[list(special_ids)] = 0
     log_p = np.log(counts / counts.sum(), where=counts > 0, out=np.full(vocab_size, -np.inf))
     labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    # END TASK 5.7
     return float(-log_p[labels].mean())
 
 

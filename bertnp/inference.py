@@ -207,17 +207,19 @@ def mean_pooling(last_hidden_state, attention_mask) -> np.ndarray:
     """Mean of the hidden states over the tokens whose mask is 1: (B, T, C), (B, T) -> (B, C).
 
     Accumulated in float64 and returned in the hidden states' dtype (sentence-transformers'
-    pooling, before any normalisation)."""
+    pooling, before any normalisation). A row with no real token (mask all 0) is a ValueError."""
     h = backend.to_host(last_hidden_state) if hasattr(last_hidden_state, "dtype") else np.asarray(last_hidden_state)
     m = backend.to_host(attention_mask) if hasattr(attention_mask, "dtype") else np.asarray(attention_mask)
     if h.ndim != 3 or m.shape != h.shape[:2]:
         raise ValueError(f"last_hidden_state (B, T, C) and attention_mask (B, T) disagree: "
                          f"{h.shape} and {m.shape}")
+    # TASK 7.1 mean_pooling: the mean over the real tokens only (lesson 13)
     w = m.astype(np.float64)[:, :, None]                                     # (B, T) -> (B, T, 1)
     counts = w.sum(axis=1)                                                   # (B, 1)
     if np.any(counts == 0):
         raise ValueError("attention_mask has a row with no real token: nothing to average")
     pooled = (h.astype(np.float64) * w).sum(axis=1) / counts                 # (B, T, C) -> (B, C)
+    # END TASK 7.1
     return pooled.astype(h.dtype if h.dtype.kind == "f" else np.float64)
 
 
@@ -251,8 +253,10 @@ def sentence_embeddings(model, tokenizer, texts, pooling: str = "mean", normaliz
                 chunks.append(backend.to_host(out.pooler_output))
     emb = np.concatenate(chunks, axis=0)
     if normalize:
+        # TASK 7.1 unit_rows: each vector scaled to length 1 (lesson 13)
         norms = np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
         emb = (emb / np.maximum(norms, 1e-12)).astype(emb.dtype)
+        # END TASK 7.1
     return emb[0] if single else emb
 
 
@@ -263,9 +267,12 @@ def cosine_similarity(a, b=None) -> np.ndarray:
                                                      dtype=np.float64))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"cosine_similarity needs (N, C) and (M, C) arrays, got {a.shape} and {b.shape}")
+    # TASK 7.1 cosine_similarity: (lesson 13)
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
+    similarity = a @ b.T                                                     # (N, C) @ (C, M) -> (N, M)
+    # END TASK 7.1
+    return similarity
 
 
 # ============================================================================ classification

@@ -113,14 +113,20 @@ def _check_range(name: str, array, low: int, high: int, allowed_extra: tuple = (
 
 
 def _loss_share(name: str, denominator, count: int) -> float | None:
-    """``count / denominator`` for a loss averaged over a larger whole (None: no denominator given)."""
+    """The weight of this batch's MEAN loss (over its ``count`` items) in a loss averaged over a
+    larger whole of ``denominator`` items -- an update's micro-batches together (None: no
+    denominator given, the batch is the whole). The forward multiplies the batch's mean by it; the
+    backward hands it down as dL/d(mean)."""
     if denominator is None:
         return None
     if isinstance(denominator, bool) or not isinstance(denominator, (int, np.integer)) or denominator < 1:
         raise ValueError(f"{name} must be a positive integer (the update's count), got {denominator!r}")
     if denominator < count:
         raise ValueError(f"{name} is {denominator}, fewer than this batch's own {count}")
-    return count / int(denominator)
+    # TASK 5.6 loss_share: what this batch's mean loss weighs in the mean over the whole update (lesson 11)
+    share = count / int(denominator)          # mean * count / denominator = (this batch's sum) / denominator
+    # END TASK 5.6
+    return share
 
 
 def _parse_dtype(dtype) -> np.dtype:

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from bertnp.baselines import fit_naive_bayes, predict_naive_bayes
 from bertnp.finetune import FinetuneConfig, Finetuner, accuracy, f1_macro, read_examples
 
 DATA = Path(__file__).resolve().parent / "data" / "corpus_source"
@@ -61,21 +60,14 @@ def find_minilm() -> Path | None:
 
 
 def naive_bayes(train, dev, tokenizer) -> tuple[float, float]:
-    """Multinomial naive Bayes over WordPiece tokens, add-one smoothing: the bag-of-words baseline."""
+    """Multinomial naive Bayes over WordPiece tokens, add-one smoothing: the bag-of-words baseline
+    (bertnp.baselines; lesson 14 derives it)."""
     labels = sorted({e.label for e in train})
-    counts = {lab: Counter() for lab in labels}
-    for e in train:
-        counts[e.label].update(tokenizer.tokenize(e.text))
-    vocab = set().union(*counts.values())
-    prior = {lab: math.log(sum(e.label == lab for e in train) / len(train)) for lab in labels}
-    total = {lab: sum(c.values()) + len(vocab) for lab, c in counts.items()}
-    preds = []
-    for e in dev:
-        toks = [t for t in tokenizer.tokenize(e.text) if t in vocab]
-        scores = [prior[lab] + sum(math.log((counts[lab][t] + 1) / total[lab]) for t in toks) for lab in labels]
-        preds.append(int(np.argmax(scores)))
+    log_prior, log_likelihood = fit_naive_bayes([tokenizer.tokenize(e.text) for e in train],
+                                                [labels.index(e.label) for e in train], len(labels))
+    preds = predict_naive_bayes([tokenizer.tokenize(e.text) for e in dev], log_prior, log_likelihood)
     truth = [labels.index(e.label) for e in dev]
-    return accuracy(truth, preds), f1_macro(truth, preds, len(labels))
+    return accuracy(truth, preds.tolist()), f1_macro(truth, preds.tolist(), len(labels))
 
 
 def run(name: str, out_root: Path, args, **options) -> dict:

@@ -359,12 +359,17 @@ def test_gradescope_results_and_a_class_csv(handout, cache, tmp_path, handout_re
     assert rows[2].startswith("bob,0,") and rows[3].startswith("carol,0,")
 
 
-def test_the_command_line(handout, tmp_path, cache):
+def test_the_command_line(handout, tmp_path, cache, monkeypatch, capsys):
     from bertnp.cli import main
     out = tmp_path / "h"
     assert main(["course", "release", str(out), "--assignment", "4", "--root", str(ROOT)]) == 0
     text = (out / "bertnp" / "data.py").read_text()
     assert "task 4.3 masking: see lessons/03_bert_data" in text
+    with monkeypatch.context() as m:                 # what a student types, in the handout's folder
+        m.chdir(out)
+        capsys.readouterr()
+        assert main(["course", "check", "4.1"]) == 1
+        assert "not written yet: task 4.1 wordpiece: see lessons/03_bert_data" in capsys.readouterr().out
     assert "raise NotImplementedError('task 1.3" not in (out / "bertnp" / "ops" / "layernorm.py").read_text()
     assert main(["course", "release", str(out), "--root", str(ROOT)]) == 2          # not empty: refused
     json_path = tmp_path / "r.json"

@@ -116,3 +116,20 @@ def test_nbgrader_blanks_only_the_solution_region_of_code_cells():
               "# %% tags=[\"exercise\"]\n" + cell)
     out = blank_lesson_source(source, "05")
     assert "Keep this line." in out and "x * 2" not in out      # Markdown quoting the delimiters is untouched
+
+
+def test_the_course_ring_names_bad_input():
+    """bertnp/course/ring.py (task 8.1's module): what a caller gets wrong is named."""
+    from bertnp.course.ring import Ring, ring_allreduce
+    with pytest.raises(ValueError, match="positive number of ranks"):
+        Ring(0)
+    with pytest.raises(ValueError, match="3 buffers for a ring of 2 ranks"):
+        ring_allreduce([np.zeros(4)] * 3, Ring(2))
+    with pytest.raises(ValueError, match="1-D and of one length"):
+        ring_allreduce([np.zeros(4), np.zeros(5)], Ring(2))
+    with pytest.raises(ValueError, match="one array per rank"):
+        Ring(3).exchange([np.zeros(1)])
+    buffers = [np.arange(5.0) * (r + 1) for r in range(4)]
+    ring = Ring(4)
+    ring_allreduce(buffers, ring)
+    assert all(np.array_equal(b, np.arange(5.0) * 10) for b in buffers) and ring.steps == 6

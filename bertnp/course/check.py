@@ -21,7 +21,7 @@ def check(tasks=None, root=None, jobs: int = 2, log=print) -> list[TaskResult]:
     """Run the public tests of ``tasks`` (ids; all when empty) in the tree ``root``."""
     import concurrent.futures
     import dataclasses
-    root = Path(root) if root is not None else Path.cwd()
+    root = Path(root).resolve() if root is not None else Path.cwd()     # absolute: the tests run elsewhere
     course = manifest_mod.load(root)
     chosen = course.select(tasks=tasks or None)
     tests_root = root / "course" / "tests"

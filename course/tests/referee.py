@@ -12,6 +12,7 @@ missing term, a few rows only).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -140,3 +141,148 @@ def model_gradient_check(what: str, model, batch: dict, parts: dict, *, threshol
 def _show(part) -> str:
     parts = part if isinstance(part, tuple) else (part,)
     return ", ".join(f"{p.start or 0}:{p.stop}" if isinstance(p, slice) else str(p) for p in parts)
+
+
+# ---------------------------------------------------------------------------------- accumulation
+
+def accumulation_batch(seed: int = 0) -> dict:
+    """Five sequences of 6 tokens (vocabulary 13), padded to different lengths, with 3, 1, 2, 0 and 1
+    labelled tokens: cut into micro-batches, their token and sequence counts differ."""
+    r = np.random.default_rng(seed)
+    lengths, labelled = [6, 6, 4, 3, 5], [3, 1, 2, 0, 1]
+    ids = np.zeros((5, 6), dtype=np.int64)
+    labels = np.full((5, 6), -100)
+    types = np.zeros((5, 6), dtype=np.int64)
+    for row, (n, k) in enumerate(zip(lengths, labelled)):
+        ids[row, :n] = r.integers(5, 13, size=n)
+        ids[row, 0], ids[row, n - 1] = 1, 2                      # [CLS] ... [SEP]
+        types[row, n // 2:n] = 1
+        positions = r.choice(np.arange(1, n - 1), size=k, replace=False)
+        labels[row, positions] = r.integers(5, 13, size=k)
+        ids[row, positions[:1]] = 4                              # a [MASK] in the input
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": types,
+            "labels": labels, "next_sentence_label": np.array([1, 0, 0, 1, 0])[:5]}
+
+
+def cut(batch: dict, sizes) -> list:
+    """The batch's rows cut into consecutive micro-batches of the given numbers of sequences."""
+    bounds = np.cumsum([0] + list(sizes))
+    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def whole_batch(model, batch) -> tuple:
+    """The referee: the whole batch in one forward and backward."""
+    model.zero_grad()
+    out = model(**batch)
+    grads = {k: np.array(v, copy=True) for k, v in model.backward().items()}
+    losses = (float(out.mlm_loss), float(out.nsp_loss))
+    return losses + (grads,)
+
+
+def accumulate_with_the_trainer(model, micro: list) -> tuple:
+    """One update as bertnp's Trainer does it: the update's totals first, then each micro-batch's
+    forward and backward. (Trainer's two methods use nothing of the trainer but its model.)"""
+    from types import SimpleNamespace
+    from bertnp.train import Trainer
+    stand_in = SimpleNamespace(model=model)
+    totals = Trainer._update_totals(stand_in, micro)
+    model.zero_grad()
+    parts = [Trainer._forward_backward(stand_in, mb, totals) for mb in micro]
+    mlm = sum(float(p["mlm_loss"]) for p in parts)
+    nsp = sum(float(p["nsp_loss"]) for p in parts)
+    return totals, mlm, nsp, {k: np.array(v, copy=True) for k, v in model.grads.items()}
+
+
+def diagnose_accumulation(model, micro: list, mlm: float, nsp: float) -> str:
+    """Which known wrong weighting of the micro-batches' mean losses gives these totals?"""
+    means = []
+    for mb in micro:
+        out = model(**mb)                                        # this micro-batch's own means
+        means.append((float(out.mlm_loss), float(out.nsp_loss),
+                      int((mb["labels"] != -100).sum()), len(mb["next_sentence_label"])))
+    K, N, B = len(means), sum(m[2] for m in means), sum(m[3] for m in means)
+    known = [
+        (sum(m for m, _, _, _ in means) / K, sum(s for _, s, _, _ in means) / K,
+         "the plain average of the micro-batches' mean losses (each weighs 1/K): then a labelled token in a "
+         "micro-batch with few of them weighs more than one in a micro-batch with many. Divide each micro-batch's "
+         "SUMMED loss by the whole update's count (Hugging Face Trainer's bug, fixed in transformers PR #34191)"),
+        (sum(m * n / N for m, _, n, _ in means), sum(s * b / N for _, s, _, b in means),
+         "NSP divided by the update's labelled-token count: NSP is a mean over the update's SEQUENCES"),
+        (sum(m * n / B for m, _, n, _ in means), sum(s * b / B for _, s, _, b in means),
+         "MLM divided by the update's sequence count: MLM is a mean over the update's LABELLED TOKENS"),
+        (sum(m for m, _, _, _ in means), sum(s for _, s, _, _ in means),
+         "the sum of the micro-batches' mean losses: weigh each mean by its share of the update's count"),
+    ]
+    for want_mlm, want_nsp, what in known:
+        if math.isclose(mlm, want_mlm, rel_tol=1e-9) and math.isclose(nsp, want_nsp, rel_tol=1e-9):
+            return f"your accumulation is {what}"
+    return "none of the usual weightings: compare each micro-batch's out.mlm_loss with its mean * N_k / N"
+
+
+def check_accumulation(model, batch: dict, sizes, rtol: float = 1e-12) -> None:
+    mlm_big, nsp_big, grads_big = whole_batch(model, batch)
+    micro = cut(batch, sizes)
+    counts = [int((mb["labels"] != -100).sum()) for mb in micro]
+    where = f"micro-batches of {list(sizes)} sequences and {counts} labelled tokens"
+    totals, mlm, nsp, grads = accumulate_with_the_trainer(model, micro)
+    check(totals.get("mlm_total") == sum(counts), f"{where}: the update's MLM denominator (labelled tokens of ALL "
+          "its micro-batches, counted before any forward)", totals.get("mlm_total"), sum(counts))
+    check(totals.get("nsp_total") == len(batch["next_sentence_label"]), f"{where}: the update's NSP denominator "
+          "(its sequences)", totals.get("nsp_total"), len(batch["next_sentence_label"]))
+    if not (math.isclose(mlm, mlm_big, rel_tol=1e-12) and math.isclose(nsp, nsp_big, rel_tol=1e-12)):
+        raise CheckFailed(f"{where}: the micro-batches' losses add up to MLM {mlm:.12f}, NSP {nsp:.12f}; the whole "
+                          f"batch's are MLM {mlm_big:.12f}, NSP {nsp_big:.12f}\n  hint: "
+                          + diagnose_accumulation(model, micro, mlm, nsp))
+    scale = max(float(np.abs(g).max()) for g in grads_big.values())
+    errors = {k: float(np.abs(grads[k] - g).max() / max(float(np.abs(g).max()), 1e-3 * scale)) for k, g in grads_big.items()}
+    worst = max(errors, key=errors.get)
+    if errors[worst] > rtol:
+        raise CheckFailed(f"{where}: the accumulated gradients differ from the whole batch's: largest relative error "
+                          f"{errors[worst]:.2e} (in {worst}), threshold {rtol:.0e} -- the losses add up, so look at "
+                          "what backward() is handed: dL/d(mean) of each micro-batch is its share N_k / N (or B_k / B)")
+
+
+# ---------------------------------------------------------------------------------- the ring
+
+def ring_case(n: int, length: int, seed: int = 0):
+    """N buffers of integers held as float64: their sums are exact, so any wrong chunk shows."""
+    r = np.random.default_rng(100 * n + length + seed)
+    originals = [r.integers(-50, 50, length).astype(np.float64) for _ in range(n)]
+    return originals, [b.copy() for b in originals]
+
+
+def check_ring(n: int, length: int, seed: int = 0) -> None:
+    from bertnp.course.ring import Ring, ring_allreduce
+    originals, buffers = ring_case(n, length, seed)
+    ring = Ring(n)
+    ring_allreduce(buffers, ring)
+    expected = np.sum(originals, axis=0)
+    where = f"{n} ranks, {length} numbers each"
+    for rank, b in enumerate(buffers):
+        if not np.array_equal(b, expected):
+            wrong = np.flatnonzero(b != expected).tolist()
+            if np.allclose(b, expected / n):
+                hint = "every rank holds the AVERAGE: an all-reduce sums (the loss shares are already divided by the global counts)"
+            elif any(np.allclose(b, expected + k * o) for o in originals for k in (1, -1)):
+                hint = "one rank's numbers are counted twice or not at all: a chunk added once too often, or copied instead of added"
+            else:
+                hint = ("a chunk in the wrong place, or added during the all-gather (which copies), or copied during the "
+                        "reduce-scatter (which adds)?")
+            raise CheckFailed(f"{where}: after ring_allreduce rank {rank} holds {b.tolist()}, the sum is "
+                              f"{expected.tolist()} (wrong at positions {wrong})\n  hint: {hint}")
+    check(ring.steps == 2 * (n - 1), f"{where}: ring.exchange calls (a reduce-scatter and an all-gather of N - 1 "
+          "steps each)", ring.steps, 2 * (n - 1))
+    sent = ring.bytes_sent // 8
+    most = 2 * (n - 1) * int(np.ceil(length / n))                  # one chunk (at most ceil(length / N) numbers) a step
+    if sent.max() > most:
+        raise CheckFailed(f"{where}: the ranks sent {sent.tolist()} numbers; one chunk a step is at most {most} "
+                          f"(about 2 (N-1)/N x {length}): send one chunk of the buffer each step, not all of it")
+
+
+def trusted_file(relative: str) -> Path:
+    """``bertnp/<relative>`` of the instructor's package (beside the referee's teach.py): a data file
+    a test compares with is never read from the submission. In a handout: the handout's own."""
+    path = Path(getattr(teach, "__file__", "")).resolve().parent / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the grading data file is missing")
+    return path

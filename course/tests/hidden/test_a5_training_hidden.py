@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from referee import check, close, tiny_batch, tiny_model
+from referee import accumulation_batch, check, check_accumulation, close, tiny_batch, tiny_model
 
 import bertnp as bn
 from bertnp.optim import clip_grad_norm, linear_warmup_decay
@@ -76,3 +76,42 @@ def test_train_step_hidden():
     for k, v in reference.parameters().items():
         close(f"{k} after 3 train_steps against zero_grad/forward/backward/clip/step", mine.parameters()[k], v,
               rtol=1e-10, atol=1e-13)
+
+
+def test_grad_accumulation_hidden():
+    """Other cuttings: a micro-batch without a labelled token, one sequence each, a 2-layer model."""
+    model = tiny_model(32, layers=2)
+    batch = accumulation_batch(5)
+    for sizes in ([3, 1, 1], [1, 1, 1, 1, 1], [4, 1]):
+        check_accumulation(model, batch, sizes, rtol=1e-12)
+
+
+def test_unigram_baseline_hidden():
+    """A larger random case against a direct count; a token never seen in training; several batches."""
+    from bertnp.demo import unigram_cross_entropy
+    from bertnp.train import unigram_baseline
+    r = np.random.default_rng(12)
+    V, specials = 40, [0, 1, 2, 3, 4]
+    documents = [[list(r.integers(1, V - 1, size=r.integers(3, 9))) for _ in range(r.integers(1, 4))] for _ in range(30)]
+    documents[0].append([17] * 40)                             # one clear favourite (no tie)
+    documents[1].append([1] * 60)                              # [UNK] more frequent still: a special
+    batches = []
+    for _ in range(3):
+        labels = np.where(r.random((4, 10)) < 0.3, r.integers(5, V, size=(4, 10)), -100)
+        labels[0, 0] = V - 1                                   # never in the training text
+        labels[1, 1] = 17
+        batches.append({"input_ids": r.integers(0, V, size=(4, 10)), "labels": labels})
+    counts = np.zeros(V)
+    for doc in documents:
+        for sentence in doc:
+            np.add.at(counts, np.asarray(sentence), 1)
+    counts[specials] = 0
+    targets = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    top, accuracy = unigram_baseline(documents, batches, specials)
+    check(top == 17, "the most frequent training token", top, 17)
+    close("the most-frequent-token accuracy", accuracy, float(np.mean(targets == 17)), rtol=1e-12)
+    smoothed = counts + 1
+    smoothed[specials] = 0
+    expected = float(-np.log(smoothed[targets] / smoothed.sum()).mean())
+    close("the unigram cross-entropy (add-one, specials excluded)", unigram_cross_entropy(documents, batches, V, specials),
+          expected, rtol=1e-12)

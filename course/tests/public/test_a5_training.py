@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from referee import CheckFailed, check, close, tiny_batch, tiny_model
+from referee import CheckFailed, accumulation_batch, check, check_accumulation, close, cut, tiny_batch, tiny_model
 
 import bertnp as bn
 from bertnp.optim import LinearWarmupDecay, clip_grad_norm, linear_warmup_decay
@@ -169,6 +169,7 @@ def test_pretraining_run():
     unigram baseline (always the most frequent training token) by 10%."""
     from bertnp.course.training import pretrain
     from bertnp.data import PretrainingLoader
+    from bertnp.train import unigram_baseline
     tokenizer, train, held = _pretraining_data()
     V = tokenizer.vocab_size
     config = bn.BertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -186,22 +187,75 @@ def test_pretraining_run():
     losses = pretrain(model, optimizer, schedule, batches(), steps)
     check(len(losses) == steps, "pretrain returns one loss per step", len(losses), steps)
     check(all(math.isfinite(x) for x in losses), "every training loss is finite", [x for x in losses if not math.isfinite(x)][:3], [])
-    counts = np.bincount(np.concatenate([np.concatenate([np.asarray(s) for s in d]) for d in train.documents]),
-                         minlength=V)
-    counts[list(tokenizer.all_special_ids)] = 0
-    most_frequent = int(counts.argmax())
     model.eval()
-    correct = baseline = total = 0
-    for batch in PretrainingLoader(held, 64, shuffle=False):
+    held_batches = list(PretrainingLoader(held, 64, shuffle=False))
+    _, unigram = unigram_baseline(train.documents, held_batches, tokenizer.all_special_ids)     # task 5.7
+    correct = total = 0
+    for batch in held_batches:
         predicted = np.asarray(model(**batch).prediction_logits).argmax(-1)     # (N,) labelled positions, row-major
         labels = batch["labels"][batch["labels"] != -100]
         correct += int((predicted == labels).sum())
-        baseline += int((labels == most_frequent).sum())
         total += labels.size
-    accuracy, unigram = correct / total, baseline / total
+    accuracy = correct / total
     print(f"held-out MLM accuracy {accuracy:.4f}, unigram baseline {unigram:.4f} ({total} masked tokens); "
           f"training loss {np.mean(losses[:10]):.2f} -> {np.mean(losses[-10:]):.2f}")
     if accuracy < 1.1 * unigram:
         raise CheckFailed(f"held-out MLM accuracy {accuracy:.4f} does not beat the unigram baseline {unigram:.4f} "
                           f"by 10% (needed {1.1 * unigram:.4f}); training loss {np.mean(losses[:10]):.2f} -> "
                           f"{np.mean(losses[-10:]):.2f}. Does the learning rate follow the schedule (it starts at 0)?")
+
+
+# ---------------------------------------------------------------------- gradient accumulation (5.6)
+
+def test_grad_accumulation():
+    """Task 5.6: K micro-batches give exactly the whole batch's loss and gradient (float64, 1e-12):
+    MLM normalised by the update's labelled tokens, NSP by its sequences -- not the mean of means."""
+    model = tiny_model(31, layers=1)
+    batch = accumulation_batch(0)
+    # the model alone: with the update's counts, a micro-batch's loss is its share of the update's mean
+    first = cut(batch, [2, 3])[0]
+    own = model(**first)
+    n_first = int((first["labels"] != -100).sum())
+    N, B = int((batch["labels"] != -100).sum()), len(batch["next_sentence_label"])
+    shared = model(**first, mlm_denominator=N, nsp_denominator=B)
+    close(f"out.mlm_loss with mlm_denominator={N} for a micro-batch of {n_first} labelled tokens: its mean x "
+          f"{n_first}/{N} (its summed loss / the update's count)", float(shared.mlm_loss),
+          float(own.mlm_loss) * n_first / N, rtol=1e-12)
+    close(f"out.nsp_loss with nsp_denominator={B} for a micro-batch of 2 sequences: its mean x 2/{B}",
+          float(shared.nsp_loss), float(own.nsp_loss) * 2 / B, rtol=1e-12)
+    # one update in micro-batches, as the Trainer runs it
+    check_accumulation(model, batch, [2, 1, 2])
+
+
+# ---------------------------------------------------------------------- the unigram baseline (5.7)
+
+def test_unigram_baseline():
+    """Task 5.7: the baselines an MLM curve is read against: always guessing the most frequent
+    TRAINING token (accuracy), and the add-one smoothed training frequencies (cross-entropy, nats),
+    special tokens excluded, scored on the held-out LABELLED positions only."""
+    from bertnp.demo import unigram_cross_entropy
+    from bertnp.train import unigram_baseline
+    specials = [0, 1, 2, 3, 4]                                   # [PAD] [UNK] [CLS] [SEP] [MASK]; words 5-9
+    documents = [[[5, 7, 6, 1], [7, 1, 7]], [[5, 7, 1, 1, 1]]]   # words: 5 x2, 6 x1, 7 x4 (N = 7); [UNK] x5
+    held_out = [{"input_ids": np.array([[2, 4, 8, 4, 4, 3]]), "labels": np.array([[-100, 7, -100, 5, 5, -100]])},
+                {"input_ids": np.array([[2, 4, 6, 3, 0, 0]]), "labels": np.array([[-100, 9, -100, -100, -100, -100]])}]
+    # the held-out targets: 7, 5, 5, 9
+    top, accuracy = unigram_baseline(documents, held_out, specials)
+    hints = {1: " -- that is [UNK], a special token: the model is never asked to predict those",
+             5: " -- that is the most frequent HELD-OUT target: the baseline may only know the training text"}
+    check(top == 7, "the most frequent training token (specials excluded)" + hints.get(top, ""), top, 7)
+    check(math.isclose(accuracy, 1 / 4, rel_tol=1e-12), "the accuracy of always guessing 7 on the 4 labelled "
+          "held-out positions (7, 5, 5, 9)" + (" -- only the labelled positions count, not all 12"
+                                               if math.isclose(accuracy, 1 / 12) else ""), accuracy, 1 / 4)
+    cross_entropy = unigram_cross_entropy(documents, held_out, 10, specials)
+    # p(t) = (count + 1) / (N + number of non-special tokens): 5 -> 3/12, 7 -> 5/12, 9 -> 1/12
+    expected = -(math.log(5 / 12) + 2 * math.log(3 / 12) + math.log(1 / 12)) / 4
+    with_specials = -(math.log(5 / 22) + 2 * math.log(3 / 22) + math.log(1 / 22)) / 4     # + [PAD]..[MASK]: 22
+    known = {with_specials: "the special tokens ([UNK] here) are in your counts: they are no words, count only the others",
+             math.inf: "token 9 never occurs in the training text: without add-one smoothing its probability is 0",
+             expected / math.log(2): "that is in bits (log2): a loss is in nats (natural log)"}
+    hint = next((h for value, h in known.items() if math.isclose(cross_entropy, value, rel_tol=1e-9)
+                 or cross_entropy == value), None)
+    check(math.isclose(cross_entropy, expected, rel_tol=1e-12), "the unigram cross-entropy (nats) of the held-out "
+          "targets" + (f" -- {hint}" if hint else ""), cross_entropy, expected)
+
