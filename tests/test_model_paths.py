@@ -14,6 +14,7 @@ import pytest
 import bertnp as bn
 from bertnp.gradcheck import check_model, rel_error
 from bertnp.ops.activations import TanhCache
+from conftest import dev, host
 
 REF = Path(__file__).parent / "reference"
 
@@ -28,7 +29,7 @@ def bend(model, seed=3):
     init would see an almost linear model)."""
     r = np.random.default_rng(seed)
     for name, p in model.parameters().items():
-        p[...] = r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0)
+        p[...] = dev(r.normal(0, 0.3, p.shape) + (1.0 if "LayerNorm.weight" in name else 0.0))
     return model
 
 
@@ -60,6 +61,7 @@ def test_attention_probabilities_match_hf():
         model.load_state_dict(params, strict=cls is bn.BertForPreTraining)     # BertModel: no heads
         got = model(**inputs, output_attentions=True).attentions
         assert len(got) == cfg.num_hidden_layers
+        got = [host(probs) for probs in got]
         for layer, probs in enumerate(got):
             assert probs.shape == expected[layer].shape and probs.dtype == np.float64
             assert np.abs(probs - expected[layer]).max() <= 1e-12, (cls.__name__, layer)
@@ -76,10 +78,11 @@ def test_regression_mode_is_mse_with_its_gradient():
     batch = dict(padded_batch(), labels=np.array([0.7, -1.3]))
     out = model(**batch)
     assert out.logits.shape == (2, 1)
-    expected = np.mean((out.logits[:, 0] - batch["labels"]) ** 2)
+    logits = host(out.logits)
+    expected = np.mean((logits[:, 0] - batch["labels"]) ** 2)
     assert float(out.loss) == pytest.approx(expected, rel=1e-14)
     as_ints = model(**dict(batch, labels=np.array([1, -2])))
-    assert float(as_ints.loss) == pytest.approx(np.mean((out.logits[:, 0] - [1.0, -2.0]) ** 2), rel=1e-14)
+    assert float(as_ints.loss) == pytest.approx(np.mean((logits[:, 0] - [1.0, -2.0]) ** 2), rel=1e-14)
     errors = check_model(model, batch, floor=1e-5, max_entries=12)     # 12 random entries of every tensor
     assert len(errors) == len(model.state_dict())
     assert max(errors.values()) <= 1e-6, max(errors.items(), key=lambda kv: kv[1])
@@ -100,9 +103,9 @@ class EncoderLoss:
         out = self.model(**inputs)
         loss = 0.0
         if self.dh is not None:
-            loss += float((out.last_hidden_state * np.asarray(self.dh)).sum())
+            loss += float((host(out.last_hidden_state) * np.asarray(self.dh)).sum())
         if self.dp is not None:
-            loss += float((out.pooler_output * np.asarray(self.dp)).sum())
+            loss += float((host(out.pooler_output) * np.asarray(self.dp)).sum())
         out.loss = loss
         return out
 
@@ -136,12 +139,12 @@ def test_bert_model_backward_takes_lists_and_names_bad_gradients():
     batch = padded_batch()
     dh = np.random.default_rng(0).standard_normal((2, 7, 12))
     model(**batch)
-    want = {k: v.copy() for k, v in model.backward(dlast_hidden_state=dh).items()}
+    want = {k: host(v).copy() for k, v in model.backward(dlast_hidden_state=dh).items()}
     model.zero_grad()
     model(**batch)
     got = model.backward(dlast_hidden_state=dh.tolist())              # a list: converted, not AttributeError
     for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        np.testing.assert_array_equal(host(got[name]), want[name], err_msg=name)
     model(**batch)
     with pytest.raises(ValueError, match=r"dlast_hidden_state has shape \(2, 7\), expected \(2, 7, 12\)"):
         model.backward(dlast_hidden_state=dh[..., 0])

@@ -16,6 +16,16 @@ from bertnp.ops import losses
 from bertnp.ops.activations import _gelu
 from bertnp.ops.layernorm import _layernorm_forward_rows
 from bertnp.optim import AdamW
+from conftest import on_numpy
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    """The pool blocks and threads only the NumPy backend's arrays (parallel._threaded_backend); on a
+    device backend every body runs once on the whole array. So these tests run on NumPy whatever the
+    test backend; the ops' device paths are tested by the rest of the suite."""
+    with on_numpy():
+        yield
 
 
 @pytest.fixture
