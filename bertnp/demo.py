@@ -58,6 +58,12 @@ DEMO = dict(preset="tiny", vocab_size=4000, max_seq_length=128, batch_size=32, m
 # steps that fit the budget on the machine the recipe was tuned on (2 cores, quiet): far fewer
 # means a slower or busier machine, and the demo says so
 PLANNED_STEPS = 2400
+# After training the demo evaluates the whole held-out split (24 batches of 32 x 128, forward only:
+# ~7 steps' worth), prints its examples (~0.1 step) and draws its figure (1-4 s): time for it is
+# kept from the budget in steps at the measured speed -- slow on a busy machine too -- plus a
+# couple of seconds that do not scale with the model (measured: benchmarks/RESULTS.md, "The demo's recipe")
+RESERVE_STEPS = 12
+RESERVE_SECONDS = 2.0
 
 
 # ============================================================================ the machine
@@ -169,8 +175,11 @@ def _wrap(text: str, width: int = 96, indent: str = "    ") -> str:
 
 
 def run_demo(out: str = "runs/demo", time_budget: float = DEMO["time_budget"], vocab: str | None = None,
-             backend: str = "numpy", progress: bool = True, threads: int | None = None) -> dict:
-    """Train, then print what the model learned; returns the figures it printed (a dict)."""
+             backend: str = "numpy", progress: bool = True, threads: int | None = None,
+             recipe: dict | None = None) -> dict:
+    """Train, then print what the model learned; returns the figures it printed (a dict).
+
+    ``recipe``: TrainConfig options replacing the demo's (:data:`DEMO`), e.g. a tiny model for a test."""
     from bertnp.inference import fill_mask, next_sentence_probability
     from bertnp.train import TrainConfig, Trainer
     from bertnp.checkpoint import read_jsonl
@@ -183,11 +192,12 @@ def run_demo(out: str = "runs/demo", time_budget: float = DEMO["time_budget"], v
     limit, why = blas_threads(threads)
     print(why)
     # what comes after training (the whole held-out evaluation, the examples, the figure) is paid
-    # from the same budget: a few seconds held back for it
-    reserve = min(10.0, 0.03 * time_budget + 2.0)
-    options = dict(DEMO)
-    options.update(time_budget=max(1.0, time_budget - reserve), out_dir=out, overwrite=True, backend=backend,
-                   progress=progress, vocab=vocab, plot=False)     # the demo draws its own figure, once
+    # from the same budget: the Trainer keeps RESERVE_STEPS steps' worth of time for it, at the speed
+    # it measures while training (a busy machine evaluates slowly too), and RESERVE_SECONDS more
+    options = dict(DEMO, **(recipe or {}))
+    options.update(time_budget=max(1.0, time_budget - RESERVE_SECONDS), reserve_steps=RESERVE_STEPS, out_dir=out,
+                   overwrite=True, backend=backend, progress=progress, vocab=vocab,
+                   plot=False)     # the demo draws its own figure, once
     with limit:
         trainer = Trainer(TrainConfig(**options))
         planned = trainer.config.steps
