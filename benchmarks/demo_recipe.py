@@ -31,25 +31,56 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # name -> changes to the base recipe (BASE). Model shape: layers L, hidden H (heads H/64, FFN 4H).
+# clip: the global-norm clipping threshold (None: none); nsp_weight: the NSP loss's weight in the
+# total loss; wwm: whole-word masking in training; seq_phase: (short length, fraction of the steps)
+# -- the first part of the run on sequences of that length, batches scaled to keep the tokens a step;
+# posinit: the learned position embeddings start as sinusoids of this standard deviation (None: BERT's
+# normal(0, 0.02) draw).
 BASE = dict(layers=2, hidden=128, heads=2, intermediate=512, vocab_size=8000, seq=128, batch=32,
-            lr=2e-3, warmup=0.1, masked_lm_prob=0.15, betas=(0.9, 0.999), weight_decay=0.01)
+            lr=2e-3, warmup=0.1, masked_lm_prob=0.15, betas=(0.9, 0.999), weight_decay=0.01,
+            clip=1.0, nsp_weight=1.0, wwm=False, seq_phase=None, posinit=None)
 RECIPES = {
     "old": {},                                                    # the demo until now
     "b16": dict(batch=16),
     "b64": dict(batch=64),
     "lr1e-3": dict(lr=1e-3),
     "lr3e-3": dict(lr=3e-3),
+    "lr4e-3": dict(lr=4e-3),
+    "lr6e-3": dict(lr=6e-3),
+    "lr8e-3": dict(lr=8e-3),
     "h192": dict(hidden=192, heads=3, intermediate=768),
     "h256": dict(hidden=256, heads=4, intermediate=1024),
     "h256l1": dict(layers=1, hidden=256, heads=4, intermediate=1024),
     "l4": dict(layers=4),
     "l3h192": dict(layers=3, hidden=192, heads=3, intermediate=768),
+    "v2k": dict(vocab_size=2000),
+    "v3k": dict(vocab_size=3000),
     "v4k": dict(vocab_size=4000),
+    "v6k": dict(vocab_size=6000),
     "t64": dict(seq=64, batch=64),
     "mask25": dict(masked_lm_prob=0.25),
+    "mask30": dict(masked_lm_prob=0.30),
     "mask40": dict(masked_lm_prob=0.40),
+    "mask50": dict(masked_lm_prob=0.50),
     "beta98": dict(betas=(0.9, 0.98)),
+    "beta95": dict(betas=(0.9, 0.95)),
     "lr3e-3b98": dict(lr=3e-3, betas=(0.9, 0.98)),
+    "wu02": dict(warmup=0.02),
+    "wu05": dict(warmup=0.05),
+    "wd0": dict(weight_decay=0.0),
+    "wd1": dict(weight_decay=0.1),
+    "clip5": dict(clip=5.0),
+    "noclip": dict(clip=None),
+    "nsp03": dict(nsp_weight=0.3),
+    "nsp01": dict(nsp_weight=0.1),
+    "wwm": dict(wwm=True),
+    "p64": dict(seq_phase=(64, 0.7)),
+    "p32": dict(seq_phase=(32, 0.5)),
+    "heads1": dict(heads=1),
+    "heads4": dict(heads=4),
+    "i256": dict(intermediate=256),
+    "sin02": dict(posinit=0.02),
+    "sin05": dict(posinit=0.05),
 }
 
 
@@ -75,9 +106,65 @@ def vocab_path(size: int, cache: Path) -> Path:
     return path
 
 
+def sinusoids(positions: int, width: int, std: float):
+    """The Transformer's sinusoidal position table (sin on even, cos on odd features), scaled to ``std``."""
+    import numpy as np
+    pos = np.arange(positions)[:, None]                                   # (P, 1)
+    freq = 1.0 / 10000 ** (np.arange(0, width, 2) / width)                # (W/2,)
+    table = np.zeros((positions, width))
+    table[:, 0::2] = np.sin(pos * freq)
+    table[:, 1::2] = np.cos(pos * freq)
+    return table * (std / table.std())
+
+
+def _experiment_trainer_class():
+    """The Trainer with the experiments' extra knobs (benchmarks only; the demo uses the library's)."""
+    from bertnp.data import PretrainingDataset, PretrainingLoader
+    from bertnp.train import Trainer
+
+    class ExperimentTrainer(Trainer):
+        recipe: dict = {}
+
+        def _build(self):
+            super()._build()
+            r, c = self.recipe, self.config
+            if r.get("posinit"):
+                table = self.model.state_dict()["bert.embeddings.position_embeddings.weight"]
+                table[...] = sinusoids(*table.shape, std=r["posinit"])
+            if r.get("wwm"):                 # whole-word masking: the same pairs, masks over whole words
+                self.dataset = PretrainingDataset(self.dataset.documents, self.tokenizer,
+                                                  max_seq_length=c.max_seq_length, masked_lm_prob=c.masked_lm_prob,
+                                                  max_predictions_per_seq=self.dataset.max_predictions_per_seq,
+                                                  whole_word_mask=True, masking=c.masking, seed=c.seed)
+                self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
+            self.short_loader, self.short_steps = None, 0
+            if r.get("seq_phase"):           # the first part of the run on shorter sequences
+                length, fraction = r["seq_phase"]
+                short = PretrainingDataset(self.dataset.documents, self.tokenizer, max_seq_length=int(length),
+                                           masked_lm_prob=c.masked_lm_prob,
+                                           max_predictions_per_seq=max(1, round(c.masked_lm_prob * length)),
+                                           whole_word_mask=bool(r.get("wwm")), masking=c.masking, seed=c.seed)
+                self.short_loader = PretrainingLoader(short, c.batch_size * c.max_seq_length // int(length),
+                                                      seed=c.seed)
+                self.short_steps = int(round(fraction * c.steps))
+
+        def _next_update(self):
+            if self.step < self.short_steps:
+                return [self.short_loader.next_batch() for _ in range(self.config.grad_accum)]
+            return super()._next_update()
+
+        def _forward_backward(self, batch, totals):
+            weight = self.recipe.get("nsp_weight", 1.0)
+            if weight != 1.0:                # the NSP mean times weight: a larger NSP denominator
+                totals = dict(totals, nsp_total=int(round(totals["nsp_total"] / weight)))
+            return super()._forward_backward(batch, totals)
+
+    return ExperimentTrainer
+
+
 def make_trainer(r: dict, steps: int, out: Path, cache: Path, seed: int = 0):
     from bertnp.config import BertConfig
-    from bertnp.train import TrainConfig, Trainer
+    from bertnp.train import TrainConfig
     cfg = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
                      num_attention_heads=r["heads"], intermediate_size=r["intermediate"],
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -87,36 +174,74 @@ def make_trainer(r: dict, steps: int, out: Path, cache: Path, seed: int = 0):
     tc = TrainConfig(vocab=str(vocab_path(r["vocab_size"], cache)), model_config=str(cfg_path),
                      max_seq_length=r["seq"], batch_size=r["batch"], steps=steps, lr=r["lr"],
                      warmup=r["warmup"], betas=tuple(r["betas"]), weight_decay=r["weight_decay"],
-                     masked_lm_prob=r["masked_lm_prob"], dropout=0.0, seed=seed, out_dir=str(out / "run"),
-                     overwrite=True, progress=False, eval_every=10 ** 9, eval_batches=0,
-                     checkpoint_every=10 ** 9, log_every=50)
-    return Trainer(tc, log=lambda *a: None)
+                     max_grad_norm=r["clip"], masked_lm_prob=r["masked_lm_prob"], dropout=0.0, seed=seed,
+                     out_dir=str(out / "run"), overwrite=True, progress=False, eval_every=10 ** 9, eval_batches=0,
+                     checkpoint_every=10 ** 9, log_every=50, plot=False)
+    cls = _experiment_trainer_class()
+    cls.recipe = r
+    return cls(tc, log=lambda *a: None)
+
+
+def _time_steps(trainer, warm: int, steps: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds of this process) a step, after ``warm`` steps."""
+    wall, cpu = [], []
+    for i in range(warm + steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        trainer.train_step()
+        trainer.read_pending()
+        if i >= warm:
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def cmd_time(args) -> None:
+    """Seconds a step: wall clock (what a budget buys; take it on a quiet machine) and the
+    process's CPU time (with one BLAS thread, close to the quiet wall time even on a busy machine)."""
     import numpy as np
     cache = Path(args.cache)
     for name in args.recipes:
         r = recipe(name)
         trainer = make_trainer(r, 1000, Path(args.scratch) / name, cache)
         load0 = os.getloadavg()[0]
-        times = []
-        for i in range(args.warm + args.steps):
-            t0 = time.perf_counter()
-            trainer.train_step()
-            trainer.read_pending()
-            if i >= args.warm:
-                times.append(time.perf_counter() - t0)
-        row = {"recipe": name, "s_per_step": round(statistics.median(times), 4),
-               "min": round(min(times), 4), "max": round(max(times), 4),
+        wall, cpu = _time_steps(trainer, args.warm, args.steps)
+        if trainer.short_steps:          # a run that starts on short sequences: weigh the two phases
+            trainer.step = 0
+            short_wall, short_cpu = _time_steps(trainer, args.warm, args.steps)
+            fraction = r["seq_phase"][1]
+            wall = fraction * short_wall + (1 - fraction) * wall
+            cpu = fraction * short_cpu + (1 - fraction) * cpu
+        row = {"recipe": name, "s_per_step": round(wall, 4), "cpu_s_per_step": round(cpu, 4),
                "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
                "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
-               "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+               "numpy": np.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(row), flush=True)
         timings = Path(args.timings)
         timings.parent.mkdir(parents=True, exist_ok=True)
         with open(timings, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _commit() -> str:
+    import subprocess
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def fill_mask_top1(model, tokenizer) -> tuple[int, int]:
+    """Of the demo's printed fill-mask examples (:func:`bertnp.demo.fill_mask_examples`): how many
+    top-1 guesses are words, and how many are right."""
+    from bertnp.demo import fill_mask_examples, is_word
+    from bertnp.inference import fill_mask
+    words = right = 0
+    for text, truth in fill_mask_examples(tokenizer):
+        top = fill_mask(model, tokenizer, text, top_k=1)[0]["token_str"]
+        words += is_word(top)
+        right += top == truth
+    return words, right
 
 
 def cmd_train(args) -> None:
@@ -138,10 +263,12 @@ def cmd_train(args) -> None:
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
     ev = heldout_evaluation(trainer.model, trainer.tokenizer)
+    words, right = fill_mask_top1(trainer.model, trainer.tokenizer)
     row = {"recipe": name, "settings": r, "steps": args.steps, "stopped_at": trainer.step, "seed": args.seed,
            "mlm_acc": round(ev["mlm_acc"], 4), "nsp_acc": round(ev["nsp_acc"], 4),
            "mlm_loss": round(ev["mlm_loss"], 4), "nsp_loss": round(ev["nsp_loss"], 4),
-           "baseline_mlm_acc": round(ev["baseline_mlm_acc"], 4), "word_top1_share": ev.get("word_top1_share"),
+           "baseline_mlm_acc": round(ev["baseline_mlm_acc"], 4), "fill_mask_top1_words": words,
+           "fill_mask_top1_right": right,
            "curve_mlm_acc_8_batches": curve, "wall_s": round(wall, 1),
            "load": round(os.getloadavg()[0], 2)}
     print(json.dumps(row), flush=True)
