@@ -2,6 +2,11 @@
 
     python benchmarks/profile_step.py                  # BERT-mini, the benchmark's batch, 5 steps
     python benchmarks/profile_step.py --config tiny --steps 3
+    python benchmarks/profile_step.py --json after.json --before before.json   # side by side with a saved run
+
+``--json`` saves a run; ``--before`` prints the ten largest rows of a saved run (e.g. of an older
+commit: ``PYTHONPATH=/path/to/old/checkout python benchmarks/profile_step.py --json before.json``)
+next to this one's. ``bench_cpu.py --profile-before before.json`` puts that table in RESULTS.md.
 
 Every operation the model calls (``linear_forward``, ``layernorm_backward``, ...) is wrapped with a
 timer where the model and the attention op look it up (the modules that import them by name, and
@@ -193,7 +198,34 @@ def render(result: dict, top: int | None = None) -> list:
     return lines
 
 
+def _total(v: dict) -> float:
+    return v.get("forward", 0) + v.get("backward", 0) + v.get("other", 0)
+
+
+def render_comparison(before: dict, after: dict, top: int = 12, before_label: str = "before",
+                      after_label: str = "after") -> list:
+    """Markdown lines: the ``top`` largest rows of two profiles side by side, and the steps."""
+    def ranked(result):
+        return sorted(result["ops"].items(), key=lambda kv: -_total(kv[1]))[:top]
+    left, right = ranked(before), ranked(after)
+    lines = [f"| {before_label}: operation | total ms | share | | {after_label}: operation | total ms | share |",
+             "|---|---|---|---|---|---|---|"]
+    for i in range(max(len(left), len(right))):
+        cells = []
+        for result, rows in ((before, left), (after, right)):
+            if i < len(rows):
+                op, v = rows[i]
+                cells += [op, f"{_total(v) * 1e3:.1f}", f"{100 * _total(v) / result['step']:.1f}%"]
+            else:
+                cells += ["", "", ""]
+        lines.append("| " + " | ".join(cells[:3]) + " | | " + " | ".join(cells[3:]) + " |")
+    lines.append(f"| **step** | **{before['step'] * 1e3:.0f}** | | | **step** | **{after['step'] * 1e3:.0f}** | |")
+    lines.append("")
+    return lines
+
+
 def main(argv=None) -> int:
+    import json
     import bench_cpu
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="mini")
@@ -205,12 +237,19 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=bench_cpu.THREADS_DEFAULT)
     p.add_argument("--top", type=int, help="show only the N most expensive rows")
+    p.add_argument("--json", type=Path, help="also save this profile here")
+    p.add_argument("--before", type=Path, help="a saved profile (--json) to show side by side")
     args = p.parse_args(argv)
     bn.backend.retain_freed_host_memory()          # as the training loop and bench_cpu.py do
     config = bench_cpu.make_config(args.config, vocab_size=args.vocab)
     batch = bench_cpu.make_batch(config, args.batch, args.seq, args.predictions)
     result = profile(config, batch, steps=args.steps, warmup=args.warmup)
+    result["bertnp"] = str(Path(bn.__file__).resolve().parent)
     print("\n".join(render(result, args.top)))
+    if args.before:
+        print("\n".join(render_comparison(json.loads(args.before.read_text()), result)))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
     return 0
 
 

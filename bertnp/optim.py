@@ -32,11 +32,12 @@ on CuPy: it only uses the backend's array module.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Mapping
 
 import numpy as np
 
-from bertnp import backend
+from bertnp import backend, parallel
 
 __all__ = [
     "AdamW",
@@ -123,6 +124,7 @@ class AdamW:
         for p in self.params.values():
             largest[p.dtype] = max(largest.get(p.dtype, 0), p.size)
         self._scratch = {dt: xp.empty(n, dtype=dt) for dt, n in largest.items()}
+        self._thread_scratch: dict = {}          # {thread id: {dtype: buffer}} for bertnp.parallel's threads
 
     # ------------------------------------------------------------------ gradients
     @property
@@ -163,9 +165,11 @@ class AdamW:
             # END TASK 5.1
         # On the CPU the ~14 elementwise passes of an update run over blocks of BLOCK entries, so
         # that the block of p, g, m, v stays in the L2 cache between passes instead of streaming
-        # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py).
+        # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py),
+        # and the blocks of all tensors are shared out over the CPU cores (bertnp.parallel.run).
         # Elementwise, so the result is bit-identical. On a GPU: whole tensors (or one kernel).
         blocked = backend.get_backend() == "numpy"
+        tasks = []                                        # (p, g, m, v, wd) of a tensor or a block of one
         for name, p in self.params.items():
             g, m, v = grads[name], self.exp_avg[name], self.exp_avg_sq[name]
             if g.shape != p.shape:
@@ -176,16 +180,35 @@ class AdamW:
                 kernels.adamw_step(p, g, m, v, lr=lr, step=t, beta1=b1, beta2=b2, eps=eps,
                                    weight_decay=wd, correct_bias=self.correct_bias)
                 continue
-            scratch = self._scratch[p.dtype]
             if not (blocked and p.size > self.BLOCK and all(a.flags.c_contiguous for a in (p, g, m, v))):
-                s = scratch[:p.size].reshape(p.shape)                   # a view: no allocation
-                self._update(p, g, m, v, s, lr, wd, step_size, bc2_sqrt)
+                tasks.append((p, g, m, v, wd))
                 continue
             p1, g1, m1, v1 = (a.reshape(-1) for a in (p, g, m, v))    # (...) -> (n,), views
             for start in range(0, p.size, self.BLOCK):
                 stop = min(start + self.BLOCK, p.size)
-                self._update(p1[start:stop], g1[start:stop], m1[start:stop], v1[start:stop],
-                             scratch[:stop - start], lr, wd, step_size, bc2_sqrt)
+                tasks.append((p1[start:stop], g1[start:stop], m1[start:stop], v1[start:stop], wd))
+
+        def update(index: int) -> None:
+            p, g, m, v, wd = tasks[index]
+            self._update(p, g, m, v, self._scratch_for(p), lr, wd, step_size, bc2_sqrt)
+
+        if blocked:
+            parallel.run(update, len(tasks))
+        else:
+            for index in range(len(tasks)):
+                update(index)
+
+    def _scratch_for(self, p):
+        """A view of scratch space shaped like ``p``: the flat buffer of this thread and dtype (no
+        allocation after the first step: each CPU thread keeps its own, the caller the big one)."""
+        if threading.current_thread() is threading.main_thread() or backend.get_backend() != "numpy":
+            buffer = self._scratch[p.dtype]
+        else:
+            mine = self._thread_scratch.setdefault(threading.get_ident(), {})
+            buffer = mine.get(p.dtype)
+            if buffer is None or buffer.size < p.size:
+                buffer = mine[p.dtype] = backend.xp().empty(max(p.size, self.BLOCK), dtype=p.dtype)
+        return buffer[:p.size].reshape(p.shape)                       # a view: no allocation
 
     BLOCK = 65536        # entries per cache block on the CPU (256 KB of float32 per array)
 

@@ -37,8 +37,8 @@ def test_harness_runs_bertnp_only_and_writes_results(bench, tmp_path):
     assert bench.main(TINY + ["--memory-steps", "1", "--profile-steps", "1",
                               "--results", str(results), "--json", str(out)]) == 0
     text = results.read_text()
-    for expected in ("## CPU", "### Training step", "### Inference", "### Peak memory",
-                     "### Targets (issue 8)", "### Per-operation profile of the bertnp step",
+    for expected in ("## CPU, with", "### Training step", "### Inference", "### Peak memory",
+                     "### Targets (issue 18)", "### Per-operation profile of the bertnp step",
                      "| A: bertnp (NumPy, float32) |", "## GPU",
                      "Not measured yet: no GPU was available to this session."):
         assert expected in text, expected
@@ -61,6 +61,16 @@ def test_results_keep_other_sections(bench, tmp_path):
     assert "new numbers" in text and "old numbers" not in text
     assert text.index("intro") < text.index("## CPU") < text.index("## GPU")
     assert "H100 table" in text and "Not measured yet" not in text
+    # one section per kind of CPU: a run on one kind keeps the other kind's figures
+    kinds = tmp_path / "KINDS.md"
+    kinds.write_text("# bertnp benchmarks\n\n## CPU, without AVX-512\n\nearlier run\n\n## GPU\n\nH100 table\n")
+    bench.write_results("## CPU, with AVX-512\n\nthis run\n", kinds)
+    bench.write_results("## CPU, with AVX-512\n\nthe next run\n", kinds)
+    text = kinds.read_text()
+    assert "earlier run" in text and "the next run" in text and "this run" not in text
+    assert text.index("without AVX-512") < text.index("with AVX-512\n") < text.index("## GPU")
+    assert bench.machine_kind({"avx512": True}) == "## CPU, with AVX-512"
+    assert bench.machine_kind({"avx512": False}) == "## CPU, without AVX-512"
     fresh = tmp_path / "NEW.md"
     bench.write_results("## CPU\n\nfirst\n", fresh)
     assert fresh.read_text().endswith("## GPU\n\nNot measured yet: no GPU was available to this session.\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 
 import numpy as np
 import pytest
@@ -60,27 +59,25 @@ def test_tokenized_corpus_is_clean(train_docs, tok):
     assert flat.size > 100_000 and not (flat == tok.unk_token_id).any()
 
 
-def test_data_is_fast_compared_to_a_training_step(train_docs, tok):
-    """A training step must not wait for data: a BERT-mini step at 32 x 128 takes several hundred
-    ms on a 2-core machine (benchmarks/RESULTS.md), so a dynamically masked batch must take a few
-    per cent of that at most. The bounds are generous guards for slow or busy machines, not
-    measurements."""
-    t0 = time.perf_counter()
-    ds = PretrainingDataset(train_docs, tok, max_seq_length=128, seed=0)  # tokenizes too
-    build = time.perf_counter() - t0
+def test_batches_never_go_back_to_the_text(train_docs, tok, monkeypatch):
+    """A training step must not wait for data: the corpus is tokenized once, when the dataset is
+    built, and a batch is then assembled from token ids alone (pairs and, with dynamic masking,
+    fresh masks). So after building, the tokenizer is never called again -- not by the fingerprint
+    a checkpoint records, not by 100 batches. (How fast a batch is assembled is measured in
+    benchmarks/, not asserted here.)"""
+    ds = PretrainingDataset(train_docs, tok, max_seq_length=128, seed=0)  # tokenizes the corpus
     assert len(ds) > 10_000
-    assert build < 15.0
-    t0 = time.perf_counter()
-    ds.fingerprint()  # computed once, at the first loader checkpoint
-    assert time.perf_counter() - t0 < 2.0
+
+    def no_text(*args, **kwargs):
+        raise AssertionError("the tokenizer was called after the dataset was built")
+    for name in ("tokenize", "encode_words_cached", "convert_tokens_to_ids", "__call__"):
+        monkeypatch.setattr(tok, name, no_text, raising=False)
+    first = ds.fingerprint()  # computed once, at the first loader checkpoint
     loader = PretrainingLoader(ds, batch_size=32)
-    times = []
     for _ in range(100):
-        t0 = time.perf_counter()
         batch = loader.next_batch()
-        times.append(time.perf_counter() - t0)
     assert batch["input_ids"].shape == (32, 128)
-    assert float(np.median(times)) < 0.025
+    assert ds.fingerprint() == first
 
 
 def test_format_instance_text(heldout_docs, tok):

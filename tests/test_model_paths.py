@@ -6,7 +6,6 @@ numbers)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -206,11 +205,9 @@ def edit_config(directory: Path, **changes) -> None:
 def test_sizes_that_cannot_fit_in_memory_fail_at_once_naming_the_field(saved, field, value, monkeypatch):
     edit_config(saved, **{field: value, "num_attention_heads": 1})
     monkeypatch.setattr(bn.BertForPreTraining, "_add", lambda *a, **k: pytest.fail("allocated a parameter"))
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match=rf"config\.json: {field}={value} is too large: .* GiB for weights "
                                          "and gradients in float32, more than this machine's"):
-        bn.BertForPreTraining.from_pretrained(saved)
-    assert time.perf_counter() - t0 < 5
+        bn.BertForPreTraining.from_pretrained(saved)      # at once: _add (any parameter) is never reached
     cfg = tiny_config(**{field: value, "num_attention_heads": 1})
     with pytest.raises(ValueError, match=f"{field}={value} is too large"):
         bn.BertForPreTraining(cfg)

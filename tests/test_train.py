@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +77,6 @@ def test_trajectory_matches_torch_adamw_fixture():
 
 def test_tiny_model_memorises_one_batch():
     """A tiny model drives MLM accuracy on one fixed batch to ~1 (and NSP to 1) in a few hundred steps."""
-    t0 = time.perf_counter()
     cfg = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=16,
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -112,7 +110,6 @@ def test_tiny_model_memorises_one_batch():
     assert acc >= 0.95, (step, acc)
     assert nsp_acc == 1.0
     assert float(out.loss) < 0.2 * first
-    assert time.perf_counter() - t0 < 30
 
 
 # ----------------------------------------------------------------------------- resume

@@ -228,18 +228,13 @@ def test_bad_files_and_arguments_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_8k_vocabulary_on_the_bundled_corpus(tmp_path, capsys):
-    """An 8k vocabulary from the whole bundled corpus (5.4 MB) in well under a minute on 2 cores
-    (a generous guard), with a progress bar; coverage of the held-out split."""
-    import time
-
+    """An 8k vocabulary from the whole bundled corpus (5.4 MB), with a progress bar; coverage of
+    the held-out split. (Its speed is measured by benchmarks, not asserted here.)"""
     from bertnp.corpus import bundled_corpus
 
-    start = time.perf_counter()
     vocab = train_wordpiece([bundled_corpus("train")], 8000, vocab_file=tmp_path, show_progress=True)
-    seconds = time.perf_counter() - start
     assert "wordpiece vocab" in capsys.readouterr().err
     assert len(vocab) == 8000 and vocab[:5] == list(SPECIAL_TOKENS)
-    assert seconds < 40, f"{seconds:.1f} s (a generous guard, not a benchmark)"
     with gzip.open(bundled_corpus("heldout"), "rt", encoding="utf-8") as f:
         stats = tokenization_stats(BertTokenizer(tmp_path / "vocab.txt"), f.read())
     assert stats["unk_words"] == 0 and stats["tokens_per_word"] < 1.12  # measured 0 and 1.109

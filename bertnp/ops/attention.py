@@ -21,6 +21,7 @@ from bertnp.ops._checks import require_float, require_same_dtype, require_shape
 from bertnp.ops.dropout import DropoutCache, dropout_backward, dropout_forward
 from bertnp.ops.linear import LinearCache, linear_backward, linear_forward
 from bertnp.ops.softmax import SoftmaxCache, softmax_backward, softmax_forward
+from bertnp.parallel import matmul   # a @ b; on the CPU, the batch of matrices is split over the cores
 
 
 class AttentionCache(NamedTuple):
@@ -79,13 +80,13 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     qkv = qkv.transpose(2, 0, 3, 1, 4)                                               # (3, B, nh, T, hs)
     q, k, v = qkv[0] * scale, qkv[1], qkv[2]         # (B, nh, T, hs) each; scaling Q is cheaper than scores
 
-    scores = q @ k.swapaxes(-1, -2)                                                  # (B, nh, T, T)
+    scores = matmul(q, k.swapaxes(-1, -2))                                           # (B, nh, T, T)
     # softmax_fns: an optional (forward, backward) pair with the softmax ops' signatures, e.g. the
     # fused CUDA kernel of kernels/softmax_attention.cu; by default the NumPy reference.
     softmax_fwd, softmax_bwd = softmax_fns if softmax_fns is not None else (softmax_forward, softmax_backward)
     probs, softmax_cache = softmax_fwd(scores, additive_mask)                        # (B, nh, T, T)
     probs_dropped, dropout_cache = dropout_forward(probs, dropout_p, rng, training)  # (B, nh, T, T)
-    context = probs_dropped @ v                                                      # (B, nh, T, hs)
+    context = matmul(probs_dropped, v)                                               # (B, nh, T, hs)
     out = context.transpose(0, 2, 1, 3).reshape(batch, seq_len, channels)            # (B, T, C)
     # END TASK 2.1
     cache = AttentionCache(qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped,
@@ -103,13 +104,13 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
     # TASK 2.2 attention_backward: every gradient of the attention (lesson 06)
     dcontext = dout.reshape(batch, seq_len, num_heads, head_size).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
     # context = probs_dropped @ v: the two factors' gradients are the usual matmul pair.
-    dprobs_dropped = dcontext @ v.swapaxes(-1, -2)                # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
-    dv = probs_dropped.swapaxes(-1, -2) @ dcontext                # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dprobs_dropped = matmul(dcontext, v.swapaxes(-1, -2))         # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
+    dv = matmul(probs_dropped.swapaxes(-1, -2), dcontext)         # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dprobs = dropout_backward(dprobs_dropped, dropout_cache)      # back through the dropout mask
     dscores = softmax_bwd(dprobs, softmax_cache)                  # back through the softmax (mask is constant)
     # scores = q_scaled @ k^T: again a matmul pair.
-    dq_scaled = dscores @ k                                       # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-    dk = dscores.swapaxes(-1, -2) @ q                             # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dq_scaled = matmul(dscores, k)                                # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dk = matmul(dscores.swapaxes(-1, -2), q)                      # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
 
     # reassemble into the fused projection's output layout (B, T, 3, nh, hs) = (B, T, 3C): write each
     # gradient through the same transposed view the forward read q, k, v from (one copy each).

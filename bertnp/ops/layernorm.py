@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from bertnp import backend
+from bertnp import backend, parallel
 from bertnp.ops._checks import require_float, require_same_dtype, require_shape
 
 
@@ -20,7 +20,6 @@ class LayerNormCache(NamedTuple):
 
 def layernorm_forward(x, gamma, beta, eps: float = 1e-12):
     """x: (..., C), gamma: (C,), beta: (C,) -> out: (..., C). Returns (out, cache)."""
-    xp = backend.xp()
     require_float("x", x)
     require_float("gamma", gamma)
     require_float("beta", beta)
@@ -31,39 +30,57 @@ def layernorm_forward(x, gamma, beta, eps: float = 1e-12):
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
 
-    mean = x.mean(axis=-1, keepdims=True)              # (..., C) -> (..., 1)
-    xhat = x - mean                                    # (..., C) x - mean, normalised in place below
-    out = xp.multiply(xhat, xhat)                      # (..., C) (x - mean)^2; the buffer becomes out
-    var = out.mean(axis=-1, keepdims=True)             # (..., 1) population variance
-    rstd = 1.0 / xp.sqrt(var + eps)                    # (..., 1)
-    xhat *= rstd                                       # (..., C) xhat = (x - mean) * rstd
-    xp.multiply(xhat, gamma, out=out)                  # (..., C)
+    # the rows are independent: bertnp.parallel runs the math below on blocks of rows, on every core
+    x2d = x.reshape(-1, channels)                      # (..., C) -> (N, C)
+    out, xhat, rstd = parallel.map_rows(_layernorm_forward_rows, (x2d,), gamma, beta, eps)
+    lead = x.shape[:-1]
+    return out.reshape(x.shape), LayerNormCache(xhat.reshape(x.shape), rstd.reshape(lead + (1,)), gamma)
+
+
+def _layernorm_forward_rows(x, gamma, beta, eps):
+    """The forward on rows x (N, C): (out, xhat, rstd)."""
+    xp = backend.xp()
+    mean = x.mean(axis=-1, keepdims=True)              # (N, C) -> (N, 1)
+    xhat = x - mean                                    # (N, C) x - mean, normalised in place below
+    out = xp.multiply(xhat, xhat)                      # (N, C) (x - mean)^2; the buffer becomes out
+    var = out.mean(axis=-1, keepdims=True)             # (N, 1) population variance
+    rstd = 1.0 / xp.sqrt(var + eps)                    # (N, 1)
+    xhat *= rstd                                       # (N, C) xhat = (x - mean) * rstd
+    xp.multiply(xhat, gamma, out=out)                  # (N, C)
     out += beta                                        # out = gamma * xhat + beta
-    return out, LayerNormCache(xhat, rstd, gamma)
+    return out, xhat, rstd
 
 
 def layernorm_backward(dout, cache: LayerNormCache):
     """dout: (..., C) -> (dx (..., C), dgamma (C,), dbeta (C,))."""
-    # TASK 1.3 layernorm_backward: dx, dgamma, dbeta (lesson 01)
-    xp = backend.xp()
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
-    dout2d = dout.reshape(-1, channels)                # (..., C) -> (N, C)
+    # rows again independent, except the parameter gradients: partial sums over each block of rows
+    dx, dgamma, dbeta = parallel.map_rows(
+        _layernorm_backward_rows, (dout.reshape(-1, channels), xhat.reshape(-1, channels),   # (..., C) -> (N, C)
+                                   rstd.reshape(-1, 1)), gamma, sums=2)                     # (..., 1) -> (N, 1)
+    return dx.reshape(xhat.shape), dgamma, dbeta
+
+
+def _layernorm_backward_rows(dout, xhat, rstd, gamma):
+    """The backward on rows (N, C): (dx, dgamma, dbeta), the last two summed over these rows."""
+    # TASK 1.3 layernorm_backward: dx, dgamma, dbeta (lesson 01)
+    xp = backend.xp()
     # out = gamma * xhat + beta: beta's gradient sums dout over rows, gamma's weights it by xhat.
-    dbeta = dout2d.sum(axis=0)                         # (C,)
-    scratch = dout * xhat                              # (..., C), reused below
-    dgamma = scratch.reshape(-1, channels).sum(axis=0)  # (C,)
+    dbeta = dout.sum(axis=0)                           # (C,)
+    scratch = dout * xhat                              # (N, C), reused below
+    dgamma = scratch.sum(axis=0)                       # (C,)
     # through the scale: dL/dxhat = dout * gamma (this buffer becomes dx).
-    dx = dout * gamma                                  # (..., C) dxhat
+    dx = dout * gamma                                  # (N, C) dxhat
     # xhat = (x - mean) * rstd, and mean and rstd depend on every x of the row. Differentiating
     # gives dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)): the mean term removes
     # the component along the all-ones direction, the xhat term the component along xhat.
-    dxhat_mean = dx.mean(axis=-1, keepdims=True)                     # (..., 1)
+    dxhat_mean = dx.mean(axis=-1, keepdims=True)                     # (N, 1)
     xp.multiply(dx, xhat, out=scratch)
-    dxhat_xhat_mean = scratch.mean(axis=-1, keepdims=True)           # (..., 1)
-    xp.multiply(xhat, dxhat_xhat_mean, out=scratch)                  # (..., C)
+    dxhat_xhat_mean = scratch.mean(axis=-1, keepdims=True)           # (N, 1)
+    xp.multiply(xhat, dxhat_xhat_mean, out=scratch)                  # (N, C)
     dx -= dxhat_mean
     dx -= scratch
-    dx *= rstd                                                       # (..., C)
+    dx *= rstd                                                       # (N, C)
     return dx, dgamma, dbeta
     # END TASK 1.3

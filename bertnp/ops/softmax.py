@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from bertnp import backend
+from bertnp import backend, parallel
 from bertnp.ops._checks import require_float
 
 
@@ -31,6 +31,20 @@ def softmax_forward(scores, additive_mask=None):
             raise ValueError(
                 f"additive_mask of shape {tuple(additive_mask.shape)} does not broadcast to "
                 f"scores of shape {tuple(scores.shape)}") from None
+        lead = (1,) * (scores.ndim - additive_mask.ndim)
+        additive_mask = additive_mask.reshape(lead + tuple(additive_mask.shape))   # (K,) -> (1, ..., K): the same broadcast
+    # rows are independent: bertnp.parallel runs the math below on blocks of the leading axis (a mask
+    # with a length-1 leading axis goes whole to every block), on every core
+    if scores.ndim < 2:                                      # one row: nothing to split
+        probs = _softmax_forward_rows(scores, additive_mask)
+    else:
+        probs = parallel.map_rows(_softmax_forward_rows, (scores, additive_mask))
+    return probs, SoftmaxCache(probs)
+
+
+def _softmax_forward_rows(scores, additive_mask):
+    """The forward on any block of rows: probs."""
+    xp = backend.xp()
     masked = scores if additive_mask is None else scores + additive_mask   # (..., K); scores stay intact
     row_max = masked.max(axis=-1, keepdims=True)              # (..., 1)
     # a row of -inf (possible only with an infinite mask) has no finite max: shift by 0 instead.
@@ -40,14 +54,20 @@ def softmax_forward(scores, additive_mask=None):
     xp.exp(probs, out=probs)                                  # all in [0, 1]
     total = probs.sum(axis=-1, keepdims=True)                 # (..., 1), >= 1 unless all -inf
     probs /= xp.where(total > 0, total, 1)                    # all -inf rows stay 0, never NaN
-    return probs, SoftmaxCache(probs)
+    return probs
 
 
 def softmax_backward(dprobs, cache: SoftmaxCache):
     """dprobs: (..., K) -> dscores: (..., K). (The mask is a constant: it has no gradient.)"""
+    if dprobs.ndim < 2:
+        return _softmax_backward_rows(dprobs, cache.probs)
+    return parallel.map_rows(_softmax_backward_rows, (dprobs, cache.probs))   # blocks of rows, every core
+
+
+def _softmax_backward_rows(dprobs, probs):
+    """The backward on any block of rows: dscores."""
     # TASK 1.5 softmax_backward: dscores from dprobs (lesson 02)
     xp = backend.xp()
-    probs = cache.probs
     # Jacobian dp_i/ds_j = p_i (delta_ij - p_j), so ds = p * (dp - sum_j dp_j p_j) row by row.
     dscores = dprobs * probs                                  # (..., K) p * dp
     dot = dscores.sum(axis=-1, keepdims=True)                 # (..., 1) sum_j dp_j p_j
