@@ -88,19 +88,30 @@ def choose_threads(cores: int | None = None, load: float | None = None) -> tuple
 
 
 def blas_threads(requested: int | None = None):
-    """A context manager limiting BLAS to the chosen thread count, and a line saying what was chosen
-    and why. ``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) set by the user wins, as does
-    ``requested``."""
+    """A context manager limiting the threads -- BLAS's and those of bertnp's own CPU operations
+    (:mod:`bertnp.parallel`) -- to the chosen count, and a line saying what was chosen and why.
+    ``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) set by the user wins, as does ``requested``."""
     import contextlib
     import os
-    from threadpoolctl import threadpool_limits
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if requested is None and os.environ.get(var, "").isdigit():
-            return contextlib.nullcontext(), f"BLAS threads: {os.environ[var]} ({var} set by you)"
+            return contextlib.nullcontext(), f"threads: {os.environ[var]} ({var} set by you)"
     if requested is not None:
-        return threadpool_limits(limits=requested, user_api="blas"), f"BLAS threads: {requested} (--threads)"
+        return _thread_limit(requested), f"threads: {requested} (--threads)"
     threads, why = choose_threads()
-    return threadpool_limits(limits=threads, user_api="blas"), f"BLAS threads: {threads} ({why})"
+    return _thread_limit(threads), f"threads: {threads} ({why})"
+
+
+def _thread_limit(count: int):
+    import contextlib
+    from threadpoolctl import threadpool_limits
+    from bertnp import parallel
+
+    @contextlib.contextmanager
+    def limit():
+        with threadpool_limits(limits=count, user_api="blas"), parallel.threads(count):
+            yield
+    return limit()
 
 
 # ============================================================================ what it shows

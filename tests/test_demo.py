@@ -38,10 +38,14 @@ def test_threads_set_by_the_user_win(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     limit, line = demo.blas_threads(requested=1)
-    assert line == "BLAS threads: 1 (--threads)"
+    assert line == "threads: 1 (--threads)"
     from threadpoolctl import threadpool_info
-    with limit:
+    from bertnp import parallel
+    before = parallel.num_threads()
+    with parallel.threads(2), limit:                # bertnp's own CPU operations follow the choice too
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+        assert parallel.num_threads() == 1
+    assert parallel.num_threads() == before
 
 
 # ----------------------------------------------------------------------------- the budget and the notes
@@ -154,7 +158,7 @@ def test_demo_and_eval_report_the_same_heldout_figures(tmp_path, capsys):
     from bertnp.cli import main
     result = demo.run_demo(out=str(tmp_path / "demo"), time_budget=25.0, progress=False, threads=1)
     out = capsys.readouterr().out
-    assert "BLAS threads: 1 (--threads)" in out
+    assert "threads: 1 (--threads)" in out
     assert Path(result["figure"]).is_file() and result["steps"] >= 1
     assert f"total {result['total_time']:.0f} s of a 25 s budget" in out
     assert "spent on vocabulary and data" in out
