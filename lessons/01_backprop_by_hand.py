@@ -77,7 +77,8 @@ from bertnp.ops.layernorm import layernorm_forward
 # The function `f` takes no argument: it reads the array `x` itself. So perturb `x` **in place**, one
 # entry at a time, and leave `x` exactly as you found it. The check also hands you a transposed
 # (non-contiguous) view, so make sure your writes land in `x` itself. (`np.ndindex(x.shape)` iterates
-# over every multi-index of an array of that shape.)
+# over every multi-index of an array of that shape.) "Exactly" means bit for bit: in floating point
+# `x + h - 2h + h` need not be `x` again.
 
 # %% tags=["exercise"]
 # EXERCISE: the centered-difference gradient of a scalar function f() with respect to the array x
@@ -110,7 +111,7 @@ def my_numerical_gradient(f, x, h=1e-5):
 # by $10^{-6}$ is wrong. Rules of thumb in float64 at tiny sizes: **$\le 10^{-7}$ is a correct smooth
 # layer**, $10^{-7}$–$10^{-2}$ is suspicious, **$> 10^{-2}$ is a bug**. `teach.check_gradient` computes it
 # and, when it fails, shows the worst entries and what the pattern suggests. (Against an exact derivative
-# the check can be stricter: $10^{-8}$.)
+# the check can be stricter: $10^{-8}$. Here the column it labels `numerical` holds the exact derivative.)
 
 # %% tags=["check"]
 check_rng = np.random.default_rng(101)
@@ -123,7 +124,8 @@ for label, x in cases.items():
     x_before = x.copy()
     mine = my_numerical_gradient(f, x)
     teach.check(np.array_equal(x, x_before),
-                f"{label}: largest change your function left in x (put every entry back)",
+                f"{label}: largest change your function left in x (put every entry back: "
+                "save x[i] and assign it back, since adding h and subtracting it again need not restore it)",
                 float(np.abs(x - x_before).max()), 0.0)
     teach.check_gradient(f"{label}: yours vs the exact derivative", mine, exact, threshold=1e-8)
 
@@ -158,7 +160,8 @@ for label, x in cases.items():
 # (in,), (N, in) or (B, T, in). **Your task:** given `dout` $= \partial L / \partial y$ (shaped like $y$)
 # return $\partial L/\partial x$, $\partial L/\partial W$ and $\partial L/\partial b$ — vectorised, no
 # Python loop over rows. The forward's cache holds `x`, `weight` and `has_bias`; without a bias,
-# return `None` for `dbias`.
+# return `None` for `dbias`. The check passes a (B, T, in) = (2, 3, 4) input: flatten the leading axes
+# first (`x.reshape(-1, x.shape[-1])` is (N, in)) and the sums over $n$ become plain matrix products.
 #
 # *Method:* write the scalar chain rule for one entry, e.g. $\frac{\partial L}{\partial W_{oi}} = \sum_{n}
 # \frac{\partial L}{\partial y_{no}} \frac{\partial y_{no}}{\partial W_{oi}}$ (which outputs does $W_{oi}$
@@ -272,7 +275,9 @@ def my_layernorm_backward(dout, cache):
 
 # %% [markdown]
 # The check first tests the two invariances (they say *which* path is missing when one is), then
-# compares all three gradients with finite differences, on a (B, T, C) input and on a 2-D one.
+# compares all three gradients with finite differences, on a (B, T, C) input and on a 2-D one. If both
+# invariances pass and `dx` is still off everywhere, divide yours by the numerical one: a ratio that is
+# constant within each row but changes from row to row means a missing (or extra) per-row factor.
 
 # %% tags=["check"]
 check_rng = np.random.default_rng(103)

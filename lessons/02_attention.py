@@ -240,7 +240,9 @@ for label, (shape, mask_shape, padded) in cases.items():
     teach.check(np.all(ds[padded] == 0), f"{label}: largest |dscores| of a masked key (its probability is exactly 0)",
                 float(np.abs(ds[padded]).max()), 0.0)
     teach.check(np.abs(ds.sum(axis=-1)).max() < 1e-12,
-                f"{label}: largest |sum of a row of dscores| (shifting a row of scores changes nothing)",
+                f"{label}: largest |sum of a row of dscores| (shifting a row of scores changes nothing, so each "
+                "row must sum to 0; the term that makes it so is one number per row, shaped (..., 1) and broadcast "
+                "along the row: is it there, summed over the last axis, kept with keepdims?)",
                 float(np.abs(ds.sum(axis=-1)).max()), "< 1e-12")
     numeric = numerical_grads(softmax_forward, dict(scores=scores), dprobs, wrt=("scores",), additive_mask=mask)
     teach.check_gradient(f"{label}: dscores", ds, numeric["scores"])

@@ -164,7 +164,8 @@ hugging_face = {   # word -> pieces, from transformers.BertTokenizerLegacy on BE
 wrong = {w: my_wordpiece(w, bert_vocab) for w in hugging_face}
 wrong = {w: got for w, got in wrong.items() if got != hugging_face[w]}
 teach.check(not wrong, f"BERT-base vocabulary: words (of {len(hugging_face)}) where my_wordpiece differs from Hugging Face"
-            + "".join(f"\n    {w[:24]!r}: got {g[:6]}, expected {hugging_face[w][:6]}" for w, g in list(wrong.items())[:3]),
+            + "".join(f"\n    {w[:24]!r}{f' ({len(w)} characters)' if len(w) > 24 else ''}: got {g[:6]}, "
+                      f"expected {hugging_face[w][:6]}" for w, g in list(wrong.items())[:3]),
             len(wrong), 0)
 
 def pieces_problem(word, pieces, vocab):
@@ -455,7 +456,8 @@ check_proportions(report, len(examples))
 # from two different ones. How many pairs are random? A chunk of two or more sentences flips a fair coin;
 # a chunk of a *single* sentence (one long sentence already fills the target length) has no boundary to
 # split at and always gets a random next. So the share of label 1 is a half *among multi-sentence chunks*,
-# and more than a half overall — the shorter `max_seq_length`, the more (about 56% at BERT's 128).
+# and more than a half overall — the shorter `max_seq_length`, the more (about 56% at BERT's 128 with
+# BERT-base's vocabulary on the whole corpus; here, at 48 tokens with a small vocabulary, far more).
 #
 # The masks are **dynamic** (as RoBERTa and Hugging Face do): instance $i$ in epoch $e$ is masked with a
 # generator seeded by $(\text{seed}, e, i)$, so every epoch sees different masks of the same pairs — and
@@ -529,6 +531,11 @@ ax2.axhline(20, color="red", lw=0.8, ls="--", label="max_predictions_per_seq = 2
 ax2.set_xlabel("sequence length n (with [CLS] and [SEP])"); ax2.set_ylabel("predictions")
 ax2.set_title("exactly min(20, max(1, round(0.15 n)))"); ax2.legend(fontsize=8); ax2.grid(alpha=0.3)
 plt.show()
+outside = np.abs(np.cumsum(wrong_rule) / N - 0.8) > band           # the wrong rule outside the band
+stays_out = int(N[~outside][-1]) + 1                                 # from here on it never comes back
+print(f"the 77% rule leaves the band for good after {stays_out} predictions")
+teach.check(1000 <= stays_out <= 10000, "predictions after which the 77% rule stays outside the band",
+            stays_out, "a few thousand (1,000 to 10,000)")
 teach.check_equal("library's number of predictions for n = 3..160", counts,
                   [min(20, max(1, round(0.15 * n))) for n in lengths])
 

@@ -46,6 +46,7 @@ import contextlib
 import io
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import matplotlib.pyplot as plt
@@ -315,7 +316,8 @@ def diagnose(seen, fresh, leftover, previous, max_norm, grads_after):
             return (f"step() saw the unclipped gradients (global norm {global_norm(fresh):.4g} > max_grad_norm "
                     f"{max_norm:.4g}), and they were clipped only afterwards: clip BEFORE optimizer.step()")
         return (f"step() saw unclipped gradients (global norm {global_norm(fresh):.4g} > max_grad_norm "
-                f"{max_norm:.4g}): clip them, in place, before optimizer.step()")
+                f"{max_norm:.4g}): clip them, in place, before optimizer.step() -- scale every gradient by "
+                "one factor from the global norm (clipping entries by value, as np.clip does, is another thing)")
     if global_norm(fresh) <= max_norm and near(seen, {n: g * max_norm / (global_norm(fresh) + 1e-6) for n, g in fresh.items()}):
         return (f"the gradients were scaled although their global norm {global_norm(fresh):.4g} was below "
                 f"max_grad_norm {max_norm:.4g}: scale them only when the norm exceeds max_grad_norm")
@@ -477,7 +479,8 @@ teach.check(last["loss"] < first["loss"] - 1.5, "held-out loss at the end (it fe
 # is, and predicts that at every `[MASK]` whatever the context. The loss of that guess is the *unigram
 # cross-entropy* $-\frac1N \sum_n \log \hat p(x_n)$ with $\hat p$ the token frequencies of the training data —
 # about 6 nats here (on English with a 30k vocabulary, about 7). Only a loss *below* it shows that the model
-# uses the context. The same goes for the accuracies: the dotted line in the figure is the accuracy of always
+# uses the context; the figure below draws the MLM loss against it. The same goes for the accuracies: the
+# dotted line in `training.png` above (its "unigram baseline") is the accuracy of always
 # predicting the most frequent token, and for NSP the bar is the share of the majority label — at 64 tokens
 # about 60% of the pairs are random-next (lesson 3 explains why), so 60% NSP accuracy means nothing learned.
 #
@@ -497,6 +500,16 @@ majority = max(nsp_labels.mean(), 1 - nsp_labels.mean())
 print(f"held-out MLM loss {last['mlm_loss']:.3f}   unigram cross-entropy {unigram_ce:.3f}")
 print(f"held-out MLM accuracy {last['mlm_acc']:.3f}   most-frequent-token baseline {last['baseline_mlm_acc']:.3f}")
 print(f"held-out NSP accuracy {last['nsp_acc']:.3f}   always guessing the majority label {majority:.3f}")
+
+fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
+ax.plot([r["step"] for r in train_records], [r["mlm_loss"] for r in train_records], alpha=0.6,
+        label="training MLM loss (mean of 10 steps)")
+ax.plot([r["step"] for r in eval_records], [r["mlm_loss"] for r in eval_records], "o-", label="held-out MLM loss")
+ax.axhline(unigram_ce, color="gray", ls=":", label=f"unigram cross-entropy {unigram_ce:.2f} (word frequencies only)")
+ax.axhline(math.log(V), color="gray", ls="--", lw=0.8, label=f"uniform guess, ln V = {math.log(V):.2f}")
+ax.set_xlabel("step"); ax.set_ylabel("MLM loss (nats)"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+ax.set_title("down to the unigram plateau fast, then below it slowly")
+plt.show()
 teach.check(last["mlm_loss"] < unigram_ce - 0.1, "held-out MLM loss, below the unigram plateau (it uses the context)",
             last["mlm_loss"], f"< {unigram_ce - 0.1:.3f}")
 base = last["baseline_mlm_acc"]
@@ -508,9 +521,10 @@ teach.check(last["mlm_acc"] > base + margin, f"held-out MLM accuracy over {eval_
 # ## 7. What did it learn?
 #
 # Where does the model beat the frequency guess? Here are held-out positions where the input was `[MASK]`,
-# the model's top prediction was right, and the answer was *not* the most frequent token. After half a
-# minute there are only a handful, and they are local patterns — a full stop before `[SEP]`, the end of a word
-# whose start is visible — but they are what pulls the loss below the plateau.
+# the model's top prediction was right, and the answer was *not* the most frequent token (the context shows
+# six tokens before the position and three after; the position itself is marked `>[MASK]<`). After half a
+# minute there are only a handful, and they are local patterns — mostly the full stop before `[SEP]` — but
+# they are what pulls the loss below the plateau.
 
 # %%
 model, tok = trainer.model.eval(), trainer.tokenizer
@@ -522,10 +536,13 @@ for b in trainer.eval_batches:
     for r, c, guess in zip(rows, cols, predicted):
         answer = b["labels"][r, c]
         if b["input_ids"][r, c] == tok.mask_token_id and guess == answer != most_frequent:
-            context = tok.convert_ids_to_tokens(b["input_ids"][r, max(1, c - 6):c + 4])
-            found.append(f"{' '.join(context):<60} [MASK] = {tok.convert_ids_to_tokens(int(answer))}")
-print(f"{len(found)} such predictions, for example:")
-print("\n".join(found[:8]))
+            before = tok.convert_ids_to_tokens(b["input_ids"][r, max(1, c - 6):c])
+            after = tok.convert_ids_to_tokens(b["input_ids"][r, c + 1:c + 4])
+            context = " ".join(before + [">[MASK]<"] + after)
+            found.append((f"{context:<64} [MASK] = {tok.convert_ids_to_tokens(int(answer))}",
+                          tok.convert_ids_to_tokens(int(answer))))
+print(f"{len(found)} such predictions; the answers: {Counter(answer for _, answer in found).most_common(5)}. For example:")
+print("\n".join(line for line, _ in found[:8]))
 
 # %% [markdown]
 # `bertnp.inference.fill_mask` asks the same question of your own sentences. At this stage the answer
@@ -534,13 +551,18 @@ print("\n".join(found[:8]))
 
 # %%
 from bertnp.inference import fill_mask
+guesses = []
 for text in ["in the beginning god created the heavens and the [MASK].",
              "and he said to them, [MASK] not afraid."]:
     top = fill_mask(model, tok, text, top_k=5)                  # one [MASK]: a flat list of 5
+    guesses.append({p["token_str"] for p in top})
     print(f"{text:<58} -> " + ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in top))
     total = sum(p["score"] for p in top)
     teach.check(len(top) == 5 and total <= 1.0 + 1e-6, "five guesses whose probabilities sum to at most 1",
                 (len(top), round(total, 4)), "(5, <= 1)")
+shared = guesses[0] & guesses[1]
+teach.check(len(shared) >= 3, "top-5 guesses the two different sentences share (the context barely matters yet)",
+            sorted(shared), "at least 3")
 
 # %% [markdown]
 # ## Summary

@@ -299,7 +299,18 @@ de_check = check_rng.standard_normal(e_check.shape)      # a random upstream gra
 loss = lambda: float((embeddings_forward(ids, types, **tables)[0] * de_check).sum())   # L = sum(e * de)
 numeric = {name: teach.finite_differences(loss, table) for name, table in tables.items()}
 yours = dict(zip(tables, my_embedding_backward(de_check, cache_check)))
-errors = teach.check_gradients(yours, numeric, threshold=1e-7)
+try:
+    errors = teach.check_gradients(yours, numeric, threshold=1e-7)
+except teach.CheckFailed as failure:                     # say it when the wrong rows are the repeated ids
+    notes = []
+    for name, index in (("word", ids), ("token_type", types)):
+        count = np.bincount(index.reshape(-1), minlength=numeric[name].shape[0])   # occurrences of each row's id
+        if np.shape(yours[name]) == numeric[name].shape:
+            bad = np.flatnonzero(teach.rel_error_array(yours[name], numeric[name]).max(axis=1) > 1e-7)
+            if bad.size and np.all(count[bad] > 1):
+                notes.append(f"  {name}: the wrong rows {bad.tolist()} are ids that occur {count[bad].tolist()} times "
+                             "in the batch: does every occurrence add its row of de?")
+    raise teach.CheckFailed("\n".join([str(failure)] + notes)) from None
 
 # %% [markdown]
 # ### Solution notes
@@ -670,6 +681,8 @@ small = norms[(list(settings)[0], True)] / norms[(list(settings)[0], False)]
 grown = norms[(list(settings)[1], True)] / norms[(list(settings)[1], False)]
 teach.check(abs(small[-1] - 1) < 0.2, "BERT's init: post-LN / pre-LN at the top layer", small[-1], "about 1")
 teach.check(grown[-1] > 2, "trained scale: post-LN / pre-LN at the top layer", grown[-1], "> 2")
+teach.check(0.5 < grown[0] < 1.0, "trained scale: post-LN / pre-LN at the bottom layer (pre-LN's is larger there)",
+            grown[0], "between 0.5 and 1")
 teach.check(grown[-1] > 1.5 * grown[0], "trained scale: the ratio grows from bottom to top",
             f"{grown[0]:.2f} -> {grown[-1]:.2f}", "top > 1.5 x bottom")
 
@@ -679,8 +692,9 @@ teach.check(grown[-1] > 1.5 * grown[0], "trained scale: the ratio grows from bot
 # * **With BERT's small initial weights the two are almost the same.** The branches $F(x)$ start tiny
 #   next to the residual stream, so $\mathrm{LN}(x + F(x)) \approx \mathrm{LN}(x)$ and moving the LayerNorm changes little:
 #   a freshly initialised post-LN BERT behaves much like a pre-LN one.
-# * **With weights of trained size they differ, most at the top.** Post-LN's top layers get gradients
-#   several times larger than pre-LN's, while the bottom layers are about equal. Xiong et al. (2020, "On
+# * **With weights of trained size they differ, most at the top.** Post-LN's gradient is about the same in
+#   every layer, while pre-LN's falls from the bottom layer to the top one: at the bottom pre-LN's is somewhat
+#   *larger* (a ratio of about 0.75), at the top post-LN's is several times larger. Xiong et al. (2020, "On
 #   Layer Normalization in the Transformer Architecture") show this for weights of unit gain: the gradient
 #   of the last layer's FFN weights does not depend on the depth $L$ in post-LN, and shrinks like $1/\sqrt{L}$
 #   in pre-LN (pre-LN's final LayerNorm divides by the size of a stream that $L$ branches have added to).

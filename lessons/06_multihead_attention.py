@@ -244,7 +244,20 @@ numeric = {"x": teach.finite_differences(loss, x_check)}
 numeric.update({name: teach.finite_differences(loss, params_check[name]) for name in PARAMETER_NAMES})
 
 yours = my_attention_backward(dout_check, cache_check)
-errors = teach.check_gradients(yours, numeric, threshold=1e-7, floor=1e-9)
+try:
+    errors = teach.check_gradients(yours, numeric, threshold=1e-7, floor=1e-9)
+except teach.CheckFailed as failure:            # two mistakes the generic hints above do not name
+    def agrees(name, transposed=False):
+        mine = yours.get(name)
+        mine = None if mine is None else (np.transpose(mine) if transposed else np.asarray(mine))
+        return mine is not None and mine.shape == numeric[name].shape and np.allclose(mine, numeric[name], 1e-6, 1e-9)
+    notes = [f"{name} is the TRANSPOSE of the numerical gradient: a weight and its gradient are stored "
+             "(out, in), entry [i, j] for output channel i and input channel j"
+             for name in ("query_weight", "key_weight", "value_weight") if agrees(name, transposed=True)]
+    if all(agrees(name) for name in PARAMETER_NAMES):
+        notes.append("all six parameter gradients are right and only x is wrong: x is read by three "
+                     "projections; does your dx add up all three contributions?")
+    raise teach.CheckFailed(str(failure) + "".join(f"\n  lesson hint: {note}" for note in notes)) from None
 
 # %% [markdown]
 # ### Solution notes
@@ -262,7 +275,7 @@ errors = teach.check_gradients(yours, numeric, threshold=1e-7, floor=1e-9)
 #
 # Each matrix-product line follows the same rule as lesson 1: for $Z = AB$, $dA = dZ\,B^\top$ and $dB = A^\top dZ$ —
 # write the shapes down and only one arrangement fits. (With square $C \times C$ weights, though, `x.T @ dQ` has
-# the right shape and the *transposed* value: the check catches that one by value.)
+# the right shape and the *transposed* value: the check catches it by value and says so.)
 #
 # Three things students get wrong, each caught by the check above:
 #

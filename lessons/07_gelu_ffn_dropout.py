@@ -121,7 +121,8 @@ real = batch["attention_mask"][..., None]                                     # 
 pooled = [(h * real).sum(axis=1) / real.sum(axis=1) for h in (exact_run, tanh_run)]   # mean over real tokens (B, C)
 cosine = (pooled[0] * pooled[1]).sum(axis=1) / np.linalg.norm(pooled[0], axis=1) / np.linalg.norm(pooled[1], axis=1)
 shift = np.abs(exact_run - tanh_run).max()
-print(f"largest change of a hidden state: {shift:.1e};  cosine of the sentence embeddings: {cosine.round(7)}")
+print(f"largest change of a hidden state: {shift:.1e};  cosine of the sentence embeddings: "
+      + ", ".join(f"{c:.7f}" for c in cosine))
 teach.check(shift > 1e-4, "largest change of MiniLM's output when gelu is swapped for its tanh form", shift, "> 1e-4")
 teach.check(cosine.min() > 0.9999, "cosine between the two sentence embeddings", cosine.min(), "> 0.9999")
 
@@ -170,7 +171,17 @@ dout_check = check_rng.standard_normal(x_check.shape)           # random upstrea
 numeric = teach.finite_differences(lambda: float((my_gelu_forward(x_check)[0] * dout_check).sum()), x_check)
 _, cache_check = my_gelu_forward(x_check)
 yours = my_gelu_backward(dout_check, cache_check)
-error = teach.check_gradient("dx of gelu (erf form)", yours, numeric, threshold=1e-7)
+try:
+    error = teach.check_gradient("dx of gelu (erf form)", yours, numeric, threshold=1e-7)
+except teach.CheckFailed as failure:              # the entries above are at random x: show gelu'(x) at known x
+    probe = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    probe_numeric = teach.finite_differences(lambda: float(gelu_erf(probe).sum()), probe)
+    probe_yours = np.asarray(my_gelu_backward(np.ones(5), GeluCache(probe)), dtype=float)
+    table = "\n".join(f"    x = {v:+.0f}:  yours {a: .8f}   numerical {n: .8f}"
+                       for v, a, n in zip(probe, probe_yours, probe_numeric))
+    note = ("\n  lesson hint: with dout = 1 yours is right, so the factor dout is missing (dx = dout * gelu'(x))"
+            if np.allclose(probe_yours, probe_numeric, rtol=1e-7, atol=1e-9) else "")
+    raise teach.CheckFailed(f"{failure}\n  gelu'(x) at a few x (dout = 1):\n{table}{note}") from None
 far = np.array([-40.0, -10.0, 10.0, 40.0])                      # far out: no overflow, no NaN
 teach.check_close("gelu'(x) far out (dout = 1): 0 on the left, 1 on the right",
                   my_gelu_backward(np.ones(4), GeluCache(far)), np.array([0.0, 0.0, 1.0, 1.0]), atol=1e-12)
@@ -204,13 +215,17 @@ teach.check(derivative_gap.max() > 1e-4, "the tanh form's derivative is a differ
             derivative_gap.max(), "> 1e-4, far above the 1e-7 threshold")
 teach.check(abs(minimum_at + 0.7518) < 1e-3, "gelu's minimum, where gelu'(x) = 0", minimum_at, "-0.7518")
 
-fig, ax = plt.subplots(figsize=(8, 3.8), layout="constrained")
+fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 3.8), layout="constrained")
 ax.plot(grid[near], exact_derivative[near], label="gelu'(x) = Φ(x) + x φ(x)")
 ax.plot(grid[near], gelu_tanh_derivative(grid[near]), "--", label="derivative of the tanh form")
 ax.plot(grid[near], (grid[near] > 0).astype(float), color="lightgray", lw=3, zorder=0, label="ReLU'")
 ax.axhline(0, color="gray", lw=0.5)
 ax.set_xlabel("x"); ax.set_ylabel("derivative"); ax.set_title("GELU's derivative dips below 0 and rises above 1")
-ax.legend(); ax.grid(alpha=0.3)
+ax.legend(loc="upper left"); ax.grid(alpha=0.3)
+gap_ax.plot(grid[wide], gelu_tanh_derivative(grid[wide]) - exact_derivative[wide])
+gap_ax.axhline(0, color="gray", lw=0.5)
+gap_ax.set_xlabel("x"); gap_ax.set_ylabel("tanh form's derivative - gelu'(x)")
+gap_ax.set_title(f"the gap: up to {derivative_gap.max():.1e}, far above the check's 1e-7"); gap_ax.grid(alpha=0.3)
 plt.show()
 
 # %% [markdown]
@@ -364,7 +379,14 @@ dout_check = np.random.default_rng(34).standard_normal(x_check.shape)
 out_check, cache_check = my_dropout_forward(x_check, 0.3, np.random.default_rng(35))
 yours = my_dropout_backward(dout_check, cache_check)
 loss = lambda: float((my_dropout_forward(x_check, 0.3, np.random.default_rng(35))[0] * dout_check).sum())
-error = teach.check_gradient("dx of dropout (p = 0.3)", yours, teach.finite_differences(loss, x_check), threshold=1e-7)
+numeric = teach.finite_differences(loss, x_check)
+try:
+    error = teach.check_gradient("dx of dropout (p = 0.3)", yours, numeric, threshold=1e-7)
+except teach.CheckFailed as failure:
+    passed = (np.asarray(yours) != 0) == (numeric != 0)          # each entry: zero in both, or in neither
+    note = ("" if passed.all() else f"\n  lesson hint: {int((~passed).sum())} of {passed.size} entries are zero in one "
+            "gradient and not in the other: your backward drops other entries than the forward did")
+    raise teach.CheckFailed(f"{failure}{note}") from None
 
 # %% [markdown]
 # ### Solution notes
@@ -424,7 +446,7 @@ fig, ax = plt.subplots(figsize=(8.5, 4), layout="constrained")
 ax.loglog(counts[:, 0], error_inverted, label="inverted dropout: mean of k draws vs x")
 ax.loglog(counts[:, 0], error_plain, label="no 1/(1-p) scaling: mean of k draws vs x")
 ax.loglog(counts[:, 0], theory, "k:", label="sqrt(p/(1-p)) / sqrt(k)")
-ax.axhline(p, color="gray", lw=0.5)
+ax.axhline(p, color="gray", lw=0.5, label=f"p = {p}: where the unscaled mean stops")
 ax.set_xlabel("number of dropout masks k"); ax.set_ylabel("relative RMS error of the mean")
 ax.set_title(f"dropout p = {p}: only the inverted form averages to x"); ax.legend(); ax.grid(alpha=0.3)
 plt.show()

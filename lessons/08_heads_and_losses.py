@@ -226,11 +226,12 @@ z = 2.0 * check_rng.standard_normal((7, 5))                # (N, C): 7 rows, 5 c
 y = np.array([3, -100, 0, 4, -100, 3, 1])                  # two ignored rows, target 3 twice, a target 0
 dloss = 0.7
 numeric = teach.finite_differences(lambda: dloss * ce_forward(z, y), z)
+print(f"{len(y)} rows of {z.shape[1]} classes, {int((y != -100).sum())} of them scored; dloss = {dloss}")
 mine = my_cross_entropy_backward(dloss, softmax(z), y)
-teach.check_gradient("dlogits", mine, numeric, threshold=1e-7)
+error = teach.check_gradient("dlogits", mine, numeric, threshold=1e-7)
 teach.check_equal("dlogits of the two ignored rows", np.asarray(mine)[y == -100], np.zeros((2, 5)))
 nothing_scored = my_cross_entropy_backward(1.0, softmax(z), np.full(7, -100))
-teach.check_gradient("dlogits when every row is ignored", nothing_scored, np.zeros((7, 5)))
+error = teach.check_gradient("dlogits when every row is ignored", nothing_scored, np.zeros((7, 5)))
 
 # %% [markdown]
 # ### Solution notes
@@ -344,10 +345,16 @@ except (ValueError, IndexError) as exc:
 numeric = teach.finite_differences(lambda: ce_forward(tied_forward()[2], targets), Ec)
 never_looked_up = np.setdiff1d(np.arange(Vc), ids)                     # rows only the decoder reaches
 if np.allclose(np.asarray(mine)[never_looked_up], 0.0):
-    raise teach.CheckFailed(f"dE: rows {never_looked_up.tolist()} were never looked up, yet their gradient is not 0 "
-                            f"(largest {np.abs(numeric[never_looked_up]).max():.2e}): the decoder uses every row of E. "
-                            "Yours are all 0 there: the decoder's share is missing, or was overwritten")
-teach.check_gradient("dE (both uses of the tied matrix)", mine, numeric, threshold=1e-7)
+    raise teach.CheckFailed(f"dE: rows {never_looked_up.tolist()} were never looked up, and yours is 0 on all of them; "
+                            f"the true gradient there is not (largest {np.abs(numeric[never_looked_up]).max():.2e}): "
+                            "the decoder uses every row of E. The decoder's share is missing, or was overwritten")
+try:
+    error = teach.check_gradient("dE (both uses of the tied matrix)", mine, numeric, threshold=1e-7)
+except teach.CheckFailed as failure:                 # which rows are off, and how often the lookup read each
+    off_rows = np.flatnonzero((teach.rel_error_array(mine, numeric) > 1e-7).any(axis=1))
+    reads = np.bincount(ids.reshape(-1), minlength=Vc)
+    raise teach.CheckFailed(f"{failure}\n  lesson hint: the rows that are off: {off_rows.tolist()}; how many times "
+                            f"the lookup read each of them: {reads[off_rows].tolist()} (ids: {ids.tolist()})") from None
 
 # %% [markdown]
 # ### Solution notes
@@ -405,6 +412,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# The tall blue bars are the rows of the target tokens: their logit gets $p - 1$ instead of $p$. The
+# orange bars come in three heights. The largest (~0.5) sit on the ids at the labelled positions:
+# the head reads those positions' hidden states, and a hidden state carries its own embedding forward
+# through the residual stream. The middle ones (~0.1) are the ids at position 0, which the NSP head reads
+# through the pooler. The rest (below $10^{-3}$) reach the loss only through attention, which in this
+# untrained one-layer model mixes positions only weakly.
+#
 # ## 4. Gather first: the 30k-way product at the labelled positions only
 #
 # The decoder is the most expensive operation in BERT pretraining: a (rows, C) @ (C, V) product with

@@ -65,8 +65,17 @@ from bertnp.ops.layernorm import layernorm_forward
 from bertnp.ops.linear import linear_forward
 from bertnp.ops.losses import cross_entropy_forward
 
-blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "not set (OpenBLAS uses every core)")
-print(f"OPENBLAS_NUM_THREADS: {blas_threads};  {os.cpu_count()} CPUs;  fast mode: {teach.FAST}")
+from threadpoolctl import threadpool_info, threadpool_limits
+
+# One BLAS thread, as in lesson 4, unless you set OPENBLAS_NUM_THREADS yourself: a step of a small model is
+# many small matrix products, and several threads pay a synchronisation per product -- on a machine busy with
+# other programs, many times over. Section 2 says why it also gives steadier measurements.
+if "OPENBLAS_NUM_THREADS" not in os.environ:
+    threadpool_limits(limits=1, user_api="blas")          # from here on, for this kernel
+blas_threads = max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+clock = time.process_time if blas_threads == 1 else time.perf_counter    # see section 2
+print(f"BLAS threads: {blas_threads};  {os.cpu_count()} CPUs;  fast mode: {teach.FAST};  "
+      f"timing with {clock.__name__}")
 
 # %% [markdown]
 # ## 1. Counting FLOPs
@@ -250,15 +259,22 @@ for case in [dict(B=2, T=24, C=16, I=40, num_heads=4), dict(B=3, T=10, C=12, I=2
 # A count becomes a speed with a clock. The **peak** is what this machine's BLAS reaches on a large float32
 # product — the best any step built from matrix products could hope for. We time a square product (best of a
 # few tries: whatever else the machine is doing only ever makes a run slower).
+#
+# *Which clock.* On a busy machine even the best of a few runs can be disturbed, because every run is shared
+# with other programs. With **one** BLAS thread (the setup cell asked for it), the CPU time of this process,
+# `time.process_time()`, is the time the work itself took, whatever else runs: on an idle machine it equals the
+# wall clock. So the lesson times with it then, and with the wall clock, `time.perf_counter()`, when you gave
+# NumPy several threads (CPU time would add up the threads). The peak is then the peak of one core, and the
+# step below runs on one core too, so their ratio, the MFU, compares like with like.
 
 # %%
 def best_seconds(fn, repeats):
     """The fastest of `repeats` timed calls (noise from other programs only ever adds time)."""
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -348,9 +364,9 @@ def training_step(model, opt, batch):
 training_step(speed_model, optimizer, speed_batch)                  # warm-up: first-call costs
 step_times = []
 for _ in range(teach.pick(5, 3)):
-    start = time.perf_counter()
+    start = clock()
     training_step(speed_model, optimizer, speed_batch)
-    step_times.append(time.perf_counter() - start)
+    step_times.append(clock() - start)
 step_seconds = float(np.median(step_times))
 step_flops = pretraining_step_flops(**shape_of(speed_config, speed_batch))
 achieved = step_flops / step_seconds / 1e9
@@ -376,7 +392,7 @@ profiler = cProfile.Profile()
 profiler.enable()
 training_step(speed_model, optimizer, speed_batch)
 profiler.disable()
-pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
+pstats.Stats(profiler).sort_stats("tottime").print_stats(8);
 
 # %% [markdown]
 # Useful, but at the wrong level: its rows are *functions*, not operations. All the linear layers share one
@@ -422,11 +438,11 @@ class OpTimer:
             if threading.current_thread() is not threading.main_thread():
                 return fn(*args, **kwargs)        # a worker thread's call is part of its caller's time
             self._open.append(0.0)
-            start = time.perf_counter()
+            start = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
                 nested = self._open.pop()
                 op, direction, flops = self.row(name, args)
                 self.seconds[op, direction] += elapsed - nested
@@ -457,13 +473,13 @@ profile_steps = teach.pick(5, 2)
 phase_seconds = defaultdict(float)
 with OpTimer(speed_model.F) as timer:
     for _ in range(profile_steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         speed_model.zero_grad()
         speed_model(**speed_batch)
         speed_model.backward()
-        t1 = time.perf_counter()
+        t1 = clock()
         optimizer.step()
-        t2 = time.perf_counter()
+        t2 = clock()
         phase_seconds["forward + backward"] += t1 - t0
         phase_seconds["AdamW"] += t2 - t1
 profile = defaultdict(lambda: defaultdict(float))            # row -> {"forward": s, "backward": s} per step
@@ -621,7 +637,7 @@ print(f"total {layer_bytes / MiB:.2f} MiB per layer = {layer_bytes / (B_ * T_):,
       f"the (B, nh, T, T) arrays: {square / layer_bytes:.0%}")
 if fixed:
     print(f"not activations (their size does not depend on the batch): {fixed} -- a copy of weights made by the forward")
-speed_model.backward()                                        # (frees them again)
+_ = speed_model.backward()                                    # (frees them again)
 
 # %% [markdown]
 # Most entries are (B, T, C) or (B, T, I) — the input of every linear layer (its weight gradient needs it),
@@ -1147,7 +1163,7 @@ ax.set_xscale("log")
 ax.set_xlabel("|error of the row mean| (float32 kernel vs float64), rows with mean 20 and spread 1")
 ax.set_ylabel("rows")
 ax.set_title("A warp per row is also the more accurate kernel")
-ax.legend(loc="upper left", fontsize=8)
+ax.legend(loc="upper right", fontsize=8)
 ax.grid(alpha=0.3)
 fig.tight_layout()
 plt.show()
