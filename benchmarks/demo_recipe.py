@@ -41,6 +41,7 @@ BASE = dict(layers=2, hidden=128, heads=2, intermediate=512, vocab_size=8000, se
             clip=1.0, nsp_weight=1.0, wwm=False, seq_phase=None, posinit=None)
 RECIPES = {
     "old": {},                                                    # the demo until now
+    "b8": dict(batch=8),
     "b16": dict(batch=16),
     "b64": dict(batch=64),
     "lr1e-3": dict(lr=1e-3),
@@ -52,6 +53,7 @@ RECIPES = {
     "h256": dict(hidden=256, heads=4, intermediate=1024),
     "h256l1": dict(layers=1, hidden=256, heads=4, intermediate=1024),
     "l4": dict(layers=4),
+    "l1": dict(layers=1),
     "l3h192": dict(layers=3, hidden=192, heads=3, intermediate=768),
     "v2k": dict(vocab_size=2000),
     "v3k": dict(vocab_size=3000),
@@ -294,34 +296,58 @@ beta2 0.98 was no better at 1,000 steps: 0.151 on the whole held-out split, agai
 first 8 batches for lr 2e-3 at the same step."""
 
 
-def cmd_report(args) -> None:
-    """Print (``--write``: put into RESULTS.md) the table of the fixed-step runs and the timings."""
-    runs = [json.loads(line) for line in Path(args.results).read_text(encoding="utf-8").splitlines() if line.strip()]
-    timings = {}
-    if Path(args.timings).is_file():
-        for line in Path(args.timings).read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row["threads"] == "2" and row["load_before"] < 1.0:      # quiet-machine timings only
-                timings[row["recipe"]] = row
-    lines = [SECTION, "",
-             "Held-out figures after a fixed number of steps (the schedule spanning them; deterministic, so "
-             "independent of the machine's load): `python benchmarks/demo_recipe.py train RECIPE --steps N`, "
-             "one BLAS thread; held-out = the whole bundled held-out split evaluated as `bertnp eval` does "
-             "(sequences of 128, BERT's 15% static masks, seed 1), whatever the recipe trained with. "
-             "Seconds a step: `OPENBLAS_NUM_THREADS=2 python benchmarks/demo_recipe.py time RECIPE ...` on "
-             "the quiet 2-core machine (load average < 1), where measured.", "",
-             "| recipe | changes from the old demo | steps (stopped at) | held-out MLM accuracy | unigram baseline "
-             "| held-out NSP accuracy | s/step, quiet, 2 threads |",
-             "|---|---|---|---|---|---|---|"]
+def _read_rows(path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _table(runs: list, cpu: dict, quiet: dict) -> list:
+    """Markdown rows: one a fixed-step run, with the recipe's CPU seconds a step (one thread) and the
+    CPU seconds the run's steps cost -- the currency recipes are compared in on a shared machine."""
+    lines = ["| recipe | changes from BASE | steps | CPU s/step (1 thread) | CPU s in all | held-out MLM accuracy "
+             "| unigram baseline | held-out NSP accuracy | fill-mask top-1 words (of 6) | s/step, quiet, 2 threads |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         changes = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if BASE.get(k) != v
                             and not (isinstance(v, list) and tuple(v) == BASE.get(k))) or "-"
         stopped = r.get("stopped_at", r["steps"])
-        t = timings.get(r["recipe"])
-        lines.append(f"| {r['recipe']} | {changes} | {r['steps']}" + (f" ({stopped})" if stopped != r["steps"] else "")
+        steps = f"{r['steps']}" + (f" (stopped at {stopped})" if stopped != r["steps"] else "")
+        c, q = cpu.get(r["recipe"]), quiet.get(r["recipe"])
+        lines.append(f"| {r['recipe']} | {changes} | {steps} | " + (f"{c:.3f} | {c * stopped:.0f}" if c else "- | -")
                      + f" | {r['mlm_acc']:.3f} | {r['baseline_mlm_acc']:.3f} | {r['nsp_acc']:.3f} | "
-                     + (f"{t['s_per_step']:.3f}" if t else "not measured") + " |")
-    lines += ["", NOTES]
+                     + f"{r.get('fill_mask_top1_words', '-')} | " + (f"{q:.3f}" if q else "not measured") + " |")
+    return lines
+
+
+def cmd_report(args) -> None:
+    """Print (``--write``: put into RESULTS.md) the tables of the fixed-step runs (full-length runs
+    from ``--results``, screening runs from ``--screen``) with the recipes' timings."""
+    cpu_rows, quiet = {}, {}
+    for row in _read_rows(args.timings):
+        if row["threads"] == "1":                    # CPU time of one thread: little disturbed by the load
+            cpu_rows.setdefault(row["recipe"], []).append(row["cpu_s_per_step"])
+        if row["threads"] == "2" and row["load_before"] < 1.0:      # quiet-machine wall timings only
+            quiet[row["recipe"]] = row["s_per_step"]
+    cpu = {name: statistics.median(values) for name, values in cpu_rows.items()}
+    lines = [SECTION, "",
+             "Held-out figures after a fixed number of steps (the schedule spanning them; deterministic, so "
+             "independent of the machine's load): `python benchmarks/demo_recipe.py train RECIPE --steps N`, "
+             "one BLAS thread; held-out = the whole bundled held-out split evaluated as `bertnp eval` does "
+             "(sequences of 128, BERT's 15% static masks, seed 1), whatever the recipe trained with (its own "
+             "vocabulary, so the unigram baseline differs with the vocabulary size). CPU seconds a step: "
+             "`OPENBLAS_NUM_THREADS=1 python benchmarks/demo_recipe.py time RECIPE ...` (one thread's process "
+             "time, the median of 10 steps); recipes are compared at equal CPU seconds, which a busy machine "
+             "changes little. Wall seconds a step with two threads (what eight minutes buy): "
+             "`OPENBLAS_NUM_THREADS=2 python benchmarks/demo_recipe.py time RECIPE ...` with load average < 1, "
+             "where measured.", ""]
+    full, screen = _read_rows(args.results), _read_rows(args.screen)
+    if full:
+        lines += ["Full-length runs:", ""] + _table(full, cpu, quiet) + [""]
+    if screen:
+        lines += ["Screening runs (a quarter of the demo's CPU budget each):", ""] + _table(screen, cpu, quiet) + [""]
+    lines += [NOTES]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
@@ -352,7 +378,8 @@ def main(argv=None) -> None:
     r.add_argument("--results", default="runs/demo_recipe/results.jsonl")
     r.set_defaults(func=cmd_train)
     rep = sub.add_parser("report", help="the table of the runs so far (--write: into RESULTS.md)")
-    rep.add_argument("--results", default="runs/demo_recipe/results.jsonl")
+    rep.add_argument("--results", default="runs/demo_recipe/results.jsonl", help="full-length runs")
+    rep.add_argument("--screen", default="runs/demo_recipe/screen.jsonl", help="screening runs")
     rep.add_argument("--write", action="store_true")
     rep.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
