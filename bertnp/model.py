@@ -361,7 +361,6 @@ class _BertBase:
     # ------------------------------------------------------------------ encoder forward / backward
     def _encoder_forward(self, ids, mask, types, output_attentions=False):
         """Host int arrays (B, T) -> (hidden (B, T, C), pooled (B, C) or None, attentions). Caches in self._cache."""
-        xp = backend.xp()
         c, p, P = self.config, self.prefix, self._params
         training = self.training
         p_hidden, p_attn = c.hidden_dropout_prob, c.attention_probs_dropout_prob

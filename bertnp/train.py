@@ -60,12 +60,14 @@ import numpy as np
 
 from bertnp import backend, checkpoint
 from bertnp.checkpoint import latest_checkpoint
+from bertnp.distributed import DataParallel
 from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm
 
 __all__ = ["RunConfig", "TrainConfig", "TrainingLoop", "Trainer", "NonFiniteLossError", "TrainingInterrupted",
            "pretrain", "evaluate_model", "unigram_baseline", "latest_checkpoint"]
 
 IGNORE_INDEX = -100
+SAME_ON_EVERY_RANK = ("grad_norm",)   # logged values computed from reduced gradients: not summed over ranks
 OVERTIME = 1.25     # a time-budget run stops at 1.25 x its budget even if the step estimate was too low
 RETUNE_AT = (0.1, 0.25, 0.5, 0.75, 0.9)   # a time-budget run re-plans at these fractions of its steps
 
@@ -347,6 +349,15 @@ def unigram_baseline(train_documents, batches, special_ids=()) -> tuple[int, flo
     return int(top), hits / max(total, 1)
 
 
+def _quiet(*_):
+    pass
+
+
+def _rows(batch: dict) -> int:
+    """Sequences in a host batch (its arrays share axis 0)."""
+    return len(next(iter(batch.values())))
+
+
 def _batch_counts(out, batch) -> dict:
     """Correct / total MLM and NSP predictions of one forward (host integers)."""
     counts = _device_counts(out, batch)
@@ -419,14 +430,24 @@ class TrainingLoop:
     DEVICE_KEYS = ("loss", "grad_norm")    # per-step values that stay on the device until read_pending
     COUNT_KEYS: tuple = ()                 # of those, the integer counts
 
+    supports_parallel = False              # a subclass that shares its batches between ranks says so
+
     def __init__(self, config: RunConfig, log: Callable[[str], None] = print, *,
-                 changes: Mapping | None = None):
-        self.log = log
+                 changes: Mapping | None = None, parallel: DataParallel | None = None):
+        # data parallelism (bertnp.distributed): rank 0 alone prints and writes; one process is rank 0 of 1
+        self.parallel = parallel if parallel is not None else DataParallel(None)
+        if self.parallel.active and not self.supports_parallel:
+            raise ValueError(f"bertnp {self.command} runs on one process: only pretraining is data parallel")
+        self.writes = self.parallel.is_writer
+        self.log = log if self.writes else _quiet
+        self.parallel.log = self.log
         # a time budget covers the whole run: vocabulary, data, evaluations and checkpoints included
         self._wall_start = time.perf_counter()
         self._setup_time = None                    # seconds before the first step (vocabulary, data)
         config = dataclasses.replace(config)
         self.out = out = Path(config.out_dir)
+        if self.parallel.active:                   # rank 0 makes the folder; every rank must see it
+            self.parallel.share_folder(out, lambda: checkpoint.check_writable(out))
         self.resumed_from = None
         self.resume_changes: dict = {}
         if config.resume:
@@ -434,13 +455,16 @@ class TrainingLoop:
         elif changes:
             raise ValueError("changes: only a resumed run (resume=True) takes changes")
         config.validate()
+        self.parallel.check_config(config, resumed=config.resume)
         self.config = config
-        checkpoint.check_writable(out)             # a read-only --out fails now, not after the work
-        if not config.resume:
-            self._clear_folder(config.overwrite)
-        for folder in (out, out / "checkpoints"):  # what a write killed mid-way left behind
-            checkpoint.remove_temporary(folder)
+        if self.writes:
+            checkpoint.check_writable(out)         # a read-only --out fails now, not after the work
+            if not config.resume:
+                self._clear_folder(config.overwrite)
+            for folder in (out, out / "checkpoints"):  # what a write killed mid-way left behind
+                checkpoint.remove_temporary(folder)
         backend.set_backend(config.backend)
+        self.parallel.setup_device()               # one GPU per rank, before anything is allocated
         if config.backend == "numpy":
             backend.retain_freed_host_memory()     # no page faults re-allocating activations each step
         self.step = 0
@@ -451,13 +475,18 @@ class TrainingLoop:
         self._pending: list[dict] = []             # steps whose device values are not read yet
         self._read_steps: list[dict] = []          # steps read, not yet in the metrics
         self._stop_signal = None                   # set by Ctrl-C / SIGTERM during train()
+        self._stop_agreed = False                  # several ranks: a stop every rank has heard of
+        if self.parallel.active:
+            self.log(self.parallel.describe())     # a collective: every rank takes part
         self._build()
+        self.parallel.attach(self.model)           # several ranks: the gradients become one flat buffer
+        self.parallel.prepare_model(self.model)
         if self.resumed_from is not None:
             self._load_checkpoint(self.resumed_from)
-        else:
+        elif self.writes:
             checkpoint.write_json(self.out / "run.json", self._run_record())
             checkpoint.truncate_metrics(self.metrics_path, -1)
-        if self.resume_changes:
+        if self.resume_changes and self.writes:
             checkpoint.write_json(self.out / "run.json", self._run_record())   # a later resume keeps them
 
     # ------------------------------------------------------------------ the run folder
@@ -488,7 +517,8 @@ class TrainingLoop:
         if self.resumed_from is None:
             self.log(f"note: '{out}' has no checkpoint yet: the run starts again from step 0 "
                      "with its saved settings")
-            self._clear_folder(overwrite=True, keep=("run.json",))
+            if self.writes:
+                self._clear_folder(overwrite=True, keep=("run.json",))
         return saved
 
     def _clear_folder(self, overwrite: bool, keep=()) -> None:
@@ -524,6 +554,8 @@ class TrainingLoop:
         return self.out / "metrics.jsonl"
 
     def _write_metrics(self, record: dict) -> None:
+        if not self.writes:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -577,14 +609,34 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ hooks for data parallelism
     def _global_totals(self, totals: dict) -> dict:
-        """The update's counts over every process. One process: its own. (Data parallelism
-        all-reduces them here, before any forward: every rank then divides by the same counts.)"""
-        return totals
+        """The update's counts over every process. One process: its own. Several: all-reduced here,
+        before any forward, so every rank divides by the same counts. A Ctrl-C / SIGTERM travels with
+        them: every rank learns of it at the same step, and they all stop after it."""
+        if not self.parallel.active:
+            return totals
+        counts = self.parallel.allreduce_counts(dict(totals, stop_requests=int(self._stop_signal is not None)),
+                                                f"the counts of step {self.step + 1}")
+        self._stop_agreed = counts.pop("stop_requests") > 0
+        return counts
 
     def _reduce_gradients(self, grads: dict) -> None:
-        """Sum the gradients of every process, in place. One process: nothing to do. (Data
-        parallelism all-reduces here, between backward and clipping: each rank's gradients are
-        already divided by the global counts, so the sum is the whole update's gradient.)"""
+        """Sum the gradients of every process, in place. One process: nothing to do. Several: one
+        all-reduce between backward and clipping; each rank's gradients are already divided by the
+        global counts, so the sum is the whole update's gradient."""
+        self.parallel.reduce_gradients(self.step + 1)
+
+    def _stop_requested(self) -> bool:
+        return self._stop_agreed if self.parallel.active else self._stop_signal is not None
+
+    def _skip_micro_batch(self) -> dict:
+        """A rank whose share of a micro-batch is empty (an epoch's short last batch): nothing to
+        compute, zeros to add. The model counts its training forwards with dropout (the masks' seed
+        depends on the count); this rank counts one too, so every rank's count stays the same."""
+        model, c = self.model, self.model.config
+        if model.training and (c.hidden_dropout_prob > 0 or c.attention_probs_dropout_prob > 0):
+            model.forward_count += 1
+        xp = backend.xp()
+        return {k: xp.zeros((), dtype=xp.float64) for k in self.DEVICE_KEYS if k not in SAME_ON_EVERY_RANK}
 
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
@@ -598,13 +650,15 @@ class TrainingLoop:
         c, model = self.config, self.model
         model.train()
         model.zero_grad()
-        batches = self._next_update()
+        batches = [self.parallel.share(b) for b in self._next_update()]   # this rank's rows (all of them: 1 rank)
         totals = self._global_totals(self._update_totals(batches))     # host integers: no device read
         sums: dict = {}
+        self.parallel.begin_update(sum(1 for b in batches if _rows(b)))
         # a non-finite loss is found later, in read_pending: NumPy must not warn about it meanwhile
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for batch in batches:
-                for key, value in self._forward_backward(batch, totals).items():
+                contribution = self._forward_backward(batch, totals) if _rows(batch) else self._skip_micro_batch()
+                for key, value in contribution.items():
                     sums[key] = value if key not in sums else sums[key] + value   # device arithmetic
             grads = model.grads
             self._reduce_gradients(grads)
@@ -629,6 +683,8 @@ class TrainingLoop:
         keys = [k for k in self.DEVICE_KEYS if pending[0].get(k) is not None]
         stacked = xp.stack([xp.asarray(m[k], dtype=xp.float64) for m in pending for k in keys])
         values = backend.to_host(stacked).reshape(len(pending), len(keys))   # the one sync
+        # several ranks: each holds its share of the losses and counts; the sums are the update's
+        values = self.parallel.global_values(values, [k not in SAME_ON_EVERY_RANK for k in keys], pending[-1]["step"])
         for i, (m, row) in enumerate(zip(pending, values)):
             host = dict(m, **{k: float(v) for k, v in zip(keys, row)})
             for key in self.COUNT_KEYS:
@@ -670,7 +726,10 @@ class TrainingLoop:
         state = {"version": checkpoint.STATE_VERSION, "step": self.step, "schedule": self.schedule.state_dict(),
                  "model_rng": {"dropout_seed": self.model.dropout_seed, "forward_count": self.model.forward_count},
                  "train_time": self.train_time, "last_eval": self.last_eval, "backend": backend.get_backend(),
-                 **self._extra_state()}
+                 "world_size": self.parallel.size, **self._extra_state()}
+        if not self.writes:                       # rank 0 writes it; the others know where
+            self.last_checkpoint = self.out / "checkpoints" / checkpoint.step_folder_name(self.step)
+            return self.last_checkpoint
         self.last_checkpoint = checkpoint.save_checkpoint(self.out, self.step, self.model, self.optimizer, state,
                                                           keep=self.config.keep_checkpoints)
         return self.last_checkpoint
@@ -690,9 +749,16 @@ class TrainingLoop:
         self.train_time = float(state["train_time"])
         self.last_eval = state["last_eval"]
         self.last_checkpoint = path
-        damaged = checkpoint.truncate_metrics(self.metrics_path, self.step)   # drop what the dead run wrote later
-        if damaged:
-            self.log(f"note: {self.metrics_path}: dropped {damaged} damaged line(s) (cut short, not JSON or not UTF-8)")
+        if self.writes:
+            damaged = checkpoint.truncate_metrics(self.metrics_path, self.step)   # drop what the dead run wrote later
+            if damaged:
+                self.log(f"note: {self.metrics_path}: dropped {damaged} damaged line(s) (cut short, not JSON or not UTF-8)")
+        self.parallel.prepare_model(self.model)    # each rank's own dropout seed again
+        saved_size = state.get("world_size", 1)
+        if saved_size != self.parallel.size:
+            self.log(f"note: the checkpoint was written by {saved_size} process(es), this run has {self.parallel.size}: "
+                     "the same update batches and normalisation, so the same gradients up to rounding "
+                     "(dropout masks, drawn per rank, differ)")
         self._apply_resume_changes()
         if self.step >= self.total_steps:
             self.log(f"'{self.out}' is a complete run: step {self.step} of {self.total_steps} "
@@ -724,6 +790,8 @@ class TrainingLoop:
         def write(tmp: Path):
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+        if not self.writes:
+            return self.out / name
         return checkpoint.atomic_directory(self.out / name, write)
 
     def save_final(self) -> Path:
@@ -758,8 +826,8 @@ class TrainingLoop:
     def _stop_now(self) -> None:
         """Save a checkpoint of the last completed step (unless there is one), then raise
         TrainingInterrupted: ``--resume`` continues exactly from there."""
-        name = signal.Signals(self._stop_signal).name
-        self._stop_signal = None
+        name = signal.Signals(self._stop_signal).name if self._stop_signal is not None else "a signal to another rank"
+        self._stop_signal, self._stop_agreed = None, False
         if self.last_checkpoint is None or self._checkpoint_step() != self.step:
             self.save_checkpoint()                # NonFiniteLossError if a step since the last read was bad
         raise TrainingInterrupted(f"{name} at step {self.step}: saved '{self.last_checkpoint}'",
@@ -772,7 +840,9 @@ class TrainingLoop:
         c = self.config
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         bar = None
-        if c.progress and self.step < end:
+        if self.parallel.active:                  # every rank starts from the same weights (or says which does not)
+            self.parallel.check_weights(self.model.parameters(), self.step)
+        if c.progress and self.step < end and self.writes:
             from tqdm.auto import tqdm
             bar = tqdm(total=end, initial=self.step, desc=self.description, unit="step", dynamic_ncols=True,
                        file=sys.stderr)
@@ -786,10 +856,12 @@ class TrainingLoop:
         try:
             with self._stop_on_signals():
                 while self.step < end:
-                    if self._stop_signal is not None:
+                    if self._stop_requested():
                         self._stop_now()
                     t0 = time.perf_counter()
                     self.train_step()
+                    if self.parallel.active and self.step % self.parallel.check_every == 0:
+                        self.parallel.check_weights(self.model.parameters(), self.step)
                     dt = time.perf_counter() - t0
                     self.train_time += dt
                     window["time"] += dt
@@ -835,7 +907,7 @@ class TrainingLoop:
                         self.save_checkpoint()
                     if self.truncated:
                         break
-                if self._stop_signal is not None:
+                if self._stop_requested():
                     self._stop_now()
         finally:
             if bar is not None:
@@ -884,6 +956,7 @@ class Trainer(TrainingLoop):
     # the values of a step that live on the device until read_pending reads them
     DEVICE_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct", "grad_norm")
     COUNT_KEYS = ("mlm_correct", "nsp_correct")
+    supports_parallel = True
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
@@ -898,9 +971,13 @@ class Trainer(TrainingLoop):
             self.tokenizer = load_tokenizer(vocab_path, c.do_lower_case)
         elif c.vocab is not None:
             self.tokenizer = load_tokenizer(c.vocab, c.do_lower_case)
-            self.tokenizer.save_vocabulary(self.out)
+            if self.writes:
+                self.tokenizer.save_vocabulary(self.out)
         else:
-            train_vocab(train_docs, c.vocab_size, vocab_path, c.do_lower_case, log, show_progress=c.progress)
+            if self.writes:
+                train_vocab(train_docs, c.vocab_size, vocab_path, c.do_lower_case, log, show_progress=c.progress)
+            self.parallel.barrier("rank 0 training the WordPiece vocabulary (give --vocab, or a longer "
+                                  "--mpi-timeout, when that takes longer)")
             self.tokenizer = load_tokenizer(vocab_path, c.do_lower_case)
         tok = self.tokenizer
 
@@ -1067,12 +1144,15 @@ class Trainer(TrainingLoop):
         return bool(self.eval_batches)
 
     def evaluate(self) -> dict:
-        """Held-out loss and accuracies (dropout off; the dropout counter is not touched)."""
+        """Held-out loss and accuracies (dropout off; the dropout counter is not touched). Several
+        ranks: each evaluates its share of every batch, and the sums are combined."""
         if not self.eval_batches:
             return {}
         count = self.model.forward_count
+        batches = [b for b in map(self.parallel.share, self.eval_batches) if _rows(b)]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            result = evaluate_model(self.model, self.eval_batches)
+            result = evaluate_model(self.model, batches)
+        result = self.parallel.combine_evaluation(result, self.step)
         self.model.forward_count = count
         result["baseline_mlm_acc"] = self.baseline_acc
         self.last_eval = result
@@ -1100,8 +1180,8 @@ class Trainer(TrainingLoop):
 
     def plot(self) -> Path | None:
         """Redraw ``training.png`` from ``metrics.jsonl`` (skipped quietly without matplotlib, or
-        with ``config.plot=False``: drawing takes a second or two of the time budget each time)."""
-        if not self.config.plot:
+        with ``config.plot=False``: drawing takes a second or two of the time budget each time; rank 0 only)."""
+        if not (self.writes and self.config.plot):
             return None
         try:
             from bertnp.viz import plot_training
@@ -1123,10 +1203,12 @@ class Trainer(TrainingLoop):
                 "baseline_mlm_acc": self.baseline_acc, "figure": str(self.out / "training.png")}
 
 
-def pretrain(config: TrainConfig | None = None, log: Callable = print, **options) -> dict:
-    """Build a :class:`Trainer` from ``config`` (or keyword options) and train. Returns a summary."""
+def pretrain(config: TrainConfig | None = None, log: Callable = print, parallel: DataParallel | None = None,
+             **options) -> dict:
+    """Build a :class:`Trainer` from ``config`` (or keyword options) and train. Returns a summary.
+    ``parallel``: the ranks to share each update with (:meth:`DataParallel.from_environment`)."""
     if config is None:
         config = TrainConfig(**options)
     elif options:
         config = dataclasses.replace(config, **options)
-    return Trainer(config, log=log).train()
+    return Trainer(config, log=log, parallel=parallel).train()

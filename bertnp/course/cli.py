@@ -1,7 +1,6 @@
 """``bertnp course release | check | grade``: the command line of the course (see course/README.md)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
