@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--vocab", metavar="PATH", help="use this vocab.txt instead of training one")
     d.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     d.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="BLAS threads (default: one per core the load average says is free; "
+                   help="threads for BLAS and bertnp's CPU operations (default: one per core the load average says is free; "
                    "OPENBLAS_NUM_THREADS set by you wins)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)

@@ -69,6 +69,7 @@ __all__ = ["RunConfig", "TrainConfig", "TrainingLoop", "Trainer", "NonFiniteLoss
 IGNORE_INDEX = -100
 SAME_ON_EVERY_RANK = ("grad_norm",)   # logged values computed from reduced gradients: not summed over ranks
 OVERTIME = 1.25     # a time-budget run stops at 1.25 x its budget even if the step estimate was too low
+RETUNE_AT = (0.1, 0.25, 0.5, 0.75, 0.9)   # a time-budget run re-plans at these fractions of its steps
 
 
 class NonFiniteLossError(RuntimeError):
@@ -200,8 +201,11 @@ class TrainConfig(RunConfig):
     Tokenizer: ``vocab`` (a vocab.txt or a folder with one) or, when None, a WordPiece vocabulary of
     ``vocab_size`` trained on the corpus. Model: ``model_config`` (a config.json) or ``preset``.
     Length: ``steps`` updates, or ``time_budget`` seconds (the number of steps is then estimated
-    from the speed of the first steps, so that the schedule ends on time). The update's batch is
-    ``batch_size`` x ``grad_accum`` sequences.
+    from the speed of the first steps, so that the schedule ends on time). ``reserve_steps``: a
+    time-budget run stops training early enough to leave this many steps' worth of time, at the
+    speed measured while training, for work its caller does afterwards (``bertnp demo``: the whole
+    held-out evaluation and the figure) -- on a slow or busy machine that work is slow too. The
+    update's batch is ``batch_size`` x ``grad_accum`` sequences.
     """
     corpus: list | None = None
     eval_corpus: list | None = None
@@ -217,6 +221,7 @@ class TrainConfig(RunConfig):
     dupe_factor: int = 1
     grad_accum: int = 1
     time_budget: float | None = None
+    reserve_steps: float = 0.0                      # time kept after training, in steps at the measured speed
     correct_bias: bool = True
     eval_batches: int = 20
     plot: bool = True                               # redraw training.png at each evaluation (matplotlib)
@@ -240,6 +245,8 @@ class TrainConfig(RunConfig):
             raise ValueError("give the run's length: steps or time_budget")
         if self.time_budget is not None and not _is_number(self.time_budget, 0.0, low_open=True):
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget!r}")
+        if not _is_number(self.reserve_steps, 0.0):
+            raise ValueError(f"reserve_steps must be a number >= 0, got {self.reserve_steps!r}")
         for name in ("do_lower_case", "correct_bias", "plot"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -1061,25 +1068,28 @@ class Trainer(TrainingLoop):
         self.loader.load_state_dict(loader_state)
         per_step_all = per_step + per_eval / c.eval_every
         spent = time.perf_counter() - self._wall_start        # vocabulary, data, model: inside the budget
-        left = c.time_budget - spent - per_eval                # the final evaluation too
+        # the final evaluation too, and the caller's work after training (reserve_steps)
+        left = c.time_budget - spent - per_eval - c.reserve_steps * per_step
         c.steps = max(1, int(left / per_step_all))
-        self.log(f"time budget {c.time_budget:.0f} s: {spent:.0f} s spent on vocabulary and data; the rest at "
+        kept = f", {c.reserve_steps * per_step:.0f} s kept for after training" if c.reserve_steps else ""
+        self.log(f"time budget {c.time_budget:.0f} s: {spent:.0f} s spent on vocabulary and data{kept}; the rest at "
                  f"~{per_step:.3f} s/step (evaluations included: {per_step_all:.3f}) -> {c.steps} steps")
 
     def _retune(self) -> bool:
         return self.adaptive_steps and self._retune_steps()
 
     def _retune_steps(self) -> bool:
-        """A time-budget run re-estimates its length at 10%, 25% and 50% of the planned steps from
-        the measured speed (the first estimate is only a few steps long, and a shared machine's speed
-        changes): if the steps that fit the rest of the budget differ by more than 10%, the
-        schedule's end moves there (run.json is rewritten, so a resume follows the new plan)."""
+        """A time-budget run re-estimates its length at 10%, 25%, 50%, 75% and 90% of the planned
+        steps from the measured speed (the first estimate is only a few steps long, and a shared
+        machine's speed changes): if the steps that fit the rest of the budget (less the
+        ``reserve_steps`` kept for after training, at the speed measured now) differ by more than
+        10%, the schedule's end moves there (run.json is rewritten, so a resume follows the new plan)."""
         c = self.config
-        if self.step not in {max(1, int(f * c.steps)) for f in (0.1, 0.25, 0.5)} or self.step >= c.steps:
+        if self.step not in {max(1, int(f * c.steps)) for f in RETUNE_AT} or self.step >= c.steps:
             return False
         elapsed = self._budget_elapsed()
         per_step = (elapsed - (self._setup_time or 0.0)) / self.step * 1.02   # wall clock: evaluations included
-        total = self.step + max(1, int((c.time_budget - elapsed) / per_step))
+        total = self.step + max(1, int((c.time_budget - elapsed - c.reserve_steps * per_step) / per_step))
         total = max(total, self.step + 1)
         if abs(total - c.steps) <= 0.1 * c.steps:
             return False

@@ -310,7 +310,27 @@ def test_time_budget_run_retunes_its_length_from_the_measured_speed(tiny_world, 
     assert checkpoint.read_json(tmp_path / "run" / "run.json")["steps"] == trainer.config.steps
     assert trainer.optimizer.lr == trainer.schedule.lr_at(10)
     trainer.step = trainer.schedule.last_step = 11
-    assert not trainer._retune_steps()                              # only at 10%, 25%, 50%
+    assert not trainer._retune_steps()                              # only at 10%, 25%, 50%, 75%, 90%
+
+
+def test_time_budget_run_keeps_reserve_steps_for_after_training(tiny_world, tmp_path):
+    """reserve_steps: time for the caller's work after training (bertnp demo's whole held-out
+    evaluation), counted in steps at the measured speed, so a slower machine keeps more seconds."""
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=None, time_budget=10.0, reserve_steps=10.0),
+                      log=quiet)
+    trainer.config.steps = trainer.schedule.total_steps = 100       # as if the probe said 100 steps
+    trainer.step = trainer.schedule.last_step = 75                  # 75% of the way...
+    trainer._setup_time = 0.0
+    trainer._budget_elapsed = lambda: 7.5                           # ...at 0.1 s a step
+    per_step = 0.1 * 1.02
+    assert trainer._retune_steps()
+    assert trainer.config.steps == 75 + int((10.0 - 7.5 - 10.0 * per_step) / per_step)   # 10 steps kept
+    # the first estimate keeps it too: a reserve longer than the budget leaves a single step
+    short = Trainer(tiny_config(tiny_world, tmp_path / "short", steps=None, time_budget=10.0, reserve_steps=1e9),
+                    log=quiet)
+    assert short.config.steps == 1
+    with pytest.raises(ValueError, match="reserve_steps"):
+        Trainer(tiny_config(tiny_world, tmp_path / "bad", steps=None, time_budget=10.0, reserve_steps=-1), log=quiet)
 
 
 # ----------------------------------------------------------------------------- the CuPy path, on a CPU
