@@ -144,7 +144,7 @@ check_loss_shares(my_loss_share)
 # **Solution notes.** Write the big batch's loss with its sums split by rank:
 # $L = \frac{1}{M}\sum_r \sum_{t \in r} \ell_t + \frac{1}{S}\sum_r \sum_{s \in r} \ell_s = \sum_r \Big(\frac{1}{M}\sum_{t\in r}\ell_t + \frac{1}{S}\sum_{s\in r}\ell_s\Big)$.
 # So a rank **sums** its losses and divides by the **global** counts $M$ and $S$. A rank needs $M$ before it can
-# scale its loss, so the ranks all-reduce two integers before the forward pass; that costs a few microseconds.
+# scale its loss, so the ranks all-reduce two integers before the forward pass: one tiny message per update.
 #
 # The tempting answer, "each rank takes its own mean, then average the ranks" ($\frac{1}{N}\sum_r
 # \bar\ell_r$), weights a token on a rank with few labelled tokens more than a token on a rank with many;
@@ -358,8 +358,9 @@ assert wrong_rel > 1e-4, f"averaging the ranks' own means should train another m
 #
 # How does an all-reduce add up N buffers of $S$ bytes? The obvious way — every rank sends its buffer to rank 0,
 # which adds them and sends the sum back — makes rank 0 receive $(N-1)S$ bytes and send as much: its link is the
-# bottleneck, and the time grows with N. The **ring all-reduce** (Patarasuk & Yuan 2009; what NCCL and MPI use
-# for large buffers; Baidu brought it to deep learning in 2017) keeps every link equally busy:
+# bottleneck, and the time grows with N. The **ring all-reduce** (Patarasuk & Yuan 2009; one of NCCL's algorithms
+# for large buffers, and MPI libraries use the same reduce-scatter + all-gather idea; Baidu brought it to deep
+# learning in 2017) keeps every link equally busy:
 #
 # - cut each rank's buffer into N chunks; rank r only ever sends to rank r+1 (mod N) and receives from r−1;
 # - **reduce-scatter**, N−1 steps: each step every rank sends one chunk to its right neighbour, which adds it
