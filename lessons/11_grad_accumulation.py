@@ -131,8 +131,8 @@ def naive_accumulation(model, micro_batches):
     K = len(micro_batches)
     model.zero_grad()
     losses = []
-    for mb in micro_batches:
-        losses.append(float(model(**mb).loss))
+    for micro_batch in micro_batches:
+        losses.append(float(model(**micro_batch).loss))
         model.backward()                                  # adds this micro-batch's gradient
     return float(np.mean(losses)), {name: g / K for name, g in model.grads.items()}
 
