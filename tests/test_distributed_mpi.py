@@ -311,10 +311,12 @@ def test_weights_that_drift_apart_stop_every_rank(world, tmp_path):
 def test_launch_runs_python_on_n_ranks_for_a_notebook():
     """What a notebook calls: ``distributed.launch(2, ...)`` runs Python on 2 ranks with one BLAS
     thread each and waits."""
+    # rank 0 prints every rank's line: two ranks printing at once may interleave their characters
     program = ("import os; from mpi4py import MPI; c = MPI.COMM_WORLD; "
-               "print(c.rank, c.size, c.allreduce(c.rank + 1), os.environ['OPENBLAS_NUM_THREADS'])")
+               "line = f\"{c.rank} {c.size} {c.allreduce(c.rank + 1)} {os.environ['OPENBLAS_NUM_THREADS']}\"; "
+               "lines = c.gather(line); c.rank == 0 and print(*lines, sep='\\n')")
     done = distributed.launch(2, "-c", program, threads_per_rank=1, capture_output=True, timeout=120, env=ENV)
-    assert sorted(done.stdout.split("\n")[:2]) == ["0 2 3 1", "1 2 3 1"], done.stdout
+    assert done.stdout.split("\n")[:2] == ["0 2 3 1", "1 2 3 1"], done.stdout
 
 
 def test_rank_0_alone_writes_every_checkpoint_once(world, tmp_path):
