@@ -57,9 +57,9 @@ DEMO = dict(preset="tiny", vocab_size=2000, max_seq_length=128, batch_size=32, m
             warmup=0.1, dropout=0.0, time_budget=480.0, eval_every=100, eval_batches=8, checkpoint_every=200,
             log_every=10, seed=0)
 # steps that fit the budget on the machine the recipe was tuned on (2 cores, quiet): far fewer
-# means a slower or busier machine, and the demo says so. Estimated, not yet measured on a quiet
-# machine: 0.27 CPU s a step with one thread (0.32 for the 4k vocabulary, planned at 2,400 steps)
-PLANNED_STEPS = 2600
+# means a slower or busier machine, and the demo says so. Measured with `make demo` on the quiet
+# 2-core AVX-512 machine (2026-12-06, 2 threads): it planned 2,080 steps and ran 2,032.
+PLANNED_STEPS = 2050
 # After training the demo evaluates the whole held-out split (24 batches of 32 x 128, forward only:
 # ~7 steps' worth), prints its examples (~0.1 step) and draws its figure (1-4 s): time for it is
 # kept from the budget in steps at the measured speed -- slow on a busy machine too -- plus a
