@@ -40,6 +40,7 @@ warmup, the clipping and the number of steps (``changes=``, or the command-line 
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -403,7 +404,7 @@ def evaluate_model(model, batches) -> dict:
 
 # ============================================================================ the loop both kinds of training share
 
-class TrainingLoop:
+class TrainingLoop(abc.ABC):
     """The training loop of :class:`Trainer` (pretraining) and :class:`bertnp.finetune.Finetuner`.
 
     It owns what every run does the same way: the run folder (``run.json``, ``metrics.jsonl``,
@@ -564,23 +565,28 @@ class TrainingLoop:
     # ------------------------------------------------------------------ what a subclass provides
     total_steps: int
 
+    @abc.abstractmethod
     def _build(self) -> None:
         """Build data, tokenizer, model, optimizer, schedule; set ``total_steps``."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _next_update(self) -> list:
         """The host micro-batches of the next update."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _update_totals(self, batches) -> dict:
         """Host counts of the whole update: its loss denominators and what the metrics count."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _forward_backward(self, batch, totals) -> dict:
         """Forward and backward of one micro-batch, its losses divided by the update's ``totals``;
         returns the 0-d device values the update sums (loss parts, correct counts)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _window_record(self, window: Counter, lr: float) -> dict:
         raise NotImplementedError
 
