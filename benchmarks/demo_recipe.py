@@ -33,12 +33,13 @@ sys.path.insert(0, str(ROOT))
 # name -> changes to the base recipe (BASE). Model shape: layers L, hidden H (heads H/64, FFN 4H).
 # clip: the global-norm clipping threshold (None: none); nsp_weight: the NSP loss's weight in the
 # total loss; wwm: whole-word masking in training; seq_phase: (short length, fraction of the steps)
-# -- the first part of the run on sequences of that length, batches scaled to keep the tokens a step;
-# posinit: the learned position embeddings start as sinusoids of this standard deviation (None: BERT's
-# normal(0, 0.02) draw).
+# -- the first part of the run on sequences of that length, batches scaled to keep the tokens a step
+# (TrainConfig's phase1_seq_length and phase1_fraction); posinit: the learned position embeddings start
+# as sinusoids of this standard deviation (None: BERT's normal(0, 0.02) draw); init: the model's
+# initializer_range (BERT's 0.02).
 BASE = dict(layers=2, hidden=128, heads=2, intermediate=512, vocab_size=8000, seq=128, batch=32,
             lr=2e-3, warmup=0.1, masked_lm_prob=0.15, betas=(0.9, 0.999), weight_decay=0.01,
-            clip=1.0, nsp_weight=1.0, wwm=False, seq_phase=None, posinit=None)
+            clip=1.0, nsp_weight=1.0, wwm=False, seq_phase=None, posinit=None, init=0.02)
 RECIPES = {
     "old": {},                                                    # the demo until now
     "b8": dict(batch=8),
@@ -78,11 +79,20 @@ RECIPES = {
     "wwm": dict(wwm=True),
     "p64": dict(seq_phase=(64, 0.7)),
     "p32": dict(seq_phase=(32, 0.5)),
+    "p16": dict(seq_phase=(16, 0.3)),
+    "p16q": dict(seq_phase=(16, 0.15)),
+    "p16h": dict(seq_phase=(16, 0.6)),
+    "p16x": dict(seq_phase=(16, 0.8)),
+    "p32h": dict(seq_phase=(32, 0.6)),
+    "p32q": dict(seq_phase=(32, 0.25)),
     "heads1": dict(heads=1),
     "heads4": dict(heads=4),
     "i256": dict(intermediate=256),
     "sin02": dict(posinit=0.02),
     "sin05": dict(posinit=0.05),
+    "init04": dict(init=0.04),
+    "init06": dict(init=0.06),
+    "init09": dict(init=0.09),
 }
 
 
@@ -139,21 +149,6 @@ def _experiment_trainer_class():
                                                   max_predictions_per_seq=self.dataset.max_predictions_per_seq,
                                                   whole_word_mask=True, masking=c.masking, seed=c.seed)
                 self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
-            self.short_loader, self.short_steps = None, 0
-            if r.get("seq_phase"):           # the first part of the run on shorter sequences
-                length, fraction = r["seq_phase"]
-                short = PretrainingDataset(self.dataset.documents, self.tokenizer, max_seq_length=int(length),
-                                           masked_lm_prob=c.masked_lm_prob,
-                                           max_predictions_per_seq=max(1, round(c.masked_lm_prob * length)),
-                                           whole_word_mask=bool(r.get("wwm")), masking=c.masking, seed=c.seed)
-                self.short_loader = PretrainingLoader(short, c.batch_size * c.max_seq_length // int(length),
-                                                      seed=c.seed)
-                self.short_steps = int(round(fraction * c.steps))
-
-        def _next_update(self):
-            if self.step < self.short_steps:
-                return [self.short_loader.next_batch() for _ in range(self.config.grad_accum)]
-            return super()._next_update()
 
         def _forward_backward(self, batch, totals):
             weight = self.recipe.get("nsp_weight", 1.0)
@@ -169,7 +164,8 @@ def make_trainer(r: dict, steps: int, out: Path, cache: Path, seed: int = 0):
     from bertnp.train import TrainConfig
     cfg = BertConfig(vocab_size=r["vocab_size"], hidden_size=r["hidden"], num_hidden_layers=r["layers"],
                      num_attention_heads=r["heads"], intermediate_size=r["intermediate"],
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     initializer_range=r.get("init", 0.02))
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "model_config.json"
     cfg_path.write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
@@ -178,7 +174,9 @@ def make_trainer(r: dict, steps: int, out: Path, cache: Path, seed: int = 0):
                      warmup=r["warmup"], betas=tuple(r["betas"]), weight_decay=r["weight_decay"],
                      max_grad_norm=r["clip"], masked_lm_prob=r["masked_lm_prob"], dropout=0.0, seed=seed,
                      out_dir=str(out / "run"), overwrite=True, progress=False, eval_every=10 ** 9, eval_batches=0,
-                     checkpoint_every=10 ** 9, log_every=50, plot=False)
+                     checkpoint_every=10 ** 9, log_every=50, plot=False,
+                     phase1_seq_length=r["seq_phase"][0] if r.get("seq_phase") else None,
+                     phase1_fraction=r["seq_phase"][1] if r.get("seq_phase") else 0.0)
     cls = _experiment_trainer_class()
     cls.recipe = r
     return cls(tc, log=lambda *a: None)
@@ -207,8 +205,8 @@ def cmd_time(args) -> None:
         trainer = make_trainer(r, 1000, Path(args.scratch) / name, cache)
         load0 = os.getloadavg()[0]
         wall, cpu = _time_steps(trainer, args.warm, args.steps)
-        if trainer.short_steps:          # a run that starts on short sequences: weigh the two phases
-            trainer.step = 0
+        if trainer.phase1_loader is not None:    # a run that starts on short sequences: weigh the two phases
+            trainer.step, trainer.phase1_end = 0, 10 ** 9
             short_wall, short_cpu = _time_steps(trainer, args.warm, args.steps)
             fraction = r["seq_phase"][1]
             wall = fraction * short_wall + (1 - fraction) * wall
@@ -278,6 +276,81 @@ def cmd_train(args) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     with open(results, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def cmd_probe(args) -> None:
+    """What a trained model reads: accuracy on the held-out masked tokens split by whether the left
+    (L) and right (R) neighbours are visible (capital) or masked (lower case), and each head's mean
+    attention at relative offsets -4..4 (a bag-of-words model spreads ~1/length everywhere; a model
+    that reads its neighbours puts a peak at -1 or +1). First 8 held-out batches."""
+    import numpy as np
+    from bertnp.demo import attention_by_offset, heldout_batches
+    from bertnp.model import BertForPreTraining
+    from bertnp.tokenizer import BertTokenizer
+    model = BertForPreTraining.from_pretrained(args.model)
+    model.eval()
+    tok = BertTokenizer.from_pretrained(args.model)
+    batches, _ = heldout_batches(tok, max_batches=8)
+    offsets = list(range(-4, 5))
+    attention = attention_by_offset(model, batches, offsets)
+    hits, counts = {}, {}
+    for b in batches:
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        ids, labels = b["input_ids"], b["labels"]
+        rows, cols = np.nonzero(labels != -100)
+        guess = np.asarray(out.prediction_logits)[rows, cols].argmax(-1)
+        for r, col, g in zip(rows, cols, guess):
+            key = ("L" if ids[r, col - 1] != tok.mask_token_id else "l") + \
+                  ("R" if ids[r, col + 1] != tok.mask_token_id else "r")
+            counts[key] = counts.get(key, 0) + 1
+            hits[key] = hits.get(key, 0) + int(g == labels[r, col])
+    total = sum(counts.values())
+    print(f"held-out MLM accuracy (8 batches): {sum(hits.values()) / total:.3f}; by neighbours visible: " +
+          ", ".join(f"{k} {hits[k] / counts[k]:.3f} ({counts[k]})" for k in sorted(counts, reverse=True)))
+    print("mean attention at relative offsets " + " ".join(f"{o:+d}" for o in offsets) + " (layer.head):")
+    for layer in range(attention.shape[0]):
+        for head in range(attention.shape[1]):
+            print(f"  {layer}.{head}  " + " ".join(f"{v:.3f}" for v in attention[layer, head]))
+
+
+def cmd_context(args) -> None:
+    """How much the neighbours alone give: count models of the training split (the demo's
+    vocabulary) scored on the whole held-out split's masked tokens, as the held-out evaluation does --
+    the most frequent token; the most frequent after the left neighbour; before the right one; and
+    between both (falling back to the left one for an unseen pair)."""
+    from collections import Counter, defaultdict
+    import numpy as np
+    from bertnp.corpus import bundled_corpus
+    from bertnp.data import read_corpus, tokenize_documents
+    from bertnp.demo import DEMO, heldout_batches
+    from bertnp.train import load_tokenizer
+    tok = load_tokenizer(vocab_path(DEMO["vocab_size"], Path(args.cache)))
+    unigram, left, right, both = Counter(), defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
+    for doc in tokenize_documents(read_corpus([bundled_corpus("train")]), tok):
+        seq = [tok.cls_token_id] + [t for sentence in doc for t in sentence] + [tok.sep_token_id]
+        for i in range(1, len(seq) - 1):
+            t = seq[i]
+            unigram[t] += 1
+            left[seq[i - 1]][t] += 1
+            right[seq[i + 1]][t] += 1
+            both[seq[i - 1], seq[i + 1]][t] += 1
+    top = unigram.most_common(1)[0][0]
+
+    def best(counter):
+        return counter.most_common(1)[0][0] if counter else top
+    hits, n = Counter(), 0
+    for b in heldout_batches(tok)[0]:
+        ids, labels = b["input_ids"], b["labels"]
+        for r, c in zip(*np.nonzero(labels != -100)):
+            y, l, rt = labels[r, c], ids[r, c - 1], ids[r, c + 1]
+            n += 1
+            hits["most frequent token"] += top == y
+            hits["left neighbour"] += best(left.get(l)) == y
+            hits["right neighbour"] += best(right.get(rt)) == y
+            hits["both neighbours"] += (best(both[l, rt]) if (l, rt) in both else best(left.get(l))) == y
+    print(f"{n} held-out masked tokens, vocabulary {tok.vocab_size}: accuracy of count models from the training split")
+    for name, h in hits.items():
+        print(f"  {name:<22} {h / n:.3f}")
 
 
 SECTION = "## The demo's recipe (benchmarks/demo_recipe.py)"
@@ -412,6 +485,11 @@ def main(argv=None) -> None:
     r.add_argument("--curve-every", type=int, default=10 ** 9, help="held-out MLM accuracy (8 batches) every N steps")
     r.add_argument("--results", default="runs/demo_recipe/results.jsonl")
     r.set_defaults(func=cmd_train)
+    pr = sub.add_parser("probe", help="what a trained model reads: accuracy by visible neighbours, attention by offset")
+    pr.add_argument("model", help="a model folder (e.g. runs/demo/model)")
+    pr.set_defaults(func=cmd_probe)
+    cx = sub.add_parser("context", help="count models of the neighbours: what local context alone gives")
+    cx.set_defaults(func=cmd_context)
     rep = sub.add_parser("report", help="the table of the runs so far (--write: into RESULTS.md)")
     rep.add_argument("--results", default="runs/demo_recipe/results.jsonl", help="full-length runs")
     rep.add_argument("--screen", default="runs/demo_recipe/screen.jsonl", help="screening runs")

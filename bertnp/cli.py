@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "those of one batch of B x K")
     groups["length"].add_argument("--time-budget", type=_duration, metavar="TIME",
                        help="train for about this long (480, 8m, 1h): the steps are estimated from the speed")
+    train.add_argument("--phase1-seq-length", type=_positive_int, metavar="T1",
+                       help="BERT's two phases: train the first --phase1-fraction of the steps on sequences of T1 "
+                       "tokens (batches scaled to keep the tokens a step), then on --seq-length")
+    train.add_argument("--phase1-fraction", type=_float_in(0, 1, low_open=True, high_open=True), metavar="F",
+                       help="the share of the steps in phase 1 (with --phase1-seq-length; e.g. 0.6)")
     train.add_argument("--google-adam", action="store_true", default=None,
                        help="Google BERT's AdamW (no bias correction) instead of PyTorch's")
     groups["run"].add_argument("--eval-batches", type=_nonneg_int, metavar="N",
@@ -317,7 +322,8 @@ def _pretrain_options(args) -> dict:
     options = {field: getattr(args, arg) for arg, field in dict(
         _RUN_FIELDS, corpus="corpus", eval_corpus="eval_corpus", format="corpus_format", vocab="vocab",
         vocab_size="vocab_size", preset="preset", config="model_config", grad_accum="grad_accum",
-        time_budget="time_budget", eval_batches="eval_batches").items() if getattr(args, arg) is not None}
+        time_budget="time_budget", eval_batches="eval_batches", phase1_seq_length="phase1_seq_length",
+        phase1_fraction="phase1_fraction").items() if getattr(args, arg) is not None}
     if args.cased:
         options["do_lower_case"] = False
     if args.google_adam:

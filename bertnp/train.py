@@ -224,6 +224,13 @@ class TrainConfig(RunConfig):
     time_budget: float | None = None
     reserve_steps: float = 0.0                      # time kept after training, in steps at the measured speed
     correct_bias: bool = True
+    # BERT's two phases (the paper: 90% of the steps on sequences of 128, then 512): the first
+    # ``phase1_fraction`` of the steps on sequences of ``phase1_seq_length`` tokens, in batches
+    # scaled to keep the tokens a step (batch_size x max_seq_length / phase1_seq_length sequences).
+    # A short context makes each neighbour a larger share of what attention averages, so the model
+    # learns to look at its neighbours early (benchmarks/RESULTS.md, "The demo's recipe").
+    phase1_seq_length: int | None = None
+    phase1_fraction: float = 0.0
     eval_batches: int = 20
     plot: bool = True                               # redraw training.png at each evaluation (matplotlib)
 
@@ -259,6 +266,15 @@ class TrainConfig(RunConfig):
             value = getattr(self, name)
             if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple))):
                 raise ValueError(f"{name} must be a list of file names, got {value!r}")
+        if self.phase1_seq_length is not None:
+            if not (_is_int(self.phase1_seq_length, 8) and self.phase1_seq_length < self.max_seq_length):
+                raise ValueError(f"phase1_seq_length must be an integer from 8 to max_seq_length - 1 "
+                                 f"({self.max_seq_length - 1}), got {self.phase1_seq_length!r}")
+            if not (_is_number(self.phase1_fraction, 0.0, low_open=True) and self.phase1_fraction < 1):
+                raise ValueError(f"phase1_fraction must be a number in (0, 1) with phase1_seq_length, "
+                                 f"got {self.phase1_fraction!r}")
+        elif self.phase1_fraction != 0:
+            raise ValueError(f"phase1_fraction is {self.phase1_fraction!r} but phase1_seq_length is not given")
 
 # ============================================================================ helpers
 
@@ -1013,6 +1029,14 @@ class Trainer(TrainingLoop):
                                           max_predictions_per_seq=max_pred, masking=c.masking,
                                           dupe_factor=c.dupe_factor, seed=c.seed)
         self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
+        self.phase1_loader, self.phase1_end = None, 0
+        if c.phase1_seq_length is not None:       # the same documents (token ids), cut into shorter pairs
+            short = c.phase1_seq_length
+            phase1 = PretrainingDataset(self.dataset.documents, tok, max_seq_length=short,
+                                        masked_lm_prob=c.masked_lm_prob,
+                                        max_predictions_per_seq=max(1, round(max_pred * short / c.max_seq_length)),
+                                        masking=c.masking, dupe_factor=c.dupe_factor, seed=c.seed)
+            self.phase1_loader = PretrainingLoader(phase1, c.batch_size * c.max_seq_length // short, seed=c.seed)
         self.eval_batches = []
         if heldout_docs and c.eval_batches > 0:
             try:
@@ -1042,12 +1066,20 @@ class Trainer(TrainingLoop):
             self._estimate_steps()
             self.adaptive_steps = True
         self.total_steps = c.steps
+        self.phase1_end = self._phase1_steps(c.steps)
         self.schedule = LinearWarmupDecay(self.optimizer, c.warmup_steps(c.steps), c.steps)
         log(f"model: {c.preset if c.model_config is None else c.model_config} "
             f"(L{mcfg.num_hidden_layers} H{mcfg.hidden_size} A{mcfg.num_attention_heads} "
             f"V{mcfg.vocab_size}), {self.model.num_parameters() / 1e6:.2f}M parameters, {c.dtype} on {c.backend}; "
             f"{c.steps} steps of {c.batch_size * c.grad_accum} x {c.max_seq_length}, "
             f"lr {c.lr:g}, warmup {self.schedule.warmup_steps}")
+        if self.phase1_loader is not None:
+            log(f"phase 1: the first {self.phase1_end} steps on {self.phase1_loader.batch_size} x "
+                f"{c.phase1_seq_length} ({len(self.phase1_loader.dataset)} pairs), then {c.max_seq_length}")
+
+    def _phase1_steps(self, total: int) -> int:
+        """The steps of phase 1 (short sequences) in a run of ``total`` steps."""
+        return int(round(self.config.phase1_fraction * total)) if self.phase1_loader is not None else 0
 
     def _estimate_steps(self) -> None:
         """Turn the time budget into a number of steps: time a few forward/backward passes (then
@@ -1109,6 +1141,8 @@ class Trainer(TrainingLoop):
                  f"not {c.steps}; the learning-rate decay now ends there")
         c.steps = self.total_steps = total
         self.schedule.total_steps = total
+        if self.step < self.phase1_end:                 # still in phase 1: it stays the same fraction
+            self.phase1_end = max(self.step, self._phase1_steps(total))
         self.optimizer.lr = self.schedule.lr_at(self.schedule.last_step)
         checkpoint.write_json(self.out / "run.json", c.to_dict())
         return True
@@ -1124,7 +1158,8 @@ class Trainer(TrainingLoop):
 
     # ------------------------------------------------------------------ one update
     def _next_update(self) -> list:
-        return [self.loader.next_batch() for _ in range(self.config.grad_accum)]
+        loader = self.phase1_loader if self.step < self.phase1_end else self.loader
+        return [loader.next_batch() for _ in range(self.config.grad_accum)]
 
     def _update_totals(self, batches) -> dict:
         """Host counts of the whole update, from its host micro-batches: ``mlm_total`` (labelled
@@ -1205,11 +1240,21 @@ class Trainer(TrainingLoop):
 
     # ------------------------------------------------------------------ checkpoints and summary
     def _extra_state(self) -> dict:
-        return {"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen}
+        extra = {"loader": self.loader.state_dict(), "tokens_seen": self.tokens_seen}
+        if self.phase1_loader is not None:
+            extra["phase1"] = {"loader": self.phase1_loader.state_dict(), "end": self.phase1_end}
+        return extra
 
     def _load_extra_state(self, state: dict, path: Path) -> None:
         self.loader.load_state_dict(state["loader"])
         self.tokens_seen = state["tokens_seen"]
+        if self.phase1_loader is not None:
+            phase1 = state.get("phase1")
+            if not (isinstance(phase1, dict) and _is_int(phase1.get("end"), 0) and "loader" in phase1):
+                raise ValueError("field 'phase1' (the short-sequence loader's position and the phase's last "
+                                 "step) is missing or damaged")
+            self.phase1_loader.load_state_dict(phase1["loader"])
+            self.phase1_end = phase1["end"]
 
     def _summary(self) -> dict:
         self.plot()

@@ -14,6 +14,10 @@ learned anything:
   axis scaled to the data, not 0-1, so the gap is visible.
 * NSP accuracy against **chance** (0.5).
 * The **learning rate**: warmup, then the linear decay (a time-budget run may move its end).
+
+A run in two phases (``phase1_end``: the first steps on short sequences) has them shaded: the
+held-out pairs are full length, so their accuracy lags while positions past the short length are
+untrained, then jumps once the model, which learned to read its neighbours, sees whole sequences.
 """
 from __future__ import annotations
 
@@ -24,13 +28,16 @@ __all__ = ["plot_pretraining_story"]
 
 
 def plot_pretraining_story(metrics, path=None, unigram_ce: float | None = None,
-                           baseline_mlm_acc: float | None = None, title: str | None = None):
+                           baseline_mlm_acc: float | None = None, title: str | None = None,
+                           phase1_end: int | None = None, phase1_label: str = "phase 1: short sequences"):
     """Draw the four panels from ``metrics`` (a ``metrics.jsonl`` path or its records: training
     records ``split == "train"`` and held-out ones ``split == "eval"``, as the Trainer writes them).
 
     ``unigram_ce``: the unigram model's cross-entropy on the held-out masked tokens (nats);
     ``baseline_mlm_acc``: the most-frequent-token accuracy (default: the held-out records'
-    ``baseline_mlm_acc``). Writes a PNG to ``path`` and returns the path, or returns the figure."""
+    ``baseline_mlm_acc``). ``phase1_end``: the last step of a first phase on short sequences,
+    shaded in every panel (``phase1_label`` in the legend). Writes a PNG to ``path`` and returns the
+    path, or returns the figure."""
     from bertnp.viz import _new_figure, read_metrics
     records = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
     train = [r for r in records if r.get("split") == "train"]
@@ -85,6 +92,8 @@ def plot_pretraining_story(metrics, path=None, unigram_ce: float | None = None,
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
 
     for ax in (ax_loss, ax_mlm, ax_nsp, ax_lr):
+        if phase1_end:
+            ax.axvspan(0, phase1_end, color="0.85", alpha=0.5, lw=0, label=phase1_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     for ax in (ax_nsp, ax_lr):

@@ -221,3 +221,17 @@ def test_use_kernels_reaches_the_model_and_is_runtime_only(capsys, world, tmp_pa
     assert json.loads((tmp_path / "k" / "run.json").read_text())["use_kernels"] is True
     with pytest.raises(ValueError, match="use_kernels"):
         TrainConfig(steps=1, use_kernels="yes").validate()
+
+
+def test_pretrain_two_phases_from_the_command_line(capsys, world, tmp_path):
+    """--phase1-seq-length / --phase1-fraction reach the run (run.json, the log line); a bad value
+    is an argparse error naming the flag."""
+    code, stdout, err = run_cli(capsys, tiny_args(world, tmp_path / "p", "--steps", "4", "--phase1-seq-length", "12",
+                                                  "--phase1-fraction", "0.5"))
+    assert code == 0, err
+    saved = json.loads((tmp_path / "p" / "run.json").read_text())
+    assert (saved["phase1_seq_length"], saved["phase1_fraction"]) == (12, 0.5)
+    assert "phase 1: the first 2 steps" in stdout + err
+    code, stdout, err = run_cli(capsys, tiny_args(world, tmp_path / "q", "--steps", "4", "--phase1-seq-length", "12",
+                                                  "--phase1-fraction", "1.5"))
+    assert code != 0 and "--phase1-fraction" in err

@@ -170,6 +170,32 @@ def test_demo_and_eval_report_the_same_heldout_figures(tmp_path, capsys):
     assert f"held-out MLM accuracy:  {ev['mlm_acc']:.3f}" in out
     assert f"bertnp fill-mask --model {result['model_dir']}" in out
     assert math.isfinite(result["unigram_cross_entropy"]) and result["unigram_cross_entropy"] > 3
+    assert "Two phases, as BERT was trained: the first 30% of the steps on sequences of 16" in out
+    assert "What the attention heads read" in out and "layer 2 head 2:" in out
+    assert np.asarray(result["attention_by_offset"]).shape == (2, 2, 7)
+
+
+def test_attention_by_offset_reads_the_right_diagonals():
+    """Offset -1 is the attention each query (from the second on) puts on the key just before it:
+    the same numbers as a plain loop over the attention maps; the result is averaged over batches."""
+    cfg = bn.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16)
+    model = bn.BertForPreTraining(cfg, seed=0)
+    model.eval()
+    rng = np.random.default_rng(0)
+    batches = [dict(input_ids=rng.integers(5, 40, size=(3, 10)), attention_mask=np.ones((3, 10), dtype=np.int64),
+                    token_type_ids=np.zeros((3, 10), dtype=np.int64)) for _ in range(2)]
+    shares = demo.attention_by_offset(model, batches, offsets=[-1, 0, 2])
+    expected = np.zeros((2, 2, 3))
+    for b in batches:
+        maps = model(**b, output_attentions=True).attentions
+        for layer, probs in enumerate(maps):
+            probs = np.asarray(probs)
+            for h in range(2):
+                expected[layer, h, 0] += np.mean([probs[n, h, i, i - 1] for n in range(3) for i in range(1, 10)]) / 2
+                expected[layer, h, 1] += np.mean([probs[n, h, i, i] for n in range(3) for i in range(10)]) / 2
+                expected[layer, h, 2] += np.mean([probs[n, h, i, i + 2] for n in range(3) for i in range(8)]) / 2
+    np.testing.assert_allclose(shares, expected, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the whole run fits its budget

@@ -381,3 +381,70 @@ def test_training_steps_never_read_the_device_between_log_intervals(tiny_world, 
     straight.train()
     for k, p in straight.model.parameters().items():
         np.testing.assert_array_equal(final[k], host(p), err_msg=k)   # the stand-in computes NumPy's numbers
+
+
+# ----------------------------------------------------------------------------- BERT's two phases
+
+def _shapes_seen(trainer) -> list:
+    """Run ``trainer`` to the end and return each update's input shape, in order."""
+    seen, draw = [], trainer._next_update
+
+    def recording():
+        batches = draw()
+        seen.append(batches[0]["input_ids"].shape)
+        return batches
+    trainer._next_update = recording
+    trainer.train()
+    return seen
+
+
+def test_phase1_trains_the_first_steps_on_short_sequences(tiny_world, tmp_path):
+    """phase1_fraction 0.5 of 8 steps: 4 updates of (4 x 24 / 12) x 12 tokens, then 4 of 4 x 24 --
+    the same tokens a step, the batch scaled; the held-out evaluation stays at 24."""
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", phase1_seq_length=12, phase1_fraction=0.5),
+                      log=quiet)
+    assert trainer.phase1_end == 4
+    assert _shapes_seen(trainer) == [(8, 12)] * 4 + [(4, 24)] * 4
+    assert all(b["input_ids"].shape[1] == 24 for b in trainer.eval_batches)
+    masked = [int((b["labels"] != -100).sum(axis=1).max()) for b in [trainer.phase1_loader.next_batch()]]
+    assert masked[0] <= trainer.phase1_loader.dataset.max_predictions_per_seq <= 2   # 15% of 12 tokens
+
+
+def test_phase1_resume_inside_phase1_is_bit_identical(tiny_world, tmp_path):
+    """Stopped inside phase 1 and resumed: the short loader's position and the phase's end come
+    back from the checkpoint, so the run is the uninterrupted one bit for bit."""
+    kw = dict(phase1_seq_length=12, phase1_fraction=0.75)
+    straight = Trainer(tiny_config(tiny_world, tmp_path / "straight", **kw), log=quiet)
+    straight.train()
+    first = Trainer(tiny_config(tiny_world, tmp_path / "paused", **kw), log=quiet)
+    first.train(stop_at=4)
+    resumed = Trainer(tiny_config(tiny_world, tmp_path / "paused", resume=True), log=quiet)
+    assert resumed.step == 4 and resumed.phase1_end == 6
+    assert resumed.phase1_loader.state_dict() == first.phase1_loader.state_dict()
+    resumed.train()
+    a, b = straight.model.parameters(), resumed.model.parameters()
+    for n in a:
+        assert np.array_equal(a[n], b[n]), n
+
+
+def test_phase1_checkpoint_without_its_state_is_refused(tiny_world, tmp_path):
+    first = Trainer(tiny_config(tiny_world, tmp_path / "run", phase1_seq_length=12, phase1_fraction=0.5), log=quiet)
+    first.train(stop_at=4)
+    state_file = latest_checkpoint(tmp_path / "run") / checkpoint.STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["phase1"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="phase1"):
+        Trainer(tiny_config(tiny_world, tmp_path / "run", resume=True), log=quiet)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(phase1_seq_length=24, phase1_fraction=0.5), "phase1_seq_length"),
+    (dict(phase1_seq_length=4, phase1_fraction=0.5), "phase1_seq_length"),
+    (dict(phase1_seq_length=12, phase1_fraction=1.0), "phase1_fraction"),
+    (dict(phase1_seq_length=12), "phase1_fraction"),
+    (dict(phase1_fraction=0.5), "phase1_seq_length is not given"),
+])
+def test_phase1_bad_options(tiny_world, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(tiny_config(tiny_world, tmp_path / "run", **kw), log=quiet)
