@@ -63,7 +63,8 @@ DEMO = dict(preset="tiny", vocab_size=2000, max_seq_length=128, batch_size=32, m
             eval_every=100, eval_batches=8, checkpoint_every=200, log_every=10, seed=0)
 # steps that fit the budget on the machine the recipe was tuned on (2 cores, quiet): far fewer
 # means a slower or busier machine, and the demo says so. Measured with `make demo` on the quiet
-# 2-core AVX-512 machine (2026-12-06, 2 threads): it planned 2,080 steps and ran 2,032.
+# 2-core AVX-512 machine (2026-12-07, 2 threads): it planned 2,028 steps from its probe, re-planned
+# 2,286 from the speed it measured while training, and ran 2,286 (472 s of the 480 s budget).
 PLANNED_STEPS = 2050
 # After training the demo evaluates the whole held-out split (24 batches of 32 x 128, forward only:
 # ~7 steps' worth), prints its examples (~0.1 step) and draws its figure (1-4 s): time for it is

@@ -71,6 +71,7 @@ IGNORE_INDEX = -100
 SAME_ON_EVERY_RANK = ("grad_norm",)   # logged values computed from reduced gradients: not summed over ranks
 OVERTIME = 1.25     # a time-budget run stops at 1.25 x its budget even if the step estimate was too low
 RETUNE_AT = (0.1, 0.25, 0.5, 0.75, 0.9)   # a time-budget run re-plans at these fractions of its steps
+RETUNE_TOLERANCE = 0.05                    # ... when the steps that fit differ by more than 5%
 
 
 class NonFiniteLossError(RuntimeError):
@@ -1030,6 +1031,8 @@ class Trainer(TrainingLoop):
                                           dupe_factor=c.dupe_factor, seed=c.seed)
         self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
         self.phase1_loader, self.phase1_end = None, 0
+        self.phase1_cost = 1.0                    # a phase-1 step's time over a full-length one's (timed with a budget)
+        self._phase2_clock = None                 # the budget's clock when phase 2 began
         if c.phase1_seq_length is not None:       # the same documents (token ids), cut into shorter pairs
             short = c.phase1_seq_length
             phase1 = PretrainingDataset(self.dataset.documents, tok, max_seq_length=short,
@@ -1086,17 +1089,25 @@ class Trainer(TrainingLoop):
         undo every side effect: gradients, loader position, dropout counter)."""
         c = self.config
         loader_state, count = self.loader.state_dict(), self.model.forward_count
-        batch = self.loader.next_batch()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            self.model.zero_grad()
-            for _ in range(c.grad_accum):
-                self.model(**batch)
-                self.model.backward()
-            backend.synchronize()
-            times.append(time.perf_counter() - t0)
-        per_step = min(times[1:]) * 1.04 + 0.002          # + the optimizer and bookkeeping
+
+        def seconds_a_step(loader) -> float:
+            batch = loader.next_batch()
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                self.model.zero_grad()
+                for _ in range(c.grad_accum):
+                    self.model(**batch)
+                    self.model.backward()
+                backend.synchronize()
+                times.append(time.perf_counter() - t0)
+            return min(times[1:]) * 1.04 + 0.002          # + the optimizer and bookkeeping
+        per_step = full_step = seconds_a_step(self.loader)
+        if self.phase1_loader is not None:             # a phase-1 step (short sequences) costs less
+            phase1_state = self.phase1_loader.state_dict()
+            self.phase1_cost = min(1.0, seconds_a_step(self.phase1_loader) / full_step)
+            self.phase1_loader.load_state_dict(phase1_state)
+            per_step = full_step * (c.phase1_fraction * self.phase1_cost + 1 - c.phase1_fraction)  # the run's mean
         t0 = time.perf_counter()
         if self.eval_batches:
             evaluate_model(self.model, self.eval_batches[:2])
@@ -1107,11 +1118,13 @@ class Trainer(TrainingLoop):
         per_step_all = per_step + per_eval / c.eval_every
         spent = time.perf_counter() - self._wall_start        # vocabulary, data, model: inside the budget
         # the final evaluation too, and the caller's work after training (reserve_steps)
-        left = c.time_budget - spent - per_eval - c.reserve_steps * per_step
+        left = c.time_budget - spent - per_eval - c.reserve_steps * full_step
         c.steps = max(1, int(left / per_step_all))
-        kept = f", {c.reserve_steps * per_step:.0f} s kept for after training" if c.reserve_steps else ""
+        kept = f", {c.reserve_steps * full_step:.0f} s kept for after training" if c.reserve_steps else ""
+        mean = (f" (the mean of {c.phase1_fraction:.0%} phase-1 steps at {full_step * self.phase1_cost:.3f} s and "
+                f"the rest at {full_step:.3f} s)") if self.phase1_loader is not None else ""
         self.log(f"time budget {c.time_budget:.0f} s: {spent:.0f} s spent on vocabulary and data{kept}; the rest at "
-                 f"~{per_step:.3f} s/step (evaluations included: {per_step_all:.3f}) -> {c.steps} steps")
+                 f"~{per_step:.3f} s/step{mean} (evaluations included: {per_step_all:.3f}) -> {c.steps} steps")
 
     def _retune(self) -> bool:
         return self.adaptive_steps and self._retune_steps()
@@ -1121,15 +1134,29 @@ class Trainer(TrainingLoop):
         steps from the measured speed (the first estimate is only a few steps long, and a shared
         machine's speed changes): if the steps that fit the rest of the budget (less the
         ``reserve_steps`` kept for after training, at the speed measured now) differ by more than
-        10%, the schedule's end moves there (run.json is rewritten, so a resume follows the new plan)."""
+        RETUNE_TOLERANCE (5%), the schedule's end moves there (run.json is rewritten, so a resume follows
+        the new plan). A run in two phases counts phase-1 steps at ``phase1_cost`` of a full-length
+        one (the probe's ratio) until phase 2 has run 20 steps, then times phase 2 alone."""
         c = self.config
         if self.step not in {max(1, int(f * c.steps)) for f in RETUNE_AT} or self.step >= c.steps:
             return False
         elapsed = self._budget_elapsed()
-        per_step = (elapsed - (self._setup_time or 0.0)) / self.step * 1.02   # wall clock: evaluations included
-        total = self.step + max(1, int((c.time_budget - elapsed - c.reserve_steps * per_step) / per_step))
+        # seconds of a full-length step, wall clock, evaluations included: the steps so far count
+        # phase1_cost each while in phase 1 (short sequences), 1 after
+        in_phase1 = min(self.step, self.phase1_end)
+        r = self.phase1_cost
+        if self._phase2_clock is not None and self.step - self.phase1_end >= 20:   # measured in phase 2 itself
+            per_step = (elapsed - self._phase2_clock) / (self.step - self.phase1_end) * 1.02
+        else:
+            per_step = (elapsed - (self._setup_time or 0.0)) / (in_phase1 * r + self.step - in_phase1) * 1.02
+        left = (c.time_budget - elapsed - c.reserve_steps * per_step) / per_step     # full-length steps that fit
+        if self.step < self.phase1_end:            # still in phase 1: a fraction f of the total N is short,
+            f = c.phase1_fraction                  # so left = (f N - step) r + (1 - f) N
+            total = int((left + self.step * r) / (f * r + 1 - f))
+        else:
+            total = self.step + int(left)
         total = max(total, self.step + 1)
-        if abs(total - c.steps) <= 0.1 * c.steps:
+        if abs(total - c.steps) <= RETUNE_TOLERANCE * c.steps:
             return False
         warmup = self.schedule.warmup_steps
         if self.step < warmup and c.warmup < 1:         # still warming up: keep the warmup fraction
@@ -1158,6 +1185,8 @@ class Trainer(TrainingLoop):
 
     # ------------------------------------------------------------------ one update
     def _next_update(self) -> list:
+        if self.phase1_loader is not None and self.step == self.phase1_end and self._phase2_clock is None:
+            self._phase2_clock = self._budget_elapsed()     # phase 2 starts: its own speed from here
         loader = self.phase1_loader if self.step < self.phase1_end else self.loader
         return [loader.next_batch() for _ in range(self.config.grad_accum)]
 

@@ -448,3 +448,32 @@ def test_phase1_checkpoint_without_its_state_is_refused(tiny_world, tmp_path):
 def test_phase1_bad_options(tiny_world, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         Trainer(tiny_config(tiny_world, tmp_path / "run", **kw), log=quiet)
+
+
+def test_phase1_retune_counts_short_steps_at_their_own_cost(tiny_world, tmp_path):
+    """A time-budget run in two phases: phase-1 steps are cheaper, so the speed measured inside
+    phase 1 must not be taken for the whole run's (the first demo of the two phases planned 1,848
+    steps, re-planned 2,310 from its fast phase-1 steps and ran 5% over its budget)."""
+    trainer = Trainer(tiny_config(tiny_world, tmp_path / "run", steps=None, time_budget=100.0, warmup=0.1,
+                                  phase1_seq_length=12, phase1_fraction=0.3), log=quiet)
+    assert 0 < trainer.phase1_cost <= 1.0                            # timed by the probe
+    trainer.phase1_cost = 0.4                                        # a phase-1 step: 0.4 s, a full one 1 s
+    trainer.config.steps = trainer.schedule.total_steps = 100        # as if the probe said 100 steps
+    trainer.phase1_end = 30
+    trainer.step = trainer.schedule.last_step = 10                   # 10% of the way, all in phase 1...
+    trainer._setup_time = 0.0
+    trainer._budget_elapsed = lambda: 10 * 0.4 * 1.02 ** -1          # ...at 0.4 s a step (1.02: the margin)
+    # L = 100 - 3.92 s left at 1 s a full step: N with (0.3 N - 10) 0.4 + 0.7 N = L
+    left = 100.0 - 10 * 0.4 / 1.02
+    assert trainer._retune_steps()
+    assert trainer.config.steps == int((left + 10 * 0.4) / (0.3 * 0.4 + 0.7))
+    assert trainer.phase1_end == round(0.3 * trainer.config.steps)
+    # taking the phase-1 speed for the whole run would have planned 10 + 96 / 0.4 = 250 steps
+    assert trainer.config.steps < 130
+    # in phase 2 (20 steps or more) the speed is phase 2's own, whatever the probe's ratio said
+    trainer.config.steps = trainer.schedule.total_steps = 100
+    trainer.phase1_end, trainer.step, trainer.schedule.last_step = 30, 50, 50
+    trainer._phase2_clock = 20.0                                     # phase 2 began at 20 s
+    trainer._budget_elapsed = lambda: 20.0 + 20 * 0.5 / 1.02         # 20 steps at 0.5 s each
+    assert trainer._retune_steps()
+    assert trainer.config.steps == 50 + int((100.0 - trainer._budget_elapsed()) / 0.5)
