@@ -15,6 +15,7 @@ import pytest
 import bertnp as bn
 from bertnp import demo
 from bertnp.train import TrainConfig, Trainer
+from conftest import host
 
 from test_train import tiny_world  # noqa: F401  (the tiny corpus fixture)
 from tiny_world import WORDS, quiet, tiny_config
@@ -190,7 +191,7 @@ def test_attention_by_offset_reads_the_right_diagonals():
     for b in batches:
         maps = model(**b, output_attentions=True).attentions
         for layer, probs in enumerate(maps):
-            probs = np.asarray(probs)
+            probs = host(probs)
             for h in range(2):
                 expected[layer, h, 0] += np.mean([probs[n, h, i, i - 1] for n in range(3) for i in range(1, 10)]) / 2
                 expected[layer, h, 1] += np.mean([probs[n, h, i, i] for n in range(3) for i in range(10)]) / 2
