@@ -32,6 +32,7 @@ from bertnp import checkpoint, distributed                                  # no
 from bertnp.train import Trainer                                            # noqa: E402
 from test_faults import assert_same, final_state, logged_step              # noqa: E402
 from tiny_world import make_world, quiet, tiny_config                      # noqa: E402
+from conftest import on_numpy                                             # noqa: E402
 
 WORKER = Path(__file__).with_name("mpi_worker.py")
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -77,7 +78,11 @@ def one_process(world, out, batch_size, grad_accum):
 @pytest.fixture(scope="module")
 def single(world, tmp_path_factory):
     root = tmp_path_factory.mktemp("dp_single")
-    return {"big batch": one_process(world, root / "big", 8, 1), "accumulated": one_process(world, root / "acc", 4, 2)}
+    # a Trainer switches the backend to its config's (NumPy here); inside a module fixture no test
+    # fixture restores it, and later modules on this worker would build their models on NumPy
+    with on_numpy():
+        return {"big batch": one_process(world, root / "big", 8, 1),
+                "accumulated": one_process(world, root / "acc", 4, 2)}
 
 
 def relative(a, b) -> float:

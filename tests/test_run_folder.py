@@ -20,6 +20,7 @@ import pytest
 from bertnp import checkpoint
 from bertnp.cli import main
 from bertnp.train import NonFiniteLossError, Trainer, TrainingInterrupted, latest_checkpoint
+from conftest import on_numpy
 from tiny_world import make_world, quiet, tiny_config
 
 
@@ -33,7 +34,8 @@ def world(tmp_path_factory):
 def paused(world, tmp_path_factory):
     """A run of 8 steps paused at step 4 (checkpoints at 4), to copy and damage."""
     out = tmp_path_factory.mktemp("paused") / "run"
-    Trainer(tiny_config(world, out), log=quiet).train(stop_at=4)
+    with on_numpy():      # a Trainer switches the backend: inside a module fixture nothing else restores it
+        Trainer(tiny_config(world, out), log=quiet).train(stop_at=4)
     return out
 
 
