@@ -284,7 +284,7 @@ def cmd_probe(args) -> None:
     attention at relative offsets -4..4 (a bag-of-words model spreads ~1/length everywhere; a model
     that reads its neighbours puts a peak at -1 or +1). First 8 held-out batches."""
     import numpy as np
-    from bertnp.demo import attention_by_offset, heldout_batches
+    from bertnp.demo import heldout_batches, offset_shares
     from bertnp.model import BertForPreTraining
     from bertnp.tokenizer import BertTokenizer
     model = BertForPreTraining.from_pretrained(args.model)
@@ -292,10 +292,11 @@ def cmd_probe(args) -> None:
     tok = BertTokenizer.from_pretrained(args.model)
     batches, _ = heldout_batches(tok, max_batches=8)
     offsets = list(range(-4, 5))
-    attention = attention_by_offset(model, batches, offsets)
+    attention = 0.0
     hits, counts = {}, {}
     for b in batches:
-        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_attentions=True)
+        attention = attention + offset_shares(out.attentions, offsets) / len(batches)
         ids, labels = b["input_ids"], b["labels"]
         rows, cols = np.nonzero(labels != -100)
         guess = np.asarray(out.prediction_logits)[rows, cols].argmax(-1)

@@ -74,7 +74,7 @@ def wait_idle(limit_s: float, threshold: float = 0.5) -> bool:
 def build_data(cache: Path):
     """(tokenizer, training loader, held-out batches, model config): the demo's, as its Trainer builds them."""
     from bertnp.corpus import bundled_corpus
-    from bertnp.data import PretrainingDataset, PretrainingLoader, read_corpus
+    from bertnp.data import PretrainingDataset, PretrainingLoader, read_corpus, shorter_sequences
     from bertnp.train import load_tokenizer, train_vocab
     docs = read_corpus([bundled_corpus("train")])
     vocab = cache / f"vocab-{DEMO['vocab_size']}.txt"
@@ -86,13 +86,8 @@ def build_data(cache: Path):
     ds = PretrainingDataset(docs, tok, max_seq_length=T, masked_lm_prob=masked_lm_prob,
                             max_predictions_per_seq=max(1, round(masked_lm_prob * T)), seed=DEMO["seed"])
     loader = PretrainingLoader(ds, DEMO["batch_size"], seed=DEMO["seed"])
-    loader.phase1 = None                     # the Trainer's phase-1 loader (short sequences), when the recipe has one
-    if DEMO.get("phase1_seq_length"):
-        short = DEMO["phase1_seq_length"]
-        phase1 = PretrainingDataset(ds.documents, tok, max_seq_length=short, masked_lm_prob=masked_lm_prob,
-                                    max_predictions_per_seq=max(1, round(round(masked_lm_prob * T) * short / T)),
-                                    seed=DEMO["seed"])
-        loader.phase1 = PretrainingLoader(phase1, DEMO["batch_size"] * T // short, seed=DEMO["seed"])
+    # the Trainer's phase-1 loader (short sequences), when the recipe has one
+    loader.phase1 = shorter_sequences(loader, DEMO["phase1_seq_length"]) if DEMO.get("phase1_seq_length") else None
     held, _ = heldout_batches(tok, seq_length=T, batch_size=DEMO["batch_size"])
     cfg = bn.BertConfig.preset(DEMO["preset"], vocab_size=tok.vocab_size, **DEMO.get("model", {}))
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0

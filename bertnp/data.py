@@ -66,6 +66,7 @@ __all__ = [
     "collate",
     "PretrainingDataset",
     "PretrainingLoader",
+    "shorter_sequences",
     "format_instance",
     "plot_instance",
     "IGNORE_INDEX",
@@ -936,6 +937,20 @@ class PretrainingLoader:
         if not isinstance(index, int) or not 0 <= index < max(1, len(self.dataset)):
             raise ValueError(f"state: 'index' must be in [0, {len(self.dataset)}), got {index!r}")
         self.epoch, self.index = epoch, index
+
+
+def shorter_sequences(loader: PretrainingLoader, length: int) -> PretrainingLoader:
+    """``loader``'s data cut into pairs of ``length`` tokens (BERT's first phase): the same documents,
+    masking options and seed, the predictions per sequence scaled with the length, and batches of
+    ``batch_size x max_seq_length / length`` sequences, so that a batch holds the same tokens."""
+    ds = loader.dataset
+    short = PretrainingDataset(ds.documents, ds.tokenizer, max_seq_length=length, short_seq_prob=ds.short_seq_prob,
+                               masked_lm_prob=ds.masked_lm_prob,
+                               max_predictions_per_seq=max(1, round(ds.max_predictions_per_seq * length / ds.max_seq_length)),
+                               whole_word_mask=ds.whole_word_mask, masking=ds.masking, dupe_factor=ds.dupe_factor,
+                               random_token_excludes_special=ds.random_token_excludes_special, seed=ds.seed)
+    return PretrainingLoader(short, loader.batch_size * ds.max_seq_length // length, shuffle=loader.shuffle,
+                             drop_last=loader.drop_last, pad_to=loader.pad_to, seed=loader.seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import time
 
-__all__ = ["DEMO", "run_demo", "heldout_evaluation", "choose_threads", "unigram_cross_entropy", "attention_by_offset"]
+__all__ = ["DEMO", "run_demo", "heldout_evaluation", "choose_threads", "unigram_cross_entropy", "attention_by_offset",
+           "offset_shares", "describe_heads"]
 
 HELDOUT_SEED = 1            # the held-out pairs' seed: `bertnp eval --seed` defaults to it too
 
@@ -183,25 +184,47 @@ def nsp_examples(n: int = 6):
     return pairs
 
 
-def attention_by_offset(model, batches, offsets=range(-3, 4)):
-    """(layers, heads, len(offsets)) host array: the mean attention probability a query puts on the
-    key ``offset`` tokens away (-1: the token to its left), over every query of ``batches`` that has
-    such a key. A head spreading its attention evenly puts ~1/length on each offset; a head that
-    reads a neighbour puts most of it on -1 or +1."""
+def offset_shares(attentions, offsets):
+    """(layers, heads, len(offsets)) host array from one forward's attention maps (per layer
+    (B, heads, T, T)): the mean probability a query puts on the key ``offset`` tokens away, over
+    every query that has such a key (-1: the token to its left)."""
     import numpy as np
     from bertnp import backend
+    shares = np.zeros((len(attentions), attentions[0].shape[1], len(offsets)))
+    for layer, probs in enumerate(attentions):
+        probs = backend.to_host(probs)                                       # (B, heads, T, T)
+        T = probs.shape[-1]
+        for k, off in enumerate(offsets):
+            query = np.arange(max(0, -off), min(T, T - off))                 # queries with a key at query + off
+            shares[layer, :, k] = probs[:, :, query, query + off].mean(axis=(0, 2))
+    return shares
+
+
+def attention_by_offset(model, batches, offsets=range(-3, 4)):
+    """:func:`offset_shares` averaged over ``batches``. A head spreading its attention evenly puts
+    ~1/length on each offset; a head that reads a neighbour puts most of it on -1 or +1."""
     offsets = list(offsets)
-    c = model.config
-    total = np.zeros((c.num_hidden_layers, c.num_attention_heads, len(offsets)))
+    total = 0.0
     for b in batches:
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_attentions=True)
-        for layer, probs in enumerate(out.attentions):
-            probs = backend.to_host(probs)                                   # (B, heads, T, T)
-            T = probs.shape[-1]
-            for k, off in enumerate(offsets):
-                query = np.arange(max(0, -off), min(T, T - off))             # queries with a key at query + off
-                total[layer, :, k] += probs[:, :, query, query + off].mean(axis=(0, 2))
+        total = total + offset_shares(out.attentions, offsets)
     return total / max(len(batches), 1)
+
+
+def describe_heads(shares, offsets) -> list[str]:
+    """One line a head: where it puts most of its attention, or that it spreads it evenly."""
+    lines = []
+    for layer, head in ((l, h) for l in range(shares.shape[0]) for h in range(shares.shape[1])):
+        k = int(shares[layer, head].argmax())
+        off, share = offsets[k], shares[layer, head, k]
+        where = {-1: "the token to its left", 0: "itself", 1: "the token to its right"}.get(
+            off, f"the token {abs(off)} to its {'left' if off < 0 else 'right'}")
+        if share < 0.05:                                   # ~1/length: no neighbour stands out
+            lines.append(f"layer {layer + 1} head {head + 1}: spread about evenly over the sequence "
+                         f"(at most {share:.0%} on one neighbour): a bag of words")
+        else:
+            lines.append(f"layer {layer + 1} head {head + 1}: {share:.0%} on {where}")
+    return lines
 
 
 def is_word(token: str) -> bool:
@@ -281,20 +304,13 @@ def run_demo(out: str = "runs/demo", time_budget: float = DEMO["time_budget"], v
                   f"[{'right' if right else 'wrong'}]")
         print(f"  right: {nsp_right} of {len(pairs)}")
 
-        offsets, shares = list(range(-3, 4)), None
+        shares = None
         if trainer.eval_batches:
-            print("\nWhat the attention heads read (held-out pairs): where each head puts most of its attention")
+            offsets = list(range(-3, 4))
             shares = attention_by_offset(model, trainer.eval_batches[:2], offsets)
-        for layer in range(shares.shape[0] if shares is not None else 0):
-            for head in range(shares.shape[1]):
-                k = int(shares[layer, head].argmax())
-                where = {-1: "the token to its left", 0: "itself", 1: "the token to its right"}.get(
-                    offsets[k], f"the token {abs(offsets[k])} to its {'left' if offsets[k] < 0 else 'right'}")
-                if shares[layer, head, k] < 0.05:          # ~1/length: no neighbour stands out
-                    print(f"  layer {layer + 1} head {head + 1}: spread about evenly over the sequence (at most "
-                          f"{shares[layer, head, k]:.0%} on one neighbour): a bag of words")
-                else:
-                    print(f"  layer {layer + 1} head {head + 1}: {shares[layer, head, k]:.0%} on {where}")
+            print("\nWhat the attention heads read (held-out pairs): where each head puts most of its attention")
+            for line in describe_heads(shares, offsets):
+                print("  " + line)
 
     specials = [tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id]
     unigram_ce = unigram_cross_entropy(trainer.dataset.documents, trainer.eval_batches, tok.vocab_size, specials)

@@ -585,27 +585,23 @@ class TrainingLoop(abc.ABC):
     @abc.abstractmethod
     def _build(self) -> None:
         """Build data, tokenizer, model, optimizer, schedule; set ``total_steps``."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def _next_update(self) -> list:
         """The host micro-batches of the next update."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def _update_totals(self, batches) -> dict:
         """Host counts of the whole update: its loss denominators and what the metrics count."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def _forward_backward(self, batch, totals) -> dict:
         """Forward and backward of one micro-batch, its losses divided by the update's ``totals``;
         returns the 0-d device values the update sums (loss parts, correct counts)."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def _window_record(self, window: Counter, lr: float) -> dict:
-        raise NotImplementedError
+        """A metrics line from a window of steps' summed values, at learning rate ``lr``."""
 
     def evaluate(self) -> dict:
         return {}
@@ -986,7 +982,7 @@ class Trainer(TrainingLoop):
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
         from bertnp.config import BertConfig
-        from bertnp.data import PretrainingDataset, PretrainingLoader
+        from bertnp.data import PretrainingDataset, PretrainingLoader, shorter_sequences
         from bertnp.model import BertForPreTraining
         c, log = self.config, self.log
 
@@ -1034,12 +1030,7 @@ class Trainer(TrainingLoop):
         self.phase1_cost = 1.0                    # a phase-1 step's time over a full-length one's (timed with a budget)
         self._phase2_clock = None                 # the budget's clock when phase 2 began
         if c.phase1_seq_length is not None:       # the same documents (token ids), cut into shorter pairs
-            short = c.phase1_seq_length
-            phase1 = PretrainingDataset(self.dataset.documents, tok, max_seq_length=short,
-                                        masked_lm_prob=c.masked_lm_prob,
-                                        max_predictions_per_seq=max(1, round(max_pred * short / c.max_seq_length)),
-                                        masking=c.masking, dupe_factor=c.dupe_factor, seed=c.seed)
-            self.phase1_loader = PretrainingLoader(phase1, c.batch_size * c.max_seq_length // short, seed=c.seed)
+            self.phase1_loader = shorter_sequences(self.loader, c.phase1_seq_length)
         self.eval_batches = []
         if heldout_docs and c.eval_batches > 0:
             try:
