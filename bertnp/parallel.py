@@ -8,7 +8,7 @@ runs those functions on the blocks, on every core::
     out, cdf = parallel.elementwise(gelu_math, (x,), "none")     # any elementwise body, on blocks of x
     out, xhat, rstd = parallel.map_rows(layernorm_math, (x,), gamma, beta, eps)   # rows independent
     dx, dgamma, dbeta = parallel.map_rows(layernorm_backward_math, (dout, xhat, rstd), gamma, sums=2)
-    y = parallel.matmul(a, b)                                     # a @ b, the output split over the cores
+    y = parallel.matmul(a, b)                                     # a @ b on every core (OpenBLAS's threads)
     parallel.run(fn, count)                                       # fn(0), ..., fn(count - 1)
 
 A body written for whole arrays gives the same numbers on a block of rows (each row, or each
@@ -16,26 +16,39 @@ element, is computed from its own inputs only), so a simple version of an operat
 is. Blocks also keep the working set in the L2 cache across the ~10-25 passes an operation makes.
 
 **Determinism.** The blocks depend on the arrays' sizes only, never on the number of threads, and
-per-block partial sums are added in block order: one thread and eight give the same bits.
+per-block partial sums are added in block order: for everything the pool computes, one thread and
+eight give the same bits. The one exception is a 2-D matrix product, which OpenBLAS threads itself
+(below): OpenBLAS may block a long sum differently for another thread count (measured: the 30k-way
+decoder's ``dx``, a sum of 30,522 terms, differs in the last bit or two between 1 and 2 threads;
+the encoder's products came out equal). Same thread count, same bits, always.
 
 **The thread count** is ``OPENBLAS_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the CPUs this
-process may run on (read when first needed; :func:`set_num_threads` changes it). With 1 thread
-everything runs in the calling thread (``make test`` runs two workers with one BLAS thread each,
-so the suite's workers are not slowed by extra threads).
+process may run on (read when first needed; :func:`set_num_threads` changes it, for the pool and
+for the matrix products). With 1 thread everything runs in the calling thread (``make test`` runs
+two workers with one BLAS thread each, so the suite's workers are not slowed by extra threads).
 
-**Why the matrix products are split here, not in OpenBLAS.** After a multi-threaded call,
-OpenBLAS's worker threads spin for a while (up to ~0.1 s) waiting for the next one. An elementwise
-pass run on the second core right after a GEMM then shares that core with the spinner and gains
-nothing (measured: a (2048, 1024) float32 GELU took 6.0 ms in one thread and 3.6 ms in two, but
-6.6 ms in two right after a GEMM). So while :func:`matmul` runs, OpenBLAS is set to one thread (via
-threadpoolctl) and the pool runs single-threaded GEMMs on slices of the output: BLAS never spins,
-and the elementwise work that follows has both cores.
+**Matrix products run on OpenBLAS's threads, which are told to sleep.** OpenBLAS threads a GEMM
+better than slices of it can be (its threads share the packed panels of the operands; a slice
+packs the whole weight again): in a BERT-mini step the linear layers ran at 160-174 GFLOP/s on
+OpenBLAS's two threads against 110-139 as eight single-threaded slices on the pool. But after each
+call OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) waiting for the next one, and an
+elementwise pass run on the second core meanwhile shares it with the spinner (measured: a
+(2048, 1024) float32 GELU took 3.6 ms on two threads, 6.6 ms right after a GEMM). OpenBLAS reads
+how long to spin, ``OPENBLAS_THREAD_TIMEOUT`` (2^n cycles), when it starts its threads; so when
+this module is imported and the variable is not set, it sets it to 14 (2^14 cycles, ~6 us) and
+restarts OpenBLAS's idle threads to read it (:func:`_short_blas_spin`). A user's own setting is
+left alone. Stacks of small matrices (the attention's per-head products, ~2 MFLOP each) are still
+cut by the pool, whole matrices per slice with BLAS in one thread: as fast as OpenBLAS's threads
+there (measured, a whole step either way), and the same bits for any thread count.
 
-**A busy machine.** The work is cut into more blocks than threads, and every thread (the caller
-included) takes the next block as soon as it is free: a thread that the OS keeps waiting simply
-does fewer blocks, so a step slows down in proportion to the cores it gets, instead of every call
-waiting for the slowest core's fixed half (as a static split does). Nested calls, and calls from a
-pool thread, run inline; after ``fork`` the child starts with a fresh pool.
+**A busy machine.** The pool cuts its work into more blocks than threads, and every thread (the
+caller included) takes the next block as soon as it is free: a thread that the OS keeps waiting
+simply does fewer blocks. OpenBLAS splits a product statically, so a product waits for its slower
+half; measured with a one-core busy loop beside a BERT-mini step on two cores: 1.13-1.18 s a step
+(0.97-1.04 s with every product sliced on the pool as before, 0.49-0.58 s on a quiet machine).
+Where the cores stay busy, use fewer threads (``OPENBLAS_NUM_THREADS``, :func:`set_num_threads`;
+``bertnp demo`` chooses them from the load average). Nested calls, and calls from a pool thread, run inline; after ``fork`` the
+child starts with a fresh pool.
 
 Only the NumPy backend is blocked and threaded; on CuPy (or any other array module) each body runs
 once on the whole arrays.
@@ -57,9 +70,8 @@ __all__ = ["num_threads", "set_num_threads", "threads", "run", "map_rows", "elem
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 BLOCK_ELEMENTS = 65536            # elements per block of map_rows / elementwise (256 KB of float32)
-MATMUL_MIN_FLOPS = 8_000_000      # below this, a GEMM is not split (the dispatch would cost more)
-MATMUL_MIN_EXTENT = 64            # rows (or columns) per GEMM slice, at least
-MATMUL_PIECES = 8                 # slices per GEMM: more than threads, so that a busy core costs less
+MATMUL_MIN_FLOPS = 8_000_000      # below this, a stack of products is not split (the dispatch would cost more)
+MATMUL_PIECES = 8                 # slices per stack: more than threads, so that a busy core costs less
 
 _num_threads = None               # None: not read from the environment yet
 _pool = None                      # the _Pool for the current thread count (created when first needed)
@@ -323,15 +335,15 @@ def _blas_controllers() -> list:
 
 
 @contextlib.contextmanager
-def _single_threaded_blas():
-    """BLAS runs in one thread inside (the pool provides the threads); restored on the way out."""
+def _blas_threads(count: int):
+    """BLAS runs on ``count`` threads inside; its own setting is restored on the way out."""
     global _blas_depth
     with _blas_lock:
         if _blas_depth == 0:
-            _blas_saved[:] = [(lib, lib.get_num_threads()) for lib in _blas_controllers()]
-            for lib, count in _blas_saved:
-                if count != 1:
-                    lib.set_num_threads(1)
+            _blas_saved[:] = [(lib, lib.get_num_threads(), count) for lib in _blas_controllers()]
+            for lib, before, wanted in _blas_saved:
+                if before != wanted:
+                    lib.set_num_threads(wanted)
         _blas_depth += 1
     try:
         yield
@@ -339,9 +351,39 @@ def _single_threaded_blas():
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                for lib, count in _blas_saved:
-                    if count != 1:
-                        lib.set_num_threads(count)
+                for lib, before, wanted in _blas_saved:
+                    if before != wanted:
+                        lib.set_num_threads(before)
+
+
+BLAS_SPIN_EXPONENT = 14           # OpenBLAS's idle threads sleep after 2^14 cycles (~6 us), not 2^28
+
+
+def _short_blas_spin() -> bool:
+    """Make OpenBLAS's idle threads sleep after 2^BLAS_SPIN_EXPONENT cycles instead of spinning
+    for ~0.1 s after every call (module docstring). OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when
+    it starts its threads: set the variable, have OpenBLAS read its variables again
+    (``openblas_read_env``) and stop its idle threads (``blas_thread_shutdown_``, what OpenBLAS
+    itself calls after a fork); its next threaded call starts them anew with the new timeout.
+    Returns True if done; False when the user set the variable (OpenBLAS already follows it) or no
+    OpenBLAS with those two functions is loaded (nothing changes)."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return False
+    import ctypes
+    done = False
+    for lib in _blas_controllers():
+        if getattr(lib, "internal_api", None) != "openblas":
+            continue
+        try:
+            library = ctypes.CDLL(lib.filepath)
+            read_env, shutdown = library.openblas_read_env, library.blas_thread_shutdown_
+        except (OSError, AttributeError, TypeError):
+            continue
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(BLAS_SPIN_EXPONENT)
+        read_env()
+        shutdown()
+        done = True
+    return done
 
 
 def _slices(extent: int, pieces: int, align: int = 16) -> list:
@@ -353,13 +395,14 @@ def _slices(extent: int, pieces: int, align: int = 16) -> list:
 
 def matmul(a, b, bias=None):
     """``a @ b`` (NumPy's rules), plus ``bias`` (a vector over the output's last axis) if given,
-    with the output cut into slices computed on every core (each slice adds its part of the bias
-    while it is still in the cache).
+    on every core.
 
-    2-D: the output's rows are split (or its columns, when it has more columns than rows, as the
-    tied 30k-way decoder has); stacks of matrices: the leading axis. BLAS runs in one thread per
-    slice whatever the thread count, and the slices depend on the shapes only, so the result is
-    the same, to the bit, for any thread count. Small products and other array modules: ``a @ b``."""
+    2-D: one BLAS call on :func:`num_threads` of OpenBLAS's threads (the module docstring says why
+    not slices), then the bias added to blocks of rows on the pool. Stacks of matrices (the
+    attention's heads): the leading axis split into slices of whole matrices, computed by the pool
+    with BLAS in one thread, each slice adding its bias while in the cache; the slices depend on
+    the shapes only, so a stack's product is the same, to the bit, for any thread count. Small
+    stacks and other array modules: ``a @ b``."""
     def plain():
         out = a @ b
         if bias is not None:
@@ -375,25 +418,28 @@ def matmul(a, b, bias=None):
     batch = a.shape[:-2]
     if b.shape[-2] != k or b.shape[:-2] != batch:          # broadcasting or a bad shape: NumPy's way
         return plain()
+    if not batch:
+        with _blas_threads(num_threads()):
+            out = np.matmul(a, b)                           # (m, k) @ (k, n) -> (m, n)
+        if bias is not None:                                # out += bias, blocks of rows on every core
+            blocks = _slices(m, max(1, m * n // BLOCK_ELEMENTS), align=1)
+            run(lambda i: np.add(out[blocks[i]], bias, out=out[blocks[i]]), len(blocks))
+        return out
     if 2 * math.prod(batch) * m * n * k < MATMUL_MIN_FLOPS:
         return plain()
     out = np.empty(batch + (m, n), dtype=a.dtype)
-    if batch:
-        parts = _slices(batch[0], min(MATMUL_PIECES, batch[0]), align=1)
-        tasks = [(a[s], b[s], out[s], bias) for s in parts]                  # whole matrices of the stack
-    elif m >= n:
-        parts = _slices(m, max(1, min(MATMUL_PIECES, m // MATMUL_MIN_EXTENT)))
-        tasks = [(a[s], b, out[s], bias) for s in parts]                     # rows of the output
-    else:
-        parts = _slices(n, max(1, min(MATMUL_PIECES, n // MATMUL_MIN_EXTENT)))
-        tasks = [(a, b[:, s], out[:, s], None if bias is None else bias[s]) for s in parts]   # columns
+    parts = _slices(batch[0], min(MATMUL_PIECES, batch[0]), align=1)
+    tasks = [(a[s], b[s], out[s]) for s in parts]          # whole matrices of the stack
 
     def one_slice(index: int) -> None:
-        a_part, b_part, out_part, bias_part = tasks[index]
+        a_part, b_part, out_part = tasks[index]
         np.matmul(a_part, b_part, out=out_part)
-        if bias_part is not None:
-            out_part += bias_part
+        if bias is not None:
+            out_part += bias
 
-    with _single_threaded_blas():
+    with _blas_threads(1):
         run(one_slice, len(tasks))
     return out
+
+
+_short_blas_spin()

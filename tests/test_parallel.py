@@ -33,7 +33,6 @@ def small_blocks(monkeypatch):
     """Blocks of 512 elements and GEMMs split from 2 kFLOP: small arrays take the threaded paths."""
     monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", 512)
     monkeypatch.setattr(parallel, "MATMUL_MIN_FLOPS", 2000)
-    monkeypatch.setattr(parallel, "MATMUL_MIN_EXTENT", 4)
     monkeypatch.setattr(losses, "_ROWS_BLOCK", 512)
 
 
@@ -160,10 +159,10 @@ def test_matmul_leaves_blas_threads_as_they_were(small_blocks):
     assert after == before
 
 
-@pytest.mark.parametrize("shape_a, shape_b", [((96, 32), (32, 40)),      # more rows: rows split
-                                              ((24, 32), (32, 200)),     # more columns: columns split
+@pytest.mark.parametrize("shape_a, shape_b", [((96, 32), (32, 40)),      # 2-D: OpenBLAS's threads
+                                              ((24, 32), (32, 200)),     # 2-D, more columns than rows
                                               ((5, 3, 16, 8), (5, 3, 8, 16))])   # a stack: axis 0 split
-def test_matmul_slices_and_bias_give_a_at_b_plus_bias(small_blocks, shape_a, shape_b):
+def test_matmul_and_bias_give_a_at_b_plus_bias(small_blocks, shape_a, shape_b):
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
     bias = rng.standard_normal(shape_b[-1])
@@ -173,7 +172,75 @@ def test_matmul_slices_and_bias_give_a_at_b_plus_bias(small_blocks, shape_a, sha
     with parallel.threads(1):
         one = parallel.matmul(a, b, bias)
     with parallel.threads(2):
-        np.testing.assert_array_equal(parallel.matmul(a, b, bias), one)
+        two = parallel.matmul(a, b, bias)
+    if len(shape_a) > 2:     # a stack is sliced by the pool: the same bits for any thread count
+        np.testing.assert_array_equal(two, one)
+    else:                    # OpenBLAS may block a long sum differently for another thread count
+        np.testing.assert_allclose(two, one, rtol=1e-13, atol=1e-13)
+
+
+def test_a_2d_product_runs_on_as_many_blas_threads_as_the_pool(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    class RecordingNumpy:            # parallel's numpy, with a matmul that notes BLAS's thread count
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def matmul(*args, **kwargs):
+            seen.append({lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                         if lib["user_api"] == "blas"})
+            return np.matmul(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "np", RecordingNumpy())
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((40, 30)), rng.standard_normal((30, 20))
+    for count in (1, 3):
+        seen.clear()
+        with parallel.threads(count):
+            np.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=1e-13)
+        assert seen == [{count}], f"{count} threads asked, BLAS ran with {seen}"
+
+
+_IDLE_CPU = """
+import os, resource, time
+import numpy as np
+{setup}
+a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+for _ in range(3):
+    a @ a                                          # on OpenBLAS's 2 threads
+before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+time.sleep(0.3)                                    # nothing to do: do OpenBLAS's threads spin?
+print(resource.getrusage(resource.RUSAGE_SELF).ru_utime - before, os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+"""
+
+
+def _idle_cpu(setup: str, timeout=None) -> tuple:
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    if timeout is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = timeout
+    out = subprocess.run([sys.executable, "-c", _IDLE_CPU.format(setup=setup)], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    return float(out[0]), out[1]
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="OpenBLAS starts no thread on one CPU")
+def test_importing_bertnp_stops_openblas_threads_spinning_after_a_product():
+    """OpenBLAS's idle threads spin ~0.1 s after each threaded call, taking a core from the pool's
+    elementwise work; importing bertnp (after NumPy, as a notebook does) makes them sleep at once.
+    A user's own OPENBLAS_THREAD_TIMEOUT is left as it is."""
+    spun, _ = _idle_cpu("")                                        # NumPy alone: the spin
+    assert spun > 0.05, f"expected OpenBLAS to spin after a product, it used {spun:.3f} s of CPU idle"
+    slept, timeout = _idle_cpu("import bertnp")
+    assert timeout == str(parallel.BLAS_SPIN_EXPONENT)
+    assert slept < 0.03, f"OpenBLAS's threads still used {slept:.3f} s of CPU while idle"
+    kept, timeout = _idle_cpu("import bertnp", timeout="28")
+    assert timeout == "28" and kept > 0.05, f"the user's timeout 28 was not kept ({kept:.3f} s idle CPU)"
 
 
 # ----------------------------------------------------------------------------- threaded ops == one thread
