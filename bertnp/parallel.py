@@ -421,7 +421,7 @@ def matmul(a, b, bias=None):
     if not batch:
         with _blas_threads(num_threads()):
             out = np.matmul(a, b)                           # (m, k) @ (k, n) -> (m, n)
-        if bias is not None:                                # out += bias, blocks of rows on every core
+        if bias is not None and out.size:                   # out += bias, blocks of rows on every core
             blocks = _slices(m, max(1, m * n // BLOCK_ELEMENTS), align=1)
             run(lambda i: np.add(out[blocks[i]], bias, out=out[blocks[i]]), len(blocks))
         return out
