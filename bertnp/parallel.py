@@ -13,7 +13,12 @@ runs those functions on the blocks, on every core::
 
 A body written for whole arrays gives the same numbers on a block of rows (each row, or each
 element, is computed from its own inputs only), so a simple version of an operation plugs in as it
-is. Blocks also keep the working set in the L2 cache across the ~10-25 passes an operation makes.
+is. A block is ~262k elements (1 MB of float32): small enough that the ~10-25 passes of an operation
+find it in the cache, large enough that the ~10 small (rows, 1) statistics a row-wise body computes
+per block, and the pool's hand-off, cost little. Measured in a BERT-mini step, each block size in
+alternate steps of one process: GELU 40.2 -> 25.3 ms, LayerNorm 32.9 -> 21.7 ms, softmax 14.1 ->
+9.7 ms going from 65k-element blocks (256 KB, the L2 cache's size) to 262k; 131k and 524k were
+within a millisecond or two of 262k.
 
 **Determinism.** The blocks depend on the arrays' sizes only, never on the number of threads, and
 per-block partial sums are added in block order: for everything the pool computes, one thread and
@@ -69,7 +74,7 @@ __all__ = ["num_threads", "set_num_threads", "threads", "run", "map_rows", "elem
            "BLOCK_ELEMENTS"]
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-BLOCK_ELEMENTS = 65536            # elements per block of map_rows / elementwise (256 KB of float32)
+BLOCK_ELEMENTS = 262144           # elements per block of map_rows / elementwise (1 MB of float32; docstring)
 MATMUL_MIN_FLOPS = 8_000_000      # below this, a stack of products is not split (the dispatch would cost more)
 MATMUL_PIECES = 8                 # slices per stack: more than threads, so that a busy core costs less
 

@@ -56,7 +56,7 @@ def normal_cdf(x):
     float64: SciPy's exact erf. float32: the fitted tanh form (module docstring), exact to float32
     rounding and ~8x cheaper. On CuPy the exact erf is one fused GPU kernel, cheaper than the
     form's ~25 launches, so CuPy always uses it. Large arrays go block by block over every core
-    (:func:`bertnp.parallel.elementwise`): a block stays in the L2 cache between the ~25 passes."""
+    (:func:`bertnp.parallel.elementwise`): a block stays in the cache between the ~25 passes."""
     return parallel.elementwise(_normal_cdf, (x,))
 
 
