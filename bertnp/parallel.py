@@ -398,23 +398,24 @@ def _slices(extent: int, pieces: int, align: int = 16) -> list:
     return [slice(start, min(extent, start + step)) for start in range(0, extent, step)]
 
 
-def matmul(a, b, bias=None):
+def matmul(a, b, bias=None, out=None):
     """``a @ b`` (NumPy's rules), plus ``bias`` (a vector over the output's last axis) if given,
-    on every core.
+    on every core; written into ``out`` when given (an array or a view of the output's shape, e.g.
+    the heads of an attention output laid side by side: no copy afterwards).
 
     2-D: one BLAS call on :func:`num_threads` of OpenBLAS's threads (the module docstring says why
     not slices), then the bias added to blocks of rows on the pool. Stacks of matrices (the
     attention's heads): the leading axis split into slices of whole matrices, computed by the pool
     with BLAS in one thread, each slice adding its bias while in the cache; the slices depend on
     the shapes only, so a stack's product is the same, to the bit, for any thread count. Small
-    stacks and other array modules: ``a @ b``."""
+    stacks and other array modules: ``xp.matmul``."""
     def plain():
-        out = a @ b
+        result = backend.xp().matmul(a, b, out=out)
         if bias is not None:
-            out += bias
-        return out
+            result += bias
+        return result
 
-    if (getattr(_local, "inside", False) or not _threaded_backend((a, b, bias))
+    if (getattr(_local, "inside", False) or not _threaded_backend((a, b, bias, out))
             or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.kind != "f"
             or (bias is not None and (bias.ndim != 1 or bias.dtype != a.dtype))):
         return plain()
@@ -423,16 +424,20 @@ def matmul(a, b, bias=None):
     batch = a.shape[:-2]
     if b.shape[-2] != k or b.shape[:-2] != batch:          # broadcasting or a bad shape: NumPy's way
         return plain()
+    if out is not None and (out.shape != batch + (m, n) or out.dtype != a.dtype):
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected "
+                         f"{batch + (m, n)} and {a.dtype}")
     if not batch:
         with _blas_threads(num_threads()):
-            out = np.matmul(a, b)                           # (m, k) @ (k, n) -> (m, n)
+            out = np.matmul(a, b, out=out)                  # (m, k) @ (k, n) -> (m, n)
         if bias is not None and out.size:                   # out += bias, blocks of rows on every core
             blocks = _slices(m, max(1, m * n // BLOCK_ELEMENTS), align=1)
             run(lambda i: np.add(out[blocks[i]], bias, out=out[blocks[i]]), len(blocks))
         return out
     if 2 * math.prod(batch) * m * n * k < MATMUL_MIN_FLOPS:
         return plain()
-    out = np.empty(batch + (m, n), dtype=a.dtype)
+    if out is None:
+        out = np.empty(batch + (m, n), dtype=a.dtype)
     parts = _slices(batch[0], min(MATMUL_PIECES, batch[0]), align=1)
     tasks = [(a[s], b[s], out[s]) for s in parts]          # whole matrices of the stack
 

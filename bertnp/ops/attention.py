@@ -86,8 +86,10 @@ def attention_forward(x, query_weight, query_bias, key_weight, key_bias, value_w
     softmax_fwd, softmax_bwd = softmax_fns if softmax_fns is not None else (softmax_forward, softmax_backward)
     probs, softmax_cache = softmax_fwd(scores, additive_mask)                        # (B, nh, T, T)
     probs_dropped, dropout_cache = dropout_forward(probs, dropout_p, rng, training)  # (B, nh, T, T)
-    context = matmul(probs_dropped, v)                                               # (B, nh, T, hs)
-    out = context.transpose(0, 2, 1, 3).reshape(batch, seq_len, channels)            # (B, T, C)
+    # P V written straight into the heads-side-by-side layout (B, T, nh, hs): no copy to concatenate them
+    context = xp.empty((batch, seq_len, num_heads, head_size), dtype=x.dtype)        # (B, T, nh, hs)
+    matmul(probs_dropped, v, out=context.transpose(0, 2, 1, 3))                      # (B, nh, T, hs) view
+    out = context.reshape(batch, seq_len, channels)                                  # (B, T, C), a view
     # END TASK 2.1
     cache = AttentionCache(qkv_cache, q, k, v, softmax_cache, dropout_cache, probs_dropped,
                            num_heads, scale, softmax_bwd)
@@ -103,22 +105,19 @@ def attention_backward(dout, cache: AttentionCache) -> AttentionGrads:
 
     # TASK 2.2 attention_backward: every gradient of the attention (lesson 06)
     dcontext = dout.reshape(batch, seq_len, num_heads, head_size).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    # the gradients of q, k and v go straight into the fused projection's output layout
+    # (B, T, 3, nh, hs) = (B, T, 3C), through the same transposed view the forward read them from
+    dqkv = xp.empty((batch, seq_len, 3, num_heads, head_size), dtype=dout.dtype)   # (B, T, 3, nh, hs)
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                    # (B, nh, T, hs) views each
     # context = probs_dropped @ v: the two factors' gradients are the usual matmul pair.
     dprobs_dropped = matmul(dcontext, v.swapaxes(-1, -2))         # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
-    dv = matmul(probs_dropped.swapaxes(-1, -2), dcontext)         # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    matmul(probs_dropped.swapaxes(-1, -2), dcontext, out=dv)      # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dprobs = dropout_backward(dprobs_dropped, dropout_cache)      # back through the dropout mask
     dscores = softmax_bwd(dprobs, softmax_cache)                  # back through the softmax (mask is constant)
     # scores = q_scaled @ k^T: again a matmul pair.
-    dq_scaled = matmul(dscores, k)                                # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-    dk = matmul(dscores.swapaxes(-1, -2), q)                      # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-
-    # reassemble into the fused projection's output layout (B, T, 3, nh, hs) = (B, T, 3C): write each
-    # gradient through the same transposed view the forward read q, k, v from (one copy each).
-    dqkv = xp.empty((batch, seq_len, 3, num_heads, head_size), dtype=dout.dtype)   # (B, T, 3, nh, hs)
-    dqkv_heads = dqkv.transpose(2, 0, 3, 1, 4)                    # (3, B, nh, T, hs), a view
-    xp.multiply(dq_scaled, scale, out=dqkv_heads[0])              # dq = dq_scaled * scale (q_scaled = q * scale)
-    dqkv_heads[1] = dk
-    dqkv_heads[2] = dv
+    matmul(dscores, k, out=dq)                                    # (B, nh, T, T) @ (B, nh, T, hs): d q_scaled
+    dq *= scale                                                   # dq = d q_scaled * scale (q_scaled = q * scale)
+    matmul(dscores.swapaxes(-1, -2), q, out=dk)                   # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
     dqkv = dqkv.reshape(batch, seq_len, 3 * channels)             # (B, T, 3, nh, hs) -> (B, T, 3C), a view
     dx, dqkv_weight, dqkv_bias = linear_backward(dqkv, qkv_cache)  # (B, T, C), (3C, C), (3C,)
     c = channels
