@@ -348,3 +348,22 @@ def test_adamw_and_a_model_step_are_the_same_for_any_thread_count(small_blocks, 
     assert results[0][0] == results[1][0]
     for name, value in results[0][1].items():
         np.testing.assert_array_equal(value, results[1][1][name], err_msg=name)
+
+
+def test_matmul_writes_into_out_views_and_refuses_a_wrong_out(small_blocks):
+    """out= takes a view (the attention writes its heads side by side through one): the product lands
+    there, the same numbers as a @ b; an out of the wrong shape or dtype is refused by name."""
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((4, 3, 10, 8)), rng.standard_normal((4, 3, 8, 6))
+    side_by_side = np.zeros((4, 10, 3, 6))                          # (B, T, nh, hs)
+    with parallel.threads(2):
+        result = parallel.matmul(a, b, out=side_by_side.transpose(0, 2, 1, 3))
+        np.testing.assert_allclose(side_by_side.transpose(0, 2, 1, 3), a @ b, rtol=1e-12, atol=1e-12)
+        assert np.shares_memory(result, side_by_side)
+        flat = np.zeros((10, 6))
+        parallel.matmul(a[0, 0], b[0, 0], out=flat)
+        np.testing.assert_allclose(flat, a[0, 0] @ b[0, 0], rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="out has shape"):
+            parallel.matmul(a, b, out=np.zeros((4, 3, 10, 7)))
+        with pytest.raises(ValueError, match="out has shape .* dtype float32"):
+            parallel.matmul(a, b, out=np.zeros((4, 3, 10, 6), dtype=np.float32))
