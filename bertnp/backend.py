@@ -275,17 +275,21 @@ def scatter_add(target, indices, values) -> None:
         _xp.add.at(target, indices, values)
 
 
-def philox_bits16(shape, seed: int, step: int, site: int):
+def philox_bits16(shape, seed: int, step: int, site: int, start: int = 0):
     """16 random bits per element, on the host, for the dropout key (seed, step, site).
 
     NumPy's Philox4x64-10 (Salmon et al. 2011), a counter-based generator: with key (seed, 0) and
     counter (b, 0, step, site), block b = 1, 2, ... gives four 64-bit words, i.e. 16 values of 16
     bits; element e takes bits 16(e % 4) .. 16(e % 4) + 15 of word (e // 4) % 4 of block e // 16 + 1.
     Nothing is stored between calls: the bits of any element follow from the key alone, which is
-    how the dropout kernel (kernels/dropout.cu) computes the SAME bits on the GPU, thread by thread.
+    how the dropout kernel (kernels/dropout.cu) computes the SAME bits on the GPU, thread by thread,
+    and how the CPU draws a large mask block by block, on every core (``start``: the index of the
+    first element, a multiple of 16, in the whole mask; its generator starts at block start // 16 + 1).
     Returns a NumPy uint16 array of ``shape``."""
+    if start < 0 or start % 16:
+        raise ValueError(f"start must be a non-negative multiple of 16 (a Philox block), got {start}")
     count = math.prod(shape)
-    generator = np.random.Philox(counter=np.array([0, 0, step, site], dtype=np.uint64),
+    generator = np.random.Philox(counter=np.array([start // 16, 0, step, site], dtype=np.uint64),
                                  key=np.array([seed, 0], dtype=np.uint64))
     words = generator.random_raw(-(-count // 4))                       # (ceil(n / 4),) uint64
     # little-endian: the low 16 bits of each word come first, on any machine

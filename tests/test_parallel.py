@@ -367,3 +367,21 @@ def test_matmul_writes_into_out_views_and_refuses_a_wrong_out(small_blocks):
             parallel.matmul(a, b, out=np.zeros((4, 3, 10, 7)))
         with pytest.raises(ValueError, match="out has shape .* dtype float32"):
             parallel.matmul(a, b, out=np.zeros((4, 3, 10, 6), dtype=np.float32))
+
+
+def test_dropout_drawn_block_by_block_is_the_whole_mask(small_blocks):
+    """The CPU draws a dropout mask in blocks, on every core, each block starting its Philox stream at
+    its first element; the mask must be the one drawn whole (the GPU kernel draws the same bits)."""
+    from bertnp import backend
+    from bertnp.ops.dropout import drop_threshold, dropout_forward
+    x = np.random.default_rng(5).standard_normal((3, 7, 333)).astype(np.float32)   # 6993: not a multiple of 16
+    whole = backend.philox_bits16(x.shape, 9, 4, 2) >= drop_threshold(0.25)
+    np.testing.assert_array_equal(backend.philox_bits16((32,), 9, 4, 2, start=1024),
+                                  backend.philox_bits16((1056,), 9, 4, 2)[1024:])
+    for threads in (1, 2):
+        with parallel.threads(threads):
+            out, cache = dropout_forward(x, 0.25, (9, 4, 2), training=True)
+        np.testing.assert_array_equal(cache.mask, whole)
+        np.testing.assert_array_equal(out, np.where(whole, x * np.float32(1 / 0.75), 0))
+    with pytest.raises(ValueError, match="start must be a non-negative multiple of 16"):
+        backend.philox_bits16((4,), 9, 4, 2, start=8)
