@@ -164,7 +164,7 @@ class AdamW:
             bc2_sqrt = math.sqrt(1.0 - b2 ** t)           # sqrt(1 - b2^t)
             # END TASK 5.1
         # On the CPU the ~14 elementwise passes of an update run over blocks of BLOCK entries, so
-        # that the block of p, g, m, v stays in the L2 cache between passes instead of streaming
+        # that the block of p, g, m, v stays in the cache between passes instead of streaming
         # every pass through memory (its time: the AdamW row of python benchmarks/profile_step.py),
         # and the blocks of all tensors are shared out over the CPU cores (bertnp.parallel.run).
         # Elementwise, so the result is bit-identical. On a GPU: whole tensors (or one kernel).
@@ -210,7 +210,9 @@ class AdamW:
                 buffer = mine[p.dtype] = backend.xp().empty(max(p.size, self.BLOCK), dtype=p.dtype)
         return buffer[:p.size].reshape(p.shape)                       # a view: no allocation
 
-    BLOCK = 65536        # entries per cache block on the CPU (256 KB of float32 per array)
+    BLOCK = 262144       # entries per block on the CPU (1 MB of float32 per array): measured in a BERT-mini
+                         # step, 17.7 -> 14.7 ms from 65k entries (the ~14 NumPy calls a block costs
+                         # outweighed the L2-cache fit); 16k 39.5 ms, 524k 16.0, 1M 17.0
 
     def _update(self, p, g, m, v, s, lr, wd, step_size, bc2_sqrt) -> None:
         """The AdamW update of one tensor (or one block of it), in place; ``s`` is scratch space."""

@@ -51,7 +51,7 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, check_range
     # END TASK 1.8
 
 
-_ROWS_BLOCK = 4 * 30522    # elements per block: ~4 rows of a BERT vocabulary (fewer, larger blocks)
+_ROWS_BLOCK = 16 * 30522   # elements per block: 16 rows of a BERT vocabulary (measured: 12.3 -> 10.0 ms a BERT-mini step from 4 rows; 64 rows 13.5)
 
 
 def _cross_entropy_rows(logits, targets):
