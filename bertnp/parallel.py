@@ -49,11 +49,12 @@ there (measured, a whole step either way), and the same bits for any thread coun
 **A busy machine.** The pool cuts its work into more blocks than threads, and every thread (the
 caller included) takes the next block as soon as it is free: a thread that the OS keeps waiting
 simply does fewer blocks. OpenBLAS splits a product statically, so a product waits for its slower
-half; measured with a one-core busy loop beside a BERT-mini step on two cores: 1.13-1.18 s a step
-(0.97-1.04 s with every product sliced on the pool as before, 0.49-0.58 s on a quiet machine).
-Where the cores stay busy, use fewer threads (``OPENBLAS_NUM_THREADS``, :func:`set_num_threads`;
-``bertnp demo`` chooses them from the load average). Nested calls, and calls from a pool thread, run inline; after ``fork`` the
-child starts with a fresh pool.
+half. Measured with a one-core busy loop beside a BERT-mini step on two cores, three runs each of
+10 steps: 0.99-1.27 s a step (the middle run 1.01 s), against 0.96-1.14 s (1.03 s) with
+commit 4f54db9, which sliced every product on the pool; 0.54-0.58 s against 0.66-0.68 s quiet.
+(Medians of 10-step runs.) Where the cores stay busy, use fewer threads (``OPENBLAS_NUM_THREADS``,
+:func:`set_num_threads`; ``bertnp demo`` chooses them from the load average). Nested calls, and
+calls from a pool thread, run inline; after ``fork`` the child starts with a fresh pool.
 
 Only the NumPy backend is blocked and threaded; on CuPy (or any other array module) each body runs
 once on the whole arrays.
