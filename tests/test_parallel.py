@@ -233,13 +233,14 @@ def test_importing_bertnp_stops_openblas_threads_spinning_after_a_product():
     """OpenBLAS's idle threads spin ~0.1 s after each threaded call, taking a core from the pool's
     elementwise work; importing bertnp (after NumPy, as a notebook does) makes them sleep at once.
     A user's own OPENBLAS_THREAD_TIMEOUT is left as it is."""
+    # measured on an idle 2-core machine: 0.10 s, 0.0001 s, 0.10 s; the bounds leave room for a busy one
     spun, _ = _idle_cpu("")                                        # NumPy alone: the spin
-    assert spun > 0.05, f"expected OpenBLAS to spin after a product, it used {spun:.3f} s of CPU idle"
+    assert spun > 0.02, f"expected OpenBLAS to spin after a product, it used {spun:.3f} s of CPU idle"
     slept, timeout = _idle_cpu("import bertnp")
     assert timeout == str(parallel.BLAS_SPIN_EXPONENT)
-    assert slept < 0.03, f"OpenBLAS's threads still used {slept:.3f} s of CPU while idle"
+    assert slept < 0.01, f"OpenBLAS's threads still used {slept:.3f} s of CPU while idle"
     kept, timeout = _idle_cpu("import bertnp", timeout="28")
-    assert timeout == "28" and kept > 0.05, f"the user's timeout 28 was not kept ({kept:.3f} s idle CPU)"
+    assert timeout == "28" and kept > 0.02, f"the user's timeout 28 was not kept ({kept:.3f} s idle CPU)"
 
 
 # ----------------------------------------------------------------------------- threaded ops == one thread
