@@ -14,11 +14,11 @@ runs those functions on the blocks, on every core::
 A body written for whole arrays gives the same numbers on a block of rows (each row, or each
 element, is computed from its own inputs only), so a simple version of an operation plugs in as it
 is. A block is ~262k elements (1 MB of float32): small enough that the ~10-25 passes of an operation
-find it in the cache, large enough that the ~10 small (rows, 1) statistics a row-wise body computes
-per block, and the pool's hand-off, cost little. Measured in a BERT-mini step, each block size in
-alternate steps of one process: GELU 40.2 -> 25.3 ms, LayerNorm 32.9 -> 21.7 ms, softmax 14.1 ->
-9.7 ms going from 65k-element blocks (256 KB, the L2 cache's size) to 262k; 131k and 524k were
-within a millisecond or two of 262k.
+find it in the (L3) cache, large enough that the ~10 small (rows, 1) statistics a row-wise body
+computes per block, and the pool's hand-off, cost little. Measured in a BERT-mini step, each block
+size in alternate steps of one process: GELU 40.2 -> 25.3 ms, LayerNorm 32.9 -> 21.7 ms, softmax
+14.1 -> 9.7 ms going from 65k-element blocks (256 KB an array: a few fill a core's 1 MB L2 cache)
+to 262k; 131k and 524k were within a millisecond or two of 262k.
 
 **Determinism.** The blocks depend on the arrays' sizes only, never on the number of threads, and
 per-block partial sums are added in block order: for everything the pool computes, one thread and
