@@ -10,6 +10,7 @@ runs those functions on the blocks, on every core::
     dx, dgamma, dbeta = parallel.map_rows(layernorm_backward_math, (dout, xhat, rstd), gamma, sums=2)
     y = parallel.matmul(a, b)                                     # a @ b on every core (OpenBLAS's threads)
     parallel.run(fn, count)                                       # fn(0), ..., fn(count - 1)
+    parallel.run_blocks(n, block, fn)                             # fn(slice(0, block)), fn(slice(block, 2 block)), ...
 
 A body written for whole arrays gives the same numbers on a block of rows (each row, or each
 element, is computed from its own inputs only), so a simple version of an operation plugs in as it
@@ -71,7 +72,7 @@ import numpy as np
 
 from bertnp import backend
 
-__all__ = ["num_threads", "set_num_threads", "threads", "run", "map_rows", "elementwise", "matmul",
+__all__ = ["num_threads", "set_num_threads", "threads", "run", "run_blocks", "map_rows", "elementwise", "matmul",
            "BLOCK_ELEMENTS"]
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
@@ -224,6 +225,13 @@ def run(fn, count: int) -> None:
     job.finished.wait()                   # blocks still being finished by pool threads
     if job.error is not None:
         raise job.error
+
+
+def run_blocks(extent: int, block: int, fn) -> None:
+    """``fn(part)`` for the slices ``part`` = [0, block), [block, 2 block), ... covering range(extent)
+    (the last one shorter), spread over the threads as :func:`run` does: for work that writes its
+    block of a preallocated output itself."""
+    run(lambda i: fn(slice(i * block, min(extent, (i + 1) * block))), -(-extent // block))
 
 
 # ----------------------------------------------------------------------------- blocks of rows
@@ -392,10 +400,9 @@ def _short_blas_spin() -> bool:
     return done
 
 
-def _slices(extent: int, pieces: int, align: int = 16) -> list:
-    """``pieces`` slices covering range(extent), their edges on multiples of ``align``."""
+def _slices(extent: int, pieces: int) -> list:
+    """``pieces`` (or fewer) equal slices covering range(extent)."""
     step = -(-extent // pieces)
-    step = -(-step // align) * align
     return [slice(start, min(extent, start + step)) for start in range(0, extent, step)]
 
 
@@ -432,14 +439,13 @@ def matmul(a, b, bias=None, out=None):
         with _blas_threads(num_threads()):
             out = np.matmul(a, b, out=out)                  # (m, k) @ (k, n) -> (m, n)
         if bias is not None and out.size:                   # out += bias, blocks of rows on every core
-            blocks = _slices(m, max(1, m * n // BLOCK_ELEMENTS), align=1)
-            run(lambda i: np.add(out[blocks[i]], bias, out=out[blocks[i]]), len(blocks))
+            run_blocks(m, max(1, BLOCK_ELEMENTS // n), lambda rows: np.add(out[rows], bias, out=out[rows]))
         return out
     if 2 * math.prod(batch) * m * n * k < MATMUL_MIN_FLOPS:
         return plain()
     if out is None:
         out = np.empty(batch + (m, n), dtype=a.dtype)
-    parts = _slices(batch[0], min(MATMUL_PIECES, batch[0]), align=1)
+    parts = _slices(batch[0], min(MATMUL_PIECES, batch[0]))
     tasks = [(a[s], b[s], out[s]) for s in parts]          # whole matrices of the stack
 
     def one_slice(index: int) -> None:

@@ -109,14 +109,13 @@ def _on_blocks(keep_and_scale, x, key: DropoutKey):
         keep_and_scale(x, backend.to_device(backend.philox_bits16(tuple(x.shape), *key)), out, mask)
         return out, mask
     flat_x, flat_out, flat_mask = x.reshape(-1), out.reshape(-1), mask.reshape(-1)   # (...) -> (n,), views
-    block = parallel.BLOCK_ELEMENTS // 16 * 16            # whole Philox blocks of 16 elements
 
-    def one_block(index: int) -> None:
-        part = slice(index * block, min(flat_x.size, (index + 1) * block))
+    def one_block(part: slice) -> None:
         bits = backend.philox_bits16((part.stop - part.start,), *key, start=part.start)
         keep_and_scale(flat_x[part], bits, flat_out[part], flat_mask[part])
 
-    parallel.run(one_block, -(-flat_x.size // block))
+    block = parallel.BLOCK_ELEMENTS // 16 * 16            # whole Philox blocks of 16 elements
+    parallel.run_blocks(flat_x.size, block, one_block)
     return out, mask
 
 
