@@ -582,9 +582,11 @@ def _check_options(max_seq_length, short_seq_prob, masked_lm_prob, max_predictio
         return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
     if not is_int(max_seq_length) or max_seq_length < 5:
         raise ValueError(f"max_seq_length must be an integer >= 5 ([CLS] a [SEP] b [SEP]), got {max_seq_length!r}")
-    if not (isinstance(short_seq_prob, (int, float)) and 0.0 <= short_seq_prob <= 1.0):
+    def is_number(x):
+        return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+    if not (is_number(short_seq_prob) and 0.0 <= short_seq_prob <= 1.0):
         raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob!r}")
-    if not (isinstance(masked_lm_prob, (int, float)) and 0.0 < masked_lm_prob < 1.0):
+    if not (is_number(masked_lm_prob) and 0.0 < masked_lm_prob < 1.0):
         raise ValueError(f"masked_lm_prob must be in (0, 1), got {masked_lm_prob!r}")
     if not is_int(max_predictions_per_seq) or max_predictions_per_seq < 1:
         raise ValueError(f"max_predictions_per_seq must be an integer >= 1, got {max_predictions_per_seq!r}")

@@ -274,6 +274,7 @@ def test_one_document_or_one_sentence_corpus(tok):
 
 @pytest.mark.parametrize("arg,value", [
     ("max_seq_length", 4), ("max_seq_length", 128.0), ("short_seq_prob", 1.5), ("short_seq_prob", -0.1),
+    ("short_seq_prob", True), ("short_seq_prob", "0.1"),
     ("masked_lm_prob", 0.0), ("masked_lm_prob", 1.0), ("max_predictions_per_seq", 0),
     ("dupe_factor", 0), ("masking", "sometimes"), ("seed", "x"), ("seed", -1), ("whole_word_mask", "yes"),
     ("random_token_excludes_special", None),
