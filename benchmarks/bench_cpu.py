@@ -8,7 +8,9 @@
 What is timed (same config, same batch, same initial weights, same thread count for NumPy and torch):
 
     A  bertnp, float32: model(...labels...) -> model.backward() -> AdamW.step()   (MLM logits at the
-       labelled positions only, as bertnp always does when given labels)
+       labelled positions only, as bertnp always does when given labels), the forward and backward
+       run as bertnp's training loop runs them: the batch's rows shared out over the cores, a model
+       replica each (bertnp.cores)
     B  Hugging Face BertForPreTraining, eager PyTorch CPU, torch.optim.AdamW: HF computes the MLM
        logits at every position (B*T rows of the 30k-way decoder) -- what users of HF run
     C  PyTorch, the fair best: HF's encoder and heads, but the MLM head applied only at the labelled
@@ -69,6 +71,7 @@ try:
 except ImportError:                          # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
     import bertnp as bn
+from bertnp.cores import CoreReplicas  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GPU_PLACEHOLDER = "## GPU\n\nNot measured yet: no GPU was available to this session.\n"
@@ -143,23 +146,33 @@ def step_flops(config, batch: int, seq_len: int, predictions: int) -> dict:
 # ============================================================================ the variants
 
 class BertnpVariant:
-    """A: bertnp BertForPreTraining in float32 with bertnp's AdamW."""
+    """A: bertnp BertForPreTraining in float32 with bertnp's AdamW, stepped as bertnp's training
+    loop steps it: the batch's rows shared out over the CPU cores, a model replica each
+    (bertnp.cores; one thread: the whole batch on the model)."""
     name = "A"
 
     def __init__(self, config, batch, seed: int = 0):
         self.model = bn.BertForPreTraining(config, seed=seed, dtype="float32")
+        self.cores = CoreReplicas(self.model)
         self.opt = None            # built at the first training step, as torch's AdamW builds its state
         self.batch = batch
+        # every share's losses over the whole batch's counts: they add up to the batch's means
+        self.counts = {"mlm_denominator": int((batch["labels"] != -100).sum()),
+                       "nsp_denominator": int(batch["input_ids"].shape[0])}
+
+    def _forward_backward(self, model, share):
+        out = model(**share, **self.counts)
+        model.backward()
+        return out.loss
 
     def train_step(self) -> float:
         if self.opt is None:
             self.opt = bn.AdamW(self.model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
         self.model.train()
         self.model.zero_grad()
-        out = self.model(**self.batch)
-        self.model.backward()
+        losses = self.cores.run(self.batch, self._forward_backward)
         self.opt.step()
-        return float(out.loss)
+        return float(sum(losses))
 
     def infer(self) -> float:
         self.model.eval()

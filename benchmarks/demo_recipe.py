@@ -150,11 +150,11 @@ def _experiment_trainer_class():
                                                   whole_word_mask=True, masking=c.masking, seed=c.seed)
                 self.loader = PretrainingLoader(self.dataset, c.batch_size, seed=c.seed)
 
-        def _forward_backward(self, batch, totals):
+        def _forward_backward(self, batch, totals, model=None):
             weight = self.recipe.get("nsp_weight", 1.0)
             if weight != 1.0:                # the NSP mean times weight: a larger NSP denominator
                 totals = dict(totals, nsp_total=int(round(totals["nsp_total"] / weight)))
-            return super()._forward_backward(batch, totals)
+            return super()._forward_backward(batch, totals, model)
 
     return ExperimentTrainer
 

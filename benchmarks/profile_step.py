@@ -17,7 +17,10 @@ split by shape, so the 30k-way decoder shows on its own row. What no op covers -
 the padding mask, gathering the labelled rows, ``grads += ...`` -- is the "model code" row; AdamW
 and ``zero_grad`` are timed as wholes.
 
-Wrapping costs ~1 us a call (~200 calls a step): negligible next to a step.
+Wrapping costs ~1 us a call (~200 calls a step): negligible next to a step. The step profiled is
+the whole batch on one model, each operation threaded by :mod:`bertnp.parallel`; the training
+loop's shares of the rows on the cores (:mod:`bertnp.cores`) run the same operations in one thread
+each, at the same time, which these timers (one stack of open calls) cannot attribute.
 """
 from __future__ import annotations
 
@@ -180,7 +183,10 @@ def render(result: dict, top: int | None = None) -> list:
              f"(step {step * 1e3:.0f} ms = forward {phases['forward'] * 1e3:.0f} + backward "
              f"{phases['backward'] * 1e3:.0f} + AdamW {phases['AdamW'] * 1e3:.0f} + zero_grad "
              f"{phases['zero_grad'] * 1e3:.1f}; measured in its own steps, after the rounds above, with ~1 us "
-             "of timer per op call).", "",
+             "of timer per op call). The whole batch on one model, each operation on every core "
+             "(bertnp.parallel): the training loop (and variant A above) runs these same operations in "
+             "one thread per share of the batch's rows instead (bertnp.cores), which an op-by-op timer "
+             "cannot split.", "",
              "| operation | forward ms | backward ms | total ms | share of step | calls / step | matmul GFLOP/s |",
              "|---|---|---|---|---|---|---|"]
     for op, v in rows:

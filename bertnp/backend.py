@@ -283,17 +283,19 @@ def philox_bits16(shape, seed: int, step: int, site: int, start: int = 0):
     bits; element e takes bits 16(e % 4) .. 16(e % 4) + 15 of word (e // 4) % 4 of block e // 16 + 1.
     Nothing is stored between calls: the bits of any element follow from the key alone, which is
     how the dropout kernel (kernels/dropout.cu) computes the SAME bits on the GPU, thread by thread,
-    and how the CPU draws a large mask block by block, on every core (``start``: the index of the
-    first element, a multiple of 16, in the whole mask; its generator starts at block start // 16 + 1).
-    Returns a NumPy uint16 array of ``shape``."""
-    if start < 0 or start % 16:
-        raise ValueError(f"start must be a non-negative multiple of 16 (a Philox block), got {start}")
+    and how the CPU draws a large mask block by block, on every core, or a share of a batch's rows
+    (``start``: the index of the first element in the whole mask; the generator starts at the
+    Philox block holding it, block start // 16 + 1, and the elements before ``start`` in that block
+    are dropped). Returns a NumPy uint16 array of ``shape``."""
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"start must be a non-negative integer (an element of the whole mask), got {start!r}")
     count = math.prod(shape)
+    skip = start % 16                                                  # elements of the first block before start
     generator = np.random.Philox(counter=np.array([start // 16, 0, step, site], dtype=np.uint64),
                                  key=np.array([seed, 0], dtype=np.uint64))
-    words = generator.random_raw(-(-count // 4))                       # (ceil(n / 4),) uint64
+    words = generator.random_raw(-(-(skip + count) // 4))              # (ceil((skip + n) / 4),) uint64
     # little-endian: the low 16 bits of each word come first, on any machine
-    return words.astype("<u8", copy=False).view("<u2")[:count].reshape(shape)
+    return words.astype("<u8", copy=False).view("<u2")[skip:skip + count].reshape(shape)
 
 
 def default_backend_from_env() -> None:

@@ -585,8 +585,8 @@ class Finetuner(TrainingLoop):
     def _update_totals(self, batches) -> dict:
         return {"n_examples": int(sum(len(b["labels"]) for b in batches))}
 
-    def _forward_backward(self, batch, totals) -> dict:
-        model = self.model
+    def _forward_backward(self, batch, totals, model=None) -> dict:
+        model = self.model if model is None else model
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     token_type_ids=batch["token_type_ids"], labels=batch["labels"])
         model.backward()

@@ -568,7 +568,7 @@ def dropout_philox_forward(x, key, threshold: int, scale: float):
     key's Philox bits (kernels/dropout.cu; the same bits as NumPy's, bertnp.backend.philox_bits16).
     float32: ONE kernel writes the mask and out; other dtypes: the mask kernel, then array code."""
     xp = backend.xp()
-    seed, step, site = (np.uint64(v) for v in key)
+    seed, step, site = (np.uint64(v) for v in key[:3])       # (a share's row, key[3], is 0 here: dropout_forward)
     n = x.size
     mask = xp.empty(x.shape, dtype=xp.bool_)
     grid, block = dropout_launch(n)

@@ -21,6 +21,7 @@ gradient into ``model.grads`` (as PyTorch accumulates ``.grad``) until ``zero_gr
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,7 @@ class _BertBase:
         self.training = True
         self.dropout_seed = int(seed)      # dropout masks derive from (dropout_seed, forward_count, site)
         self.forward_count = 0
+        self.dropout_row = 0               # the whole batch's row that this forward's first row is (bertnp.cores)
         self._params: dict = {}
         self._grads: dict = {}
         self._cache = None
@@ -361,8 +363,22 @@ class _BertBase:
     # ------------------------------------------------------------------ dropout randomness
     def _dropout_rng(self, site: int):
         """The dropout key of site ``site`` in the current forward: (dropout_seed, forward_count, site),
-        which fixes the mask (counter-based random bits), so saving forward_count is enough to resume exactly."""
-        return (self.dropout_seed, self.forward_count, site)
+        which fixes the mask (counter-based random bits), so saving forward_count is enough to resume exactly.
+        A replica running a share of a batch's rows (bertnp.cores) adds the share's first row: its
+        masks are then the whole batch's masks for those rows."""
+        key = (self.dropout_seed, self.forward_count, site)
+        return key + (self.dropout_row,) if self.dropout_row else key
+
+    def _core_replica(self):
+        """A model that shares this one's weights (the same arrays) and has its own gradients and
+        activations: one per extra CPU core in bertnp.cores. Not for use on its own."""
+        replica = copy.copy(self)
+        replica._grads = {name: backend.xp().zeros_like(grad) for name, grad in self._grads.items()}
+        replica._cache = None
+        for name in ("_head_cache", "_loss_parts"):
+            if hasattr(self, name):
+                setattr(replica, name, None)
+        return replica
 
     # ------------------------------------------------------------------ encoder forward / backward
     def _encoder_forward(self, ids, mask, types, output_attentions=False):

@@ -59,6 +59,10 @@ calls from a pool thread, run inline; after ``fork`` the child starts with a fre
 
 Only the NumPy backend is blocked and threaded; on CuPy (or any other array module) each body runs
 once on the whole arrays.
+
+**The training loop goes one step further** (:mod:`bertnp.cores`): it gives each core a share of a
+batch's rows and runs the whole forward and backward of that share in one thread, on a replica of
+the model; every call of this module made inside runs inline, BLAS in one thread.
 """
 from __future__ import annotations
 

@@ -61,6 +61,7 @@ import numpy as np
 
 from bertnp import backend, checkpoint
 from bertnp.checkpoint import latest_checkpoint
+from bertnp.cores import CoreReplicas
 from bertnp.distributed import DataParallel
 from bertnp.optim import AdamW, LinearWarmupDecay, clip_grad_norm
 
@@ -451,6 +452,7 @@ class TrainingLoop(abc.ABC):
     COUNT_KEYS: tuple = ()                 # of those, the integer counts
 
     supports_parallel = False              # a subclass that shares its batches between ranks says so
+    cores: CoreReplicas | None = None      # a subclass whose micro-batches' rows go to the CPU cores sets it
 
     def __init__(self, config: RunConfig, log: Callable[[str], None] = print, *,
                  changes: Mapping | None = None, parallel: DataParallel | None = None):
@@ -595,9 +597,10 @@ class TrainingLoop(abc.ABC):
         """Host counts of the whole update: its loss denominators and what the metrics count."""
 
     @abc.abstractmethod
-    def _forward_backward(self, batch, totals) -> dict:
-        """Forward and backward of one micro-batch, its losses divided by the update's ``totals``;
-        returns the 0-d device values the update sums (loss parts, correct counts)."""
+    def _forward_backward(self, batch, totals, model=None) -> dict:
+        """Forward and backward of one micro-batch (or of a share of its rows, on ``model``, a core
+        replica of ``self.model``), its losses divided by the update's ``totals``; returns the 0-d
+        device values the update sums (loss parts, correct counts)."""
 
     @abc.abstractmethod
     def _window_record(self, window: Counter, lr: float) -> dict:
@@ -678,9 +681,15 @@ class TrainingLoop(abc.ABC):
         # a non-finite loss is found later, in read_pending: NumPy must not warn about it meanwhile
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for batch in batches:
-                contribution = self._forward_backward(batch, totals) if _rows(batch) else self._skip_micro_batch()
-                for key, value in contribution.items():
-                    sums[key] = value if key not in sums else sums[key] + value   # device arithmetic
+                if not _rows(batch):
+                    contributions = [self._skip_micro_batch()]
+                elif self.cores is not None:       # the rows shared out over the CPU cores (bertnp.cores)
+                    contributions = self.cores.run(batch, lambda model, share: self._forward_backward(share, totals, model))
+                else:
+                    contributions = [self._forward_backward(batch, totals)]
+                for contribution in contributions:
+                    for key, value in contribution.items():
+                        sums[key] = value if key not in sums else sums[key] + value   # device arithmetic
             grads = model.grads
             self._reduce_gradients(grads)
             norm = clip_grad_norm(grads, c.max_grad_norm, sync=False) if c.max_grad_norm else None
@@ -1050,6 +1059,9 @@ class Trainer(TrainingLoop):
             f"({time.perf_counter() - t0:.1f} s)")
 
         self.model = BertForPreTraining(mcfg, seed=c.seed, dtype=c.dtype, use_kernels=c.use_kernels)
+        # a micro-batch's rows shared out over the CPU cores, a model replica each (bertnp.cores):
+        # the same step as the whole micro-batch at once, to rounding, and faster on a CPU
+        self.cores = CoreReplicas(self.model)
         self.model.train()
         self.optimizer = AdamW(self.model, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
                                weight_decay=c.weight_decay, correct_bias=c.correct_bias)
@@ -1081,6 +1093,10 @@ class Trainer(TrainingLoop):
         c = self.config
         loader_state, count = self.loader.state_dict(), self.model.forward_count
 
+        def forward_and_backward(model, share) -> None:
+            model(**share)
+            model.backward()
+
         def seconds_a_step(loader) -> float:
             batch = loader.next_batch()
             times = []
@@ -1088,8 +1104,7 @@ class Trainer(TrainingLoop):
                 t0 = time.perf_counter()
                 self.model.zero_grad()
                 for _ in range(c.grad_accum):
-                    self.model(**batch)
-                    self.model.backward()
+                    self.cores.run(batch, forward_and_backward)    # as train_step runs a micro-batch
                 backend.synchronize()
                 times.append(time.perf_counter() - t0)
             return min(times[1:]) * 1.04 + 0.002          # + the optimizer and bookkeeping
@@ -1192,8 +1207,8 @@ class Trainer(TrainingLoop):
         totals["tokens"] = int(sum(b["attention_mask"].sum() for b in batches))
         return totals
 
-    def _forward_backward(self, batch, totals) -> dict:
-        model = self.model
+    def _forward_backward(self, batch, totals, model=None) -> dict:
+        model = self.model if model is None else model
         # TASK 5.6 micro_batch_loss: this micro-batch's summed losses over the update's counts (lesson 11)
         out = model(**batch, mlm_denominator=max(totals["mlm_total"], 1), nsp_denominator=totals["nsp_total"])
         # END TASK 5.6

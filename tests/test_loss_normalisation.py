@@ -76,9 +76,10 @@ def test_accumulated_update_equals_the_big_batch(world, tmp_path):
 class MeanOfMeans(Trainer):
     """The old rule: each micro-batch's own mean loss, gradients scaled by 1/K."""
 
-    def _forward_backward(self, batch, totals):
-        out = self.model(**batch)
-        self.model.backward()
+    def _forward_backward(self, batch, totals, model=None):
+        model = self.model if model is None else model
+        out = model(**batch)
+        model.backward()
         k = self.config.grad_accum
         return {"loss": out.loss / k, "mlm_loss": out.mlm_loss / k, "nsp_loss": out.nsp_loss / k,
                 "mlm_correct": 0, "nsp_correct": 0}

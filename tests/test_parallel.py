@@ -384,5 +384,9 @@ def test_dropout_drawn_block_by_block_is_the_whole_mask(small_blocks):
             out, cache = dropout_forward(x, 0.25, (9, 4, 2), training=True)
         np.testing.assert_array_equal(cache.mask, whole)
         np.testing.assert_array_equal(out, np.where(whole, x * np.float32(1 / 0.75), 0))
-    with pytest.raises(ValueError, match="start must be a non-negative multiple of 16"):
-        backend.philox_bits16((4,), 9, 4, 2, start=8)
+    for start in (8, 1000, 1041):         # any element: the slice of the whole stream from there
+        np.testing.assert_array_equal(backend.philox_bits16((37,), 9, 4, 2, start=start),
+                                      backend.philox_bits16((start + 37,), 9, 4, 2)[start:])
+    for bad in (-16, 2.0, True):
+        with pytest.raises(ValueError, match="start must be a non-negative integer"):
+            backend.philox_bits16((4,), 9, 4, 2, start=bad)
