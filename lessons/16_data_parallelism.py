@@ -602,7 +602,93 @@ print(f"bandwidth term at N = 1024 vs N = 2: x{bounded:.3f} (the ring's bound: <
 # `benchmarks/RESULTS.md` ("Several processes (MPI)") has the measurements for `bertnp pretrain` itself on a
 # 2-core machine: 1 process × 2 threads against 2 ranks × 1 thread, the all-reduce's share of a step, and the
 # all-reduce alone against size and rank count; `benchmarks/README.md` the same model for BERT-base.
+
+# %% [markdown]
+# ## 5. The same split inside one machine: a share per core
 #
+# Nothing in section 1 needs separate processes. `bertnp`'s training loop uses the same split on the cores of
+# one machine (`bertnp.cores.CoreReplicas`): each core takes a share of a micro-batch's rows and runs its
+# whole forward and backward on a **replica** of the model — the same weight arrays, its own gradients and
+# activations — in a thread of this process, BLAS on one thread. The all-reduce becomes a sum in memory: the
+# replicas' gradients are added into the model's. Two things make the shares add up to the whole batch
+# exactly, and you have met both:
+#
+# - the **loss shares** of exercise 1: every share divides its summed losses by the whole batch's counts
+#   (the model's `mlm_denominator=` / `nsp_denominator=`, as for lesson 11's micro-batches);
+# - the **dropout masks**: lesson 7's masks are counter-based random bits, a pure function of the key
+#   (seed, step, site) and of the element's index. A replica's key also carries its share's first row, so
+#   it draws the whole batch's mask for its rows: dropout stays on, and the shares still equal one model on
+#   the whole batch. (The MPI script of section 2 turned dropout off instead.)
+#
+# Why, when `bertnp.parallel` already spreads every operation over the cores? Most operations are memory
+# traffic, not arithmetic (lesson 15's profile): a GELU or a LayerNorm on two cores runs only 1.3–1.9× as
+# fast as on one, and every operation waits for its slowest block before the next one starts. A whole share
+# per core has no such hand-offs. First the check — dropout on, float64, 7 rows in three shares:
+
+# %%
+from bertnp import parallel
+from bertnp.cores import CoreReplicas
+
+core_config = bn.BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=32)   # dropout 0.1, BERT's default
+core_batch = make_batch(5, rows=7)
+one_model = bn.BertForPreTraining(core_config, seed=0, dtype="float64").train()
+whole = gradients(one_model, core_batch)                     # one model, the whole batch, its own means
+
+shared_model = bn.BertForPreTraining(core_config, seed=0, dtype="float64").train()
+replicas = CoreReplicas(shared_model, count=3)
+core_counts = {"mlm_denominator": int((core_batch["labels"] != -100).sum()),
+               "nsp_denominator": len(core_batch["labels"])}   # the WHOLE batch's counts, as in exercise 1
+
+
+def share_forward_backward(model, share):
+    model(**share, **core_counts)            # this share's summed losses over the whole batch's counts
+    model.backward()                         # into this replica's own gradients
+
+
+shared_model.zero_grad()
+replicas.run(core_batch, share_forward_backward)            # three shares at once, then their gradients added
+print("rows per share:", [part.stop - part.start for part in replicas.shares(7)])
+core_worst = largest_relative(shared_model.grads, whole, [k for k in whole if not k.endswith("key.bias")])
+print(f"three shares on the cores vs one model on the whole batch: largest relative difference {core_worst:.1e}")
+assert core_worst < 1e-12, f"the cores' shares should add up to the whole batch's gradient: {core_worst:.1e}"
+
+# %% [markdown]
+# And the time, on two threads: the whole batch with every operation on both cores, against two shares, one a
+# core. (Timings on a shared machine wobble; `benchmarks/RESULTS.md` has the careful ones.)
+
+# %%
+time_config = bn.BertConfig(vocab_size=teach.pick(8000, 500), hidden_size=teach.pick(128, 32),
+                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=teach.pick(512, 128),
+                            max_position_embeddings=128)
+time_batch = make_batch(6, rows=teach.pick(16, 8), length=teach.pick(128, 32), vocab=time_config.vocab_size)
+time_counts = {"mlm_denominator": int((time_batch["labels"] != -100).sum()),
+               "nsp_denominator": len(time_batch["labels"])}
+timed_model = bn.BertForPreTraining(time_config, seed=0, dtype="float32").train()
+two_shares = CoreReplicas(timed_model, count=2)
+
+
+def one_step(split):
+    timed_model.zero_grad()
+    if split:
+        two_shares.run(time_batch, lambda model, share: (model(**share, **time_counts), model.backward()))
+    else:
+        timed_model(**time_batch)
+        timed_model.backward()
+
+
+with parallel.threads(2):
+    step_ms = {False: [], True: []}
+    for repeat in range(teach.pick(12, 3) + 1):
+        for split in (False, True):                      # alternate: a slow spell hits both alike
+            start = time.perf_counter()
+            one_step(split)
+            if repeat:                                   # the first round warms up
+                step_ms[split].append(1e3 * (time.perf_counter() - start))
+print(f"forward + backward, two threads: every op on both cores {np.median(step_ms[False]):.0f} ms, "
+      f"a share per core {np.median(step_ms[True]):.0f} ms (medians of {len(step_ms[True])})")
+
+# %% [markdown]
 # ## Summary
 #
 # - Data parallelism = same model on every rank, disjoint rows of each update, **sum** of gradients, same
@@ -614,3 +700,5 @@ print(f"bandwidth term at N = 1024 vs N = 2: x{bounded:.3f} (the ring's bound: <
 # - One all-reduce of one flat buffer per update; the ring all-reduce sends $2\frac{N-1}{N}S$ bytes per rank
 #   whatever N, so communication is bounded while compute per machine shrinks: efficiency falls with N at a
 #   rate set by compute speed / bandwidth.
+# - The same split works between the cores of one machine (`bertnp.cores`): replicas sharing the weights,
+#   a sum of gradients in memory, and dropout's counter-based masks drawn for each share's rows.
