@@ -47,6 +47,7 @@ class CoreReplicas:
         self.model = model
         self.count = count
         self._replicas: list = []      # models sharing self.model's weights, one per extra share
+        self._replicas_dirty = False   # True while a replica's gradients may be non-zero (a run under way or failed)
 
     def shares(self, rows: int) -> list:
         """The slices of ``rows`` rows that the shares take: as equal as possible, in order."""
@@ -66,9 +67,12 @@ class CoreReplicas:
             return [forward_backward(self.model, batch)]
         model = self.model
         members = [model] + self._replicas_for(len(parts) - 1)
+        if self._replicas_dirty:       # a run that failed left gradients behind (a finished run zeroes them)
+            for replica in members[1:]:
+                replica.zero_grad()
+        self._replicas_dirty = True
         for member, part in zip(members, parts):
             if member is not model:
-                member.zero_grad()
                 member.training, member.dropout_seed = model.training, model.dropout_seed
                 member.forward_count = model.forward_count
             member.dropout_row = part.start
@@ -91,15 +95,17 @@ class CoreReplicas:
         finally:
             model.dropout_row = 0
         self._add_gradients(members[1:])
+        self._replicas_dirty = False
         return results
 
     def _replicas_for(self, extra: int) -> list:
         while len(self._replicas) < extra:
-            self._replicas.append(self.model._core_replica())
+            self._replicas.append(self.model._core_replica())     # its gradients start at zero
         return self._replicas[:extra]
 
     def _add_gradients(self, replicas: list) -> None:
-        """model grads += each replica's grads, in replica order, in blocks of every tensor on every core."""
+        """model grads += each replica's grads, in replica order, in blocks of every tensor on every
+        core; each replica's block is zeroed while it is in the cache, ready for the next run."""
         blocks = []
         for name, grad in self.model._grads.items():
             flat = grad.reshape(-1)                                   # (...) -> (n,), a view
@@ -112,6 +118,7 @@ class CoreReplicas:
             total, parts = blocks[index]
             for part in parts:
                 total += part
+                part.fill(0)
 
         parallel.run(add, len(blocks))
 

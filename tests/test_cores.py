@@ -98,6 +98,29 @@ def test_a_second_step_starts_from_zero_replica_gradients():
         np.testing.assert_array_equal(model.grads[name], grad, err_msg=name)
 
 
+def test_a_failed_run_leaves_nothing_behind_for_the_next():
+    """A share that fails after its backward: the error reaches the caller, and the next run's
+    gradients are still exactly the whole batch's (the replica's leftovers are cleared)."""
+    config, batch = tiny_config(), make_batch(6)
+    whole = bn.BertForPreTraining(config, seed=4, dtype="float64").train()
+    whole_step(whole, batch)
+    model = bn.BertForPreTraining(config, seed=4, dtype="float64").train()
+    replicas = CoreReplicas(model, count=2)
+
+    def fails_on_a_replica(member, share):
+        member(**share)
+        member.backward()
+        if member is not model:
+            raise RuntimeError("share failed")
+
+    with pytest.raises(RuntimeError, match="share failed"):
+        replicas.run(batch, fails_on_a_replica)
+    model.forward_count = 0
+    shared_step(replicas, batch)
+    for name, grad in whole.grads.items():
+        np.testing.assert_allclose(model.grads[name], grad, rtol=1e-10, atol=1e-13, err_msg=name)
+
+
 def test_float32_shares_match_the_whole_batch_and_repeat_bit_for_bit():
     config, batch = tiny_config(), make_batch(8)
     whole = bn.BertForPreTraining(config, seed=2, dtype="float32").train()
