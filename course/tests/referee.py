@@ -196,6 +196,24 @@ def model_gradient_check(what: str, model, batch: dict, parts: dict, *, threshol
     return teach.check_gradients(analytic, numerical, threshold, floor)
 
 
+def check_gradients_accumulate(what: str, model, batch: dict, names) -> None:
+    """Two forward/backward pairs without zero_grad(): each named gradient is twice one pair's.
+    Gradients accumulate until zeroed, as in PyTorch (gradient accumulation relies on it), which a
+    gradient check after zero_grad() cannot see."""
+    model.zero_grad()
+    model(**batch)
+    grads = model.backward()
+    once = {n: np.array(grads[n], copy=True) for n in names}
+    model(**batch)
+    twice = model.backward()
+    for n in names:
+        if not np.allclose(np.asarray(twice[n]), 2 * once[n], rtol=1e-12, atol=0.0):
+            raise CheckFailed(f"{what}: {n} after two backward() calls without zero_grad() is not twice one call's "
+                              "gradient: gradients accumulate until zeroed, as in PyTorch, so ADD into the "
+                              "gradient (+=, acc(...), out=), never assign it")
+    model.zero_grad()
+
+
 def positions_reached(model, batch: dict) -> list:
     """The positions t whose row of the position table gets a gradient from ``model.backward()``,
     with every layer's attention made unable to mix positions: value weights zeroed, each

@@ -2,7 +2,8 @@
 a tiny float64 model (the loss is MLM + NSP; eval mode, so no dropout)."""
 import numpy as np
 
-from referee import CheckFailed, check, close, model_gradient_check, positions_reached, tiny_batch, tiny_model
+from referee import (CheckFailed, check, check_gradients_accumulate, close, model_gradient_check, positions_reached,
+                     tiny_batch, tiny_model)
 
 ALL = slice(None)
 
@@ -19,6 +20,10 @@ def test_embeddings_backward():
         "bert.embeddings.LayerNorm.bias": ALL})
     check_in_training("embeddings backward", tiny_model(1, dropout=0.2).train(), tiny_batch(), {
         "bert.embeddings.LayerNorm.weight": ALL, "bert.embeddings.token_type_embeddings.weight": ALL})
+    check_gradients_accumulate("embeddings backward", model, tiny_batch(), [
+        "bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight", "bert.embeddings.LayerNorm.weight",
+        "bert.embeddings.LayerNorm.bias"])
 
 
 def check_position_rows_differ(model, batch) -> None:
@@ -84,6 +89,8 @@ def test_pooler_nsp_backward():
              "bert.encoder.layer.1.output.LayerNorm.weight": ALL}
     model_gradient_check("pooler + NSP backward (NSP loss only)", model, tiny_batch(with_mlm=False), parts)
     model_gradient_check("pooler + NSP backward (MLM + NSP)", model, tiny_batch(), parts)
+    check_gradients_accumulate("pooler + NSP backward", model, tiny_batch(), [
+        "bert.pooler.dense.weight", "bert.pooler.dense.bias", "cls.seq_relationship.weight", "cls.seq_relationship.bias"])
 
 
 def check_pooler_reaches_cls_only(model, batch) -> None:
