@@ -34,8 +34,8 @@ def test_attention_forward():
 
 
 def test_attention_backward():
-    """Task 2.2: every gradient of the attention, with the padding mask, by finite differences.
-    (The key bias has an exactly zero gradient -- softmax ignores a shift of a row -- so entries
+    """Task 2.2: every gradient of the attention, with the padding mask, by finite differences,
+    then again with dropout on the probabilities (training mode). (The key bias has an exactly zero gradient -- softmax ignores a shift of a row -- so entries
     below 1e-8 are compared absolutely.)"""
     inputs, mask, _, _ = _fixture()
     gradient_check("attention_backward",

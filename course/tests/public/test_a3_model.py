@@ -1,5 +1,6 @@
 """Assignment 3 (public): BERT's backward, composed from the ops, checked by finite differences on
-a tiny float64 model (the loss is MLM + NSP; eval mode, so no dropout)."""
+a tiny float64 model (the loss is MLM + NSP; eval mode, so no dropout -- except one check in
+training mode, whose dropout masks are the same in every forward)."""
 import numpy as np
 
 from referee import (CheckFailed, check, check_gradients_accumulate, close, model_gradient_check, positions_reached,
@@ -18,7 +19,7 @@ def test_embeddings_backward():
         "bert.embeddings.token_type_embeddings.weight": ALL,
         "bert.embeddings.LayerNorm.weight": ALL,
         "bert.embeddings.LayerNorm.bias": ALL})
-    check_in_training("embeddings backward", tiny_model(1, dropout=0.2).train(), tiny_batch(), {
+    check_embeddings_in_training(tiny_model(1, dropout=0.2).train(), tiny_batch(), {
         "bert.embeddings.LayerNorm.weight": ALL, "bert.embeddings.token_type_embeddings.weight": ALL})
     check_gradients_accumulate("embeddings backward", model, tiny_batch(), [
         "bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
@@ -39,13 +40,14 @@ def check_position_rows_differ(model, batch) -> None:
                           "row gets that position's gradient, summed over the batch axis alone")
 
 
-def check_in_training(what: str, model, batch, parts) -> None:
+def check_embeddings_in_training(model, batch, parts) -> None:
     """The gradient check once more in training mode (dropout on, the same masks in every forward):
     run after the eval-mode one passed, so a failure here is the dropout's part of the backward."""
     try:
-        model_gradient_check(f"{what} in training mode (dropout {model.config.hidden_dropout_prob})", model, batch, parts)
+        model_gradient_check(f"embeddings backward in training mode (dropout {model.config.hidden_dropout_prob})",
+                             model, batch, parts)
     except CheckFailed as exc:
-        raise CheckFailed(f"{what}: right in eval mode, wrong in training: the embeddings' sum goes through "
+        raise CheckFailed("embeddings backward: right in eval mode, wrong in training: the embeddings' sum goes through "
                           "LayerNorm and then dropout, so the backward starts with dropout_backward (the forward's "
                           f"mask, from the cache)\n{exc}") from None
 
