@@ -67,6 +67,8 @@ def test_encoder_layer_backward():
                       layer + "output.LayerNorm.bias": ALL})
     parts["bert.embeddings.LayerNorm.weight"] = ALL     # what flows through every layer to the start
     model_gradient_check("encoder layers backward", model, tiny_batch(), parts)
+    check_gradients_accumulate("encoder layers backward", model, tiny_batch(),
+                               [name for name in model.parameters() if name.startswith("bert.encoder.")])
 
 
 def test_mlm_head_backward():
@@ -80,6 +82,9 @@ def test_mlm_head_backward():
         "cls.predictions.transform.LayerNorm.weight": ALL,
         "bert.embeddings.word_embeddings.weight": ALL,           # both uses of the tied matrix
         "bert.encoder.layer.1.output.LayerNorm.bias": ALL})
+    check_gradients_accumulate("MLM head backward", model, tiny_batch(with_nsp=False),
+                               [name for name in model.parameters() if name.startswith("cls.predictions.")]
+                               + ["bert.embeddings.word_embeddings.weight"])
 
 
 def test_pooler_nsp_backward():
