@@ -52,9 +52,11 @@ def as_dict(grads, names) -> dict:
 
 
 def gradient_check(what: str, forward, backward, inputs: dict, wrt, names=None, *, threshold: float = 1e-7,
-                   floor: float = 0.0, seed: int = 0, h: float = 1e-5, **params) -> dict:
+                   floor: float = 0.0, seed: int = 0, h: float = 1e-5, factors=None, **params) -> dict:
     """``backward``'s gradients of L = sum(out * dout) (dout random, never all ones) against
-    centered differences of ``forward``; raises CheckFailed naming the op, the tensor and entries."""
+    centered differences of ``forward``; raises CheckFailed naming the op, the tensor and entries.
+    ``factors``: {value: what it means} for the constant factors a usual mistake leaves on a
+    gradient (a scale forgotten or applied twice): a tensor off by one of them is named with it."""
     out, cache = forward(**inputs, **params)
     dout = rng(seed + 100).standard_normal(np.shape(out))
     grads = as_dict(backward(dout, cache), list(names or wrt))
@@ -71,11 +73,58 @@ def gradient_check(what: str, forward, backward, inputs: dict, wrt, names=None, 
         return teach.check_gradients({f"{what}: d{n}": grads[n] for n in wrt},
                                      {f"{what}: d{n}": numerical[n] for n in wrt}, threshold, floor)
     except CheckFailed as exc:
-        raise CheckFailed(str(exc)) from None
+        named = [f"{what}: d{n} is {r:.4g} x the numerical gradient: {factors[r]}"
+                 for n in wrt for r in [_known_factor(grads[n], numerical[n], factors or {})] if r is not None]
+        raise CheckFailed("\n".join(named + [str(exc)])) from None      # the named mistake first
+
+
+def _known_factor(analytic, numerical, factors: dict):
+    """The key of ``factors`` that analytic / numerical equals everywhere it is measurable, or None."""
+    a, n = np.asarray(analytic, dtype=np.float64), np.asarray(numerical, dtype=np.float64)
+    big = np.abs(n) > 1e-6 * max(float(np.abs(n).max()) if n.size else 0.0, 1e-300)
+    if big.sum() < 2:
+        return None
+    ratio = a[big] / n[big]
+    for factor in factors:
+        if np.allclose(ratio, factor, rtol=1e-4):
+            return factor
+    return None
 
 
 def close(what: str, actual, expected, rtol: float = 1e-10, atol: float = 1e-12) -> None:
     teach.check_close(what, actual, expected, rtol=rtol, atol=atol)
+
+
+def check_inverted_dropout(where: str, x, p: float, out, dout, dx) -> None:
+    """Inverted dropout, forward and backward, judged against the forward's OWN mask (whatever
+    random bits drew it): kept entries are x / (1 - p), dropped ones 0, and the backward passes
+    dout through the same mask and the same single 1/(1-p). Names the usual mistakes."""
+    x, out, dout, dx = (np.asarray(a, dtype=np.float64) for a in (x, out, dout, dx))
+    kept = out != 0                                  # x has no exact zeros: a zero was dropped
+    scale = 1.0 / (1.0 - p)
+    ratio = out[kept] / x[kept]
+    if ratio.size and not np.allclose(ratio, scale, rtol=1e-10):
+        r = float(np.median(ratio))
+        why = ("the 1/(1-p) scaling is missing: without it the output's expected value is (1-p) x, so the "
+               "network would see smaller activations in training than in eval mode, which does not scale"
+               if np.isclose(r, 1.0) else "scale the kept entries by 1/(1-p) exactly once")
+        raise CheckFailed(f"{where} (p={p}): the kept entries are {r:.6g} times x, expected 1/(1-p) = {scale:.6g} times x: {why}")
+    leaks, lost = int(((dx != 0) & ~kept).sum()), int(((dx == 0) & kept & (dout != 0)).sum())
+    if leaks or lost:
+        raise CheckFailed(f"{where} (p={p}): dropout_backward's zeros are not where the forward dropped: {leaks} "
+                          f"entries the forward dropped get a gradient, {lost} it kept get none -- use the "
+                          "forward's mask from the cache, never draw a new one")
+    ratio = dx[kept] / dout[kept]
+    if ratio.size and not np.allclose(ratio, scale, rtol=1e-10):
+        r = float(np.median(ratio))
+        if np.isclose(r, scale * scale):
+            why = "the 1/(1-p) scale is applied twice (the mask in the cache may already hold it)"
+        elif np.isclose(r, 1.0):
+            why = "the backward forgets the 1/(1-p) scale: out = x * mask / (1-p), so dx = dout * mask / (1-p)"
+        else:
+            why = "out = x * mask / (1-p), so dx = dout * mask / (1-p)"
+        raise CheckFailed(f"{where} (p={p}): dropout_backward's kept entries are {r:.6g} times dout, expected "
+                          f"1/(1-p) = {scale:.6g} times dout: {why}")
 
 
 def check(condition, what: str, actual=None, expected=None) -> None:
@@ -87,12 +136,13 @@ def check(condition, what: str, actual=None, expected=None) -> None:
 
 # ---------------------------------------------------------------------------------- whole model
 
-def tiny_model(seed: int = 0, layers: int = 2):
-    """A float64 BERT small enough to difference: vocabulary 13, width 8, 2 heads, no dropout."""
+def tiny_model(seed: int = 0, layers: int = 2, dropout: float = 0.0):
+    """A float64 BERT small enough to difference: vocabulary 13, width 8, 2 heads, no dropout (or
+    ``dropout`` on the hidden states and the attention probabilities, for a check in training mode)."""
     import bertnp as bn
     cfg = bn.BertConfig(vocab_size=13, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=12, max_position_embeddings=8, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+                        intermediate_size=12, max_position_embeddings=8, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     model = bn.BertForPreTraining(cfg, seed=seed, dtype="float64").eval()
     r = rng(seed + 7)
     for name, p in model.parameters().items():      # weights large enough to bend every nonlinearity
@@ -118,14 +168,22 @@ def tiny_batch(with_mlm: bool = True, with_nsp: bool = True) -> dict:
 def model_gradient_check(what: str, model, batch: dict, parts: dict, *, threshold: float = 1e-5,
                          floor: float = 1e-7) -> dict:
     """``model.backward()`` against centered differences of ``model(**batch).loss`` for the given
-    parts of the parameters: {name: index expression (a basic slice, so a view is perturbed)}."""
+    parts of the parameters: {name: index expression (a basic slice, so a view is perturbed)}.
+    A model in training mode draws the same dropout masks in every forward (they derive from
+    ``forward_count``, reset before each), so the differences see one function."""
     params = model.parameters()
+    count = model.forward_count
+
+    def forward():
+        model.forward_count = count
+        return model(**batch)
+
     model.zero_grad()
-    model(**batch)
+    forward()
     grads = {name: np.asarray(g).copy() for name, g in model.backward().items()}
 
     def loss() -> float:
-        return float(model(**batch).loss)
+        return float(forward().loss)
 
     analytic, numerical = {}, {}
     for name, part in parts.items():
@@ -136,6 +194,38 @@ def model_gradient_check(what: str, model, batch: dict, parts: dict, *, threshol
         numerical[label] = numeric(loss, view)
         analytic[label] = grads[name][part]
     return teach.check_gradients(analytic, numerical, threshold, floor)
+
+
+def check_gradients_accumulate(what: str, model, batch: dict, names) -> None:
+    """Two forward/backward pairs without zero_grad(): each named gradient is twice one pair's.
+    Gradients accumulate until zeroed, as in PyTorch (gradient accumulation relies on it), which a
+    gradient check after zero_grad() cannot see."""
+    model.zero_grad()
+    model(**batch)
+    grads = model.backward()
+    once = {n: np.array(grads[n], copy=True) for n in names}
+    model(**batch)
+    twice = model.backward()
+    for n in names:
+        if not np.allclose(np.asarray(twice[n]), 2 * once[n], rtol=1e-12, atol=0.0):
+            raise CheckFailed(f"{what}: {n} after two backward() calls without zero_grad() is not twice one call's "
+                              "gradient: gradients accumulate until zeroed, as in PyTorch, so ADD into the "
+                              "gradient (+=, acc(...), out=), never assign it")
+    model.zero_grad()
+
+
+def positions_reached(model, batch: dict) -> list:
+    """The positions t whose row of the position table gets a gradient from ``model.backward()``,
+    with every layer's attention made unable to mix positions: value weights zeroed, each
+    position's context is the value bias alone, so no gradient crosses from one position to
+    another and the loss's gradient stays where the heads put it. (Changes ``model``.)"""
+    params = model.parameters()
+    for i in range(model.config.num_hidden_layers):
+        params[f"bert.encoder.layer.{i}.attention.self.value.weight"][...] = 0.0
+    model.zero_grad()
+    model(**batch)
+    rows = np.abs(np.asarray(model.backward()["bert.embeddings.position_embeddings.weight"])).sum(axis=1)
+    return [int(t) for t in np.flatnonzero(rows > 1e-9 * max(float(rows.max()), 1e-300))]
 
 
 def _show(part) -> str:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import erf, logsumexp
 
-from referee import CheckFailed, check, close, gradient_check, rng, teach
+from referee import CheckFailed, check, check_inverted_dropout, close, gradient_check, rng, teach
 
 import bertnp as bn
 from bertnp.ops.embedding import embedding_backward, embedding_forward
@@ -96,6 +96,7 @@ def test_dropout_hidden():
         close("the same seed gives the same mask", again, out)
         dout = np.ones_like(x)
         dx = dropout_backward(dout, cache)
+        check_inverted_dropout("dropout", x, p, out, dout, dx)
         close(f"backward at p={p} reuses the forward's mask", dx, np.where(out == 0, 0.0, 1 / (1 - p)))
     out, _ = dropout_forward(x, 0.0, rng=3, training=True)
     close("p = 0 is the identity", out, x)

@@ -21,9 +21,9 @@ def test_wordpiece_hidden():
     vocab = {t: i for i, t in enumerate("[UNK] th ##e the ##re ##r ##ere he ##y".split())}
     wp = WordpieceTokenizer(vocab, max_input_chars_per_word=8)
     for word, expected in [("there", ["the", "##re"]), ("they", ["the", "##y"]), ("thx", ["[UNK]"]),
-                           ("the", ["the"]), ("thereeeee", ["[UNK]"]), ("h", ["[UNK]"])]:
-        got = wp.tokenize_word(word)
-        check(got == expected, f"WordPiece of {word!r}", got, expected)
+                           ("the", ["the"]), ("thereree", ["the", "##re", "##re", "##e"]),
+                           ("thereeeee", ["[UNK]"]), ("h", ["[UNK]"])]:
+        public.check_wordpiece(wp, word, expected, " with max_input_chars_per_word=8")
 
 
 def test_create_instances_hidden():

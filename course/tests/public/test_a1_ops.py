@@ -6,7 +6,7 @@ gradient (never all ones: LayerNorm's and softmax's errors cancel against ones).
 import numpy as np
 from scipy.special import erf, logsumexp
 
-from referee import CheckFailed, check, close, gradient_check, rng, teach
+from referee import CheckFailed, check, check_inverted_dropout, close, gradient_check, rng, teach
 
 from bertnp.ops.dropout import dropout_backward, dropout_forward
 from bertnp.ops.embedding import embedding_backward, embedding_forward
@@ -101,9 +101,10 @@ def test_dropout():
     share = dropped.mean()
     # 10,000 Bernoulli(0.3) draws: standard deviation 0.0046, so 5 sigma is 0.023
     check(abs(share - p) < 0.023, "share of dropped entries", share, f"{p} +- 0.023")
-    close("kept entries are x / (1 - p)", out[~dropped], x[~dropped] / (1 - p))
     dout = rng(8).standard_normal(x.shape)
     dx = dropout_backward(dout, cache)
+    check_inverted_dropout("dropout", x, p, out, dout, dx)       # names the usual mistakes
+    close("kept entries are x / (1 - p)", out[~dropped], x[~dropped] / (1 - p))
     close("dropout_backward: dx = dout * (the forward's mask) / (1 - p)", dx, np.where(dropped, 0.0, dout / (1 - p)))
     evaluated, cache = dropout_forward(x, p, rng=7, training=False)
     close("in eval mode dropout is the identity", evaluated, x)

@@ -34,11 +34,36 @@ def test_attention_forward():
 
 
 def test_attention_backward():
-    """Task 2.2: every gradient of the attention, with the padding mask, by finite differences.
-    (The key bias has an exactly zero gradient -- softmax ignores a shift of a row -- so entries
+    """Task 2.2: every gradient of the attention, with the padding mask, by finite differences,
+    then again with dropout on the probabilities (training mode). (The key bias has an exactly zero gradient -- softmax ignores a shift of a row -- so entries
     below 1e-8 are compared absolutely.)"""
     inputs, mask, _, _ = _fixture()
     gradient_check("attention_backward",
                    lambda **kw: attention_forward(**kw, num_heads=2, additive_mask=mask),
                    lambda dout, cache: attention_backward(dout, cache)._asdict(),
-                   inputs, wrt=NAMES, threshold=1e-6, floor=1e-8)
+                   inputs, wrt=NAMES, threshold=1e-6, floor=1e-8, factors=scale_mistakes(head_size=3))
+    check_with_dropout("attention_backward", inputs, mask, num_heads=2)
+
+
+def scale_mistakes(head_size: int) -> dict:
+    """The constant factors a misplaced 1/sqrt(head_size) leaves on dWq, dbq or dWk."""
+    s = head_size ** -0.5
+    return {1 / s: f"the scores' 1/sqrt(head_size) = {s:.4g} is missing from this gradient "
+                   "(scores = (q / sqrt(hs)) k^T: both dq and dk carry it once)",
+            s: f"the scores' 1/sqrt(head_size) = {s:.4g} is applied twice here (the cache's q is already scaled)"}
+
+
+def check_with_dropout(what: str, inputs: dict, mask, num_heads: int, p: float = 0.2) -> None:
+    """The same gradient check with dropout on the probabilities (training, a fixed seed: the same
+    mask in every forward, so finite differences see one function). Run after the check without
+    dropout passed, so a failure here is the dropout's part of the backward."""
+    try:
+        gradient_check(f"{what} with attention dropout p={p}",
+                       lambda **kw: attention_forward(**kw, num_heads=num_heads, additive_mask=mask,
+                                                      dropout_p=p, rng=5, training=True),
+                       lambda dout, cache: attention_backward(dout, cache)._asdict(),
+                       inputs, wrt=NAMES, threshold=1e-6, floor=1e-8, seed=4)
+    except CheckFailed as exc:
+        raise CheckFailed(f"{what}: right without dropout, wrong with attention dropout p={p} (training): "
+                          "context = dropout(probs) @ v, so dv takes the DROPPED probabilities and dprobs goes back "
+                          f"through dropout_backward with the forward's mask before the softmax backward\n{exc}") from None

@@ -15,16 +15,39 @@ CLS, SEP = 1, 2
 def test_wordpiece():
     """Task 4.1: greedy longest-match-first; one unmatchable piece makes the whole word [UNK]
     (Google's test vocabulary and vectors)."""
+    long_vocab = {t: i for i, t in enumerate("[UNK] a ##a aa ##aa aaa".split())}
+    check_wordpiece(WordpieceTokenizer(long_vocab), "aaaaaa", ["aaa", "##aa", "##a"],
+                    " (the LONGEST match first, with a, aa, aaa, ##a, ##aa)")
+    both = {t: i for i, t in enumerate("[UNK] un want ##want ed ##ed".split())}
+    check_wordpiece(WordpieceTokenizer(both), "unwanted", ["un", "##want", "##ed"],
+                    " (with both 'want' and '##want', 'ed' and '##ed' in the vocabulary)")
     vocab = {t: i for i, t in enumerate("[UNK] [CLS] [SEP] want ##want ##ed wa un runn ##ing ,".split())}
     wp = WordpieceTokenizer(vocab)
     for word, expected in [("unwanted", ["un", "##want", "##ed"]), ("running", ["runn", "##ing"]),
                            ("unwantedX", ["[UNK]"]), ("wa", ["wa"]), ("want", ["want"]), (",", [","])]:
-        got = wp.tokenize_word(word)
-        check(got == expected, f"WordPiece of {word!r}", got, expected)
-    long_vocab = {t: i for i, t in enumerate("[UNK] a ##a aa ##aa aaa".split())}
-    got = WordpieceTokenizer(long_vocab).tokenize_word("aaaaaa")
-    check(got == ["aaa", "##aa", "##a"], "the LONGEST match first: 'aaaaaa' with a, aa, aaa, ##a, ##aa",
-          got, ["aaa", "##aa", "##a"])
+        check_wordpiece(wp, word, expected)
+    short = WordpieceTokenizer(vocab, max_input_chars_per_word=8)
+    check_wordpiece(short, "unwanted", ["un", "##want", "##ed"],
+                    " with max_input_chars_per_word=8 (exactly 8 characters: only a LONGER word is [UNK])")
+    check_wordpiece(short, "unwanteded", ["[UNK]"], " with max_input_chars_per_word=8 (10 characters)")
+
+
+def check_wordpiece(wp, word: str, expected: list, where: str = "") -> None:
+    """tokenize_word(word) == expected, or a message naming the usual mistake its output shows."""
+    got = wp.tokenize_word(word)
+    if got == expected:
+        return
+    bare = lambda pieces: [p[2:] if p.startswith("##") else p for p in pieces]       # noqa: E731
+    hint = ""
+    if wp.unk_token in got and len(got) > 1:
+        hint = "one unmatchable part makes the WHOLE word [UNK], not just that part"
+    elif bare(got) == bare(expected) or any(not p.startswith("##") for p in got[1:]):
+        hint = ("every piece after the first is looked up (and returned) WITH the '##' continuation prefix, "
+                "the first piece without it")
+    elif "".join(bare(got)) == "".join(bare(expected)) and len(got) > len(expected):
+        hint = ("greedy LONGEST match first: at each step take the longest candidate that is in the vocabulary, "
+                "not the first (shortest) one found")
+    raise CheckFailed(f"WordPiece of {word!r}{where}: got {got}, expected {expected}" + (f"\n  hint: {hint}" if hint else ""))
 
 
 def _documents(n_docs=12, seed=0):
