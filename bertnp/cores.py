@@ -65,6 +65,11 @@ class CoreReplicas:
         parts = self.shares(rows)
         if len(parts) == 1:
             return [forward_backward(self.model, batch)]
+        for key, value in batch.items():
+            if getattr(value, "ndim", 0) >= 1 and value.shape[0] != rows:
+                first = next(iter(batch))
+                raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, batch[{first!r}] {rows}: "
+                                 "every array of a batch has its rows on axis 0")
         model = self.model
         members = [model] + self._replicas_for(len(parts) - 1)
         if self._replicas_dirty:       # a run that failed left gradients behind (a finished run zeroes them)
@@ -76,11 +81,6 @@ class CoreReplicas:
                 member.training, member.dropout_seed = model.training, model.dropout_seed
                 member.forward_count = model.forward_count
             member.dropout_row = part.start
-        for key, value in batch.items():
-            if getattr(value, "ndim", 0) >= 1 and value.shape[0] != rows:
-                first = next(iter(batch))
-                raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, batch[{first!r}] {rows}: "
-                                 "every array of a batch has its rows on axis 0")
         shares = [{key: value[part] if getattr(value, "ndim", 0) >= 1 else value for key, value in batch.items()}
                   for part in parts]
         results = [None] * len(parts)
