@@ -229,8 +229,10 @@ def retain_freed_host_memory() -> bool:
     BERT-mini step (count them with ``resource.getrusage(resource.RUSAGE_SELF).ru_minflt`` before and
     after a step; tests/test_backend.py does it for 40 MB re-allocations). With the thresholds raised, the freed
     blocks stay in the heap and are reused without a fault; the peak memory is the same (the
-    step's own peak), it is only not returned between steps. Returns True if applied; False where
-    the C library is not glibc (nothing changes). The training loops and benchmarks call it.
+    step's own peak), it is only not returned between steps. Every thread allocates from the one
+    (main) arena, so the threads of :mod:`bertnp.cores` reuse that memory too. Returns True if
+    applied; False where the C library is not glibc (nothing changes). The training loops and
+    benchmarks call it, before they start threads.
     """
     global _retained
     if _retained is not None:
@@ -243,9 +245,14 @@ def retain_freed_host_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # from glibc's <malloc.h>
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8          # from glibc's <malloc.h>
     one_gib = 1 << 30
     _retained = bool(mallopt(M_MMAP_THRESHOLD, one_gib)) and bool(mallopt(M_TRIM_THRESHOLD, one_gib))
+    # one arena for every thread: glibc gives each new thread an arena of its own, made of heaps of at
+    # most 64 MB that it unmaps when they empty -- so a thread running a share of the batch
+    # (bertnp.cores) faulted its activations back in every step, ~5,700 faults a BERT-mini step
+    # (its step 619 ms against 507 with one arena, in benchmarks/bench_cpu.py's rotation)
+    _retained = _retained and bool(mallopt(M_ARENA_MAX, 1))
     return _retained
 
 
@@ -275,7 +282,7 @@ def scatter_add(target, indices, values) -> None:
         _xp.add.at(target, indices, values)
 
 
-def philox_bits16(shape, seed: int, step: int, site: int, start: int = 0):
+def philox_bits16(shape, seed: int, step: int, site: int, *, start: int = 0):
     """16 random bits per element, on the host, for the dropout key (seed, step, site).
 
     NumPy's Philox4x64-10 (Salmon et al. 2011), a counter-based generator: with key (seed, 0) and

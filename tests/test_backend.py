@@ -327,3 +327,33 @@ def test_retained_host_memory_is_reused_without_page_faults():
         del a
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 500, f"{faults} page faults for 5 reallocations of 40 MB"
+
+
+def test_retained_host_memory_is_reused_by_other_threads_too():
+    """A thread that allocates and frees a step's worth of activations, again and again (a share
+    of bertnp.cores), reuses the retained memory: glibc's per-thread arenas (heaps of at most 64 MB,
+    unmapped when they empty) would fault them back in every time. A fresh process, so that the
+    setting comes before any thread has an arena."""
+    import subprocess
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the minor-fault count of getrusage is Linux's")
+    code = ("import resource, threading, numpy as np\n"
+            "from bertnp import backend\n"
+            "if not backend.retain_freed_host_memory(): print('skip'); raise SystemExit\n"
+            "def step():\n"
+            "    arrays = [np.ones(3_000_000 + 1000 * i, dtype=np.float32) for i in range(30)]   # 12 MB each\n"
+            "    del arrays\n"
+            "faults = []\n"
+            "def worker():\n"
+            "    step()\n"
+            "    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
+            "    for _ in range(5):\n"
+            "        step()\n"
+            "    faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)\n"
+            "t = threading.Thread(target=worker); t.start(); t.join()\n"
+            "print(faults[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    if out == "skip":
+        pytest.skip("the C library is not glibc: nothing to retain")
+    assert int(out) < 1000, f"{out} page faults for 5 re-allocations of 360 MB in a thread"
