@@ -32,6 +32,8 @@ runs once, on the model itself, with the whole batch.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from bertnp import backend, parallel
 
 __all__ = ["CoreReplicas"]
@@ -84,9 +86,11 @@ class CoreReplicas:
         shares = [{key: value[part] if getattr(value, "ndim", 0) >= 1 else value for key, value in batch.items()}
                   for part in parts]
         results = [None] * len(parts)
+        errors = np.geterr()           # NumPy's error handling is per thread: the caller's, in every share
 
         def one_share(index: int) -> None:
-            results[index] = forward_backward(members[index], shares[index])
+            with np.errstate(**errors):
+                results[index] = forward_backward(members[index], shares[index])
 
         try:
             # every share in one thread: operations inside run inline (bertnp.parallel), BLAS in one thread

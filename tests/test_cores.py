@@ -191,3 +191,23 @@ def test_the_training_loop_on_two_cores_follows_one_thread_and_resumes_exactly(t
         resumed.train()
     for name, p in resumed.model.parameters().items():
         np.testing.assert_array_equal(host(p), weights[2][name], err_msg=name)
+
+
+def test_every_share_follows_the_callers_numpy_error_handling():
+    """The training loop silences NumPy's overflow warnings around a step (a non-finite loss is
+    reported later, once); a share run on a pool thread must be silenced too."""
+    import threading
+    import warnings
+    model = bn.BertForPreTraining(tiny_config(), seed=0, dtype="float64")
+    both_running = threading.Barrier(2, timeout=30)      # so that one share runs on the pool's thread
+
+    def overflows(member, share):
+        both_running.wait()
+        return np.exp(np.full(3, 1000.0)), threading.current_thread()   # inf: a warning unless silenced
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # a warning in any thread raises there
+        with np.errstate(over="ignore"), parallel.threads(2):
+            results = CoreReplicas(model, count=2).run(make_batch(4), overflows)
+    assert all(np.isinf(values).all() for values, _ in results)
+    assert len({thread for _, thread in results}) == 2
