@@ -683,7 +683,8 @@ class TrainingLoop(abc.ABC):
             for batch in batches:
                 if not _rows(batch):
                     contributions = [self._skip_micro_batch()]
-                elif self.cores is not None:       # the rows shared out over the CPU cores (bertnp.cores)
+                elif self.cores is not None and len(self.cores.shares(_rows(batch))) > 1:
+                    # the rows shared out over the CPU cores, a model replica each (bertnp.cores)
                     contributions = self.cores.run(batch, lambda model, share: self._forward_backward(share, totals, model))
                 else:
                     contributions = [self._forward_backward(batch, totals)]

@@ -30,9 +30,10 @@ STEPS = 5
 class PerRankMean(Trainer):
     """The bug the exact normalisation prevents: each rank's own mean losses, gradients averaged."""
 
-    def _forward_backward(self, batch, totals):
-        out = self.model(**batch)                    # this rank's own means
-        self.model.backward()
+    def _forward_backward(self, batch, totals, model=None):
+        model = self.model if model is None else model
+        out = model(**batch)                         # this rank's own means
+        model.backward()
         n = self.parallel.size
         return {"loss": out.loss / n, "mlm_loss": out.mlm_loss / n, "nsp_loss": out.nsp_loss / n,
                 "mlm_correct": 0, "nsp_correct": 0}
