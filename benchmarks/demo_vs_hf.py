@@ -13,7 +13,9 @@ the plan), so the learning rate decays to zero when its budget ends. The two sid
 run one after the other in this one process, bertnp first.
 
 Hugging Face's model is used as its users run it: ``BertForPreTraining(..., labels=...)`` computes
-the MLM decoder at every position; bertnp computes it at the masked positions only (the same loss).
+the MLM decoder at every position; bertnp computes it at the masked positions only (the same loss),
+and steps as its training loop does: each core runs a share of the batch's rows on a replica of the
+model (``bertnp.cores``; the same step as the whole batch at once, to rounding).
 
 Held-out evaluation is identical for both: ``bertnp.demo.heldout_batches`` (the whole bundled
 held-out split, sequences of 128, BERT's static 15% masks, seed 1), MLM accuracy over the masked
@@ -50,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 import bertnp as bn  # noqa: E402
+from bertnp.cores import CoreReplicas  # noqa: E402
 from bertnp.demo import DEMO, PLANNED_STEPS, heldout_batches  # noqa: E402
 from bertnp.optim import clip_grad_norm, linear_warmup_decay  # noqa: E402
 
@@ -132,10 +135,17 @@ def run_bertnp(cfg, init, loader, held, budget) -> dict:
     betas = tuple(DEMO.get("betas", (0.9, 0.999)))
     opt = bn.AdamW(model, lr=DEMO["lr"], betas=betas, eps=1e-6, weight_decay=0.01)
 
+    cores = CoreReplicas(model)        # as bertnp's training loop steps it: a share of the rows per core
+
+    def share_step(member, share, counts):
+        member(**share, **counts)          # the share's losses over the whole batch's counts
+        member.backward()
+
     def step(batch):
         model.zero_grad()
-        model(**batch)
-        model.backward()
+        counts = {"mlm_denominator": max(1, int((batch["labels"] != -100).sum())),
+                  "nsp_denominator": len(batch["input_ids"])}
+        cores.run(batch, lambda member, share: share_step(member, share, counts))
         clip_grad_norm(model.grads, 1.0)
         opt.step()
 

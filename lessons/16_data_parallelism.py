@@ -655,7 +655,7 @@ assert core_worst < 1e-12, f"the cores' shares should add up to the whole batch'
 
 # %% [markdown]
 # And the time, on two threads: the whole batch with every operation on both cores, against two shares, one a
-# core. (Timings on a shared machine wobble; `benchmarks/RESULTS.md` has the careful ones.)
+# core. (Timings on a shared machine wobble; `benchmarks/README.md`, "issue 18, third round", has careful ones.)
 
 # %%
 time_config = bn.BertConfig(vocab_size=teach.pick(8000, 500), hidden_size=teach.pick(128, 32),
