@@ -374,10 +374,7 @@ class _BertBase:
         activations: one per extra CPU core in bertnp.cores. Not for use on its own."""
         replica = copy.copy(self)
         replica._grads = {name: backend.xp().zeros_like(grad) for name, grad in self._grads.items()}
-        replica._cache = None
-        for name in ("_head_cache", "_loss_parts"):
-            if hasattr(self, name):
-                setattr(replica, name, None)
+        replica._cache = replica._head_cache = replica._loss_parts = None     # its own activations
         return replica
 
     # ------------------------------------------------------------------ encoder forward / backward
