@@ -231,6 +231,9 @@ class Communicator:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            # the launcher forwards a rank's output from a pipe; MPI_Abort has it kill the ranks and
+            # exit, and on a busy machine the message could be lost on the way (seen once in make test)
+            time.sleep(0.2)
         finally:
             self.comm.Abort(code)
 
