@@ -132,6 +132,7 @@ def run_bertnp(cfg, init, loader, held, budget) -> dict:
     model = bn.BertForPreTraining(cfg, seed=DEMO["seed"])
     model.load_state_dict(init)
     model.train()
+    model.skip_unscored_rows = True    # as bertnp's Trainer: the last layer only where the heads read
     betas = tuple(DEMO.get("betas", (0.9, 0.999)))
     opt = bn.AdamW(model, lr=DEMO["lr"], betas=betas, eps=1e-6, weight_decay=0.01)
 

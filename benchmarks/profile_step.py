@@ -18,7 +18,8 @@ the padding mask, gathering the labelled rows, ``grads += ...`` -- is the "model
 and ``zero_grad`` are timed as wholes.
 
 Wrapping costs ~1 us a call (~200 calls a step): negligible next to a step. The step profiled is
-the whole batch on one model, each operation threaded by :mod:`bertnp.parallel`; the training
+the whole batch on one model (the last layer at the scored rows only, ``skip_unscored_rows``, as the
+Trainer steps it), each operation threaded by :mod:`bertnp.parallel`; the training
 loop's shares of the rows on the cores (:mod:`bertnp.cores`) run the same operations in one thread
 each, at the same time, which these timers (one stack of open calls) cannot attribute.
 """
@@ -64,15 +65,22 @@ class OpTimer:
         self._saved = []
 
     @staticmethod
-    def _label(name: str, args) -> tuple:
+    def _label(name: str, args, kwargs) -> tuple:
         """(row, direction, FLOPs of the op's own matmuls) for a call of op function ``name``."""
         op, _, direction = name.rpartition("_")
         flops = 0.0
-        if op == "linear":
-            # the weight (out, in) names the layer's shape: forward gets it as an argument, backward in its cache
-            weight = args[1] if direction == "forward" else args[1].weight
+        if op in ("linear", "linear_rows"):
+            # the weight (out, in) names the layer's shape: forward gets it as an argument, backward in
+            # its cache (a RowsLinearCache holds the selected rows' cache: those rows are the work)
+            cache = None if direction == "forward" else getattr(args[1], "inner", args[1])
+            weight = args[1] if direction == "forward" else cache.weight
             out_features, in_features = weight.shape
-            rows = (args[0].size if direction == "forward" else args[0].size // out_features * in_features) // in_features
+            if direction == "backward":
+                rows = cache.x.size // in_features
+            elif op == "linear_rows":
+                rows = len(kwargs["rows"] if "rows" in kwargs else args[3])
+            else:
+                rows = args[0].size // in_features
             flops = 2.0 * rows * in_features * out_features * (1 if direction == "forward" else 2)
             op = f"linear {in_features}->{out_features}"
         elif op == "attention":
@@ -90,7 +98,7 @@ class OpTimer:
             finally:
                 elapsed = time.perf_counter() - start
                 children = self._stack.pop()
-                op, direction, flops = self._label(name, args)
+                op, direction, flops = self._label(name, args, kwargs)
                 self.totals[(op, direction)] += elapsed - children
                 self.calls[(op, direction)] += 1
                 self.flops[(op, direction)] += flops
@@ -135,6 +143,7 @@ def profile(config, batch: dict, steps: int = 5, warmup: int = 2, seed: int = 0)
     per_step = []                                    # one {row: {column: seconds}} per timed step
     with OpTimer() as timer:
         model = bn.BertForPreTraining(config, seed=seed, dtype="float32").train()   # its op table: timed
+        model.skip_unscored_rows = True              # as the Trainer (and bench_cpu's variant A) step it
         opt = bn.AdamW(model, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
         for i in range(warmup + steps):
             timer.reset()

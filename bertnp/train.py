@@ -1060,6 +1060,9 @@ class Trainer(TrainingLoop):
             f"({time.perf_counter() - t0:.1f} s)")
 
         self.model = BertForPreTraining(mcfg, seed=c.seed, dtype=c.dtype, use_kernels=c.use_kernels)
+        # the last layer's dense sublayers only at the rows the heads read (the labelled positions and
+        # [CLS]): the same losses and gradients, ~8% less time a step (the model's docstring)
+        self.model.skip_unscored_rows = True
         # a micro-batch's rows shared out over the CPU cores, a model replica each (bertnp.cores):
         # the same step as the whole micro-batch at once, to rounding, and faster on a CPU
         self.cores = CoreReplicas(self.model)

@@ -43,7 +43,8 @@ def test_harness_runs_bertnp_only_and_writes_results(bench, tmp_path):
                      "Not measured yet: no GPU was available to this session."):
         assert expected in text, expected
     data = json.loads(out.read_text())
-    assert set(data["train"]) == {"A"} and data["train"]["A"]["median"] > 0
+    assert set(data["train"]) == {"A", "A0"} and data["train"]["A"]["median"] > 0
+    assert "| A0: bertnp, the last layer at every row" in text
     assert data["peak_flops_per_s"]["median"] > 0
     memory = {(m["variant"], m["mode"]): m for m in data["memory"]}
     assert memory[("A", "train")]["peak_rss"] >= memory[("A", "train")]["baseline_rss"] > 0
@@ -83,6 +84,10 @@ def test_flop_count_matches_the_reference_figures(bench):
     assert flops["step"] / 1e9 == pytest.approx(57.0, abs=0.5)
     assert flops["all_positions_step"] / 1e9 == pytest.approx(139.0, abs=1.0)
     assert flops["step"] == 3 * flops["forward"]
+    # what bertnp executes: the last layer's attention output and FFN at the 16 x 20 labelled rows
+    # and 16 [CLS] rows only, instead of 16 x 128: 2 x (2048 - 336) x (C^2 + 2CI) less a forward
+    assert flops["step"] - flops["scored_step"] == 3 * 2 * (2048 - 336) * (256 ** 2 + 2 * 256 * 1024)
+    assert flops["scored_step"] / 1e9 == pytest.approx(50.9, abs=0.1)
 
 
 def test_batch_is_a_valid_pretraining_batch(bench):

@@ -20,6 +20,7 @@ from bertnp.ops import (attention_backward, attention_forward, cross_entropy_bac
                         embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
                         layernorm_forward, linear_backward, linear_forward, relu_backward,
                         relu_forward, softmax_backward, softmax_forward, tanh_backward, tanh_forward)
+from bertnp.ops.linear import linear_rows_forward
 
 SMOOTH = 1e-7
 NEG = np.finfo(np.float64).min
@@ -40,6 +41,34 @@ def test_linear_without_bias(rng):
                          wrt=("x", "weight"))
     assert max(errors.values()) <= SMOOTH, errors
     assert linear_backward(np.ones((3, 4)), linear_forward(x, w)[1])[2] is None
+
+
+def test_linear_rows_gradcheck_and_zero_elsewhere(rng):
+    """The Linear at some rows of x only (the last layer of a pretraining step away from the scored
+    rows): its backward, through linear_backward, against finite differences; at the selected rows
+    the whole layer's numbers, 0 elsewhere, and dx 0 at the rows that were not used."""
+    x, w, b = rng.standard_normal((2, 4, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)
+    rows = np.array([0, 3, 5, 6])
+    errors = check_layer(linear_rows_forward, linear_backward, dict(x=x, weight=w, bias=b),
+                         wrt=("x", "weight", "bias"), rows=rows)
+    assert max(errors.values()) <= SMOOTH, errors
+    out, cache = linear_rows_forward(dev(x), dev(w), dev(b), rows)
+    assert out.shape == (2, 4, 3)
+    whole = host(linear_forward(dev(x), dev(w), dev(b))[0]).reshape(8, 3)
+    others = np.setdiff1d(np.arange(8), rows)
+    np.testing.assert_allclose(host(out).reshape(8, 3)[rows], whole[rows], rtol=1e-13, atol=0)
+    assert (host(out).reshape(8, 3)[others] == 0).all()
+    dx, dw, db = linear_backward(dev(rng.standard_normal((2, 4, 3))), cache)
+    assert dx.shape == x.shape and (host(dx).reshape(8, 5)[others] == 0).all()
+
+
+@pytest.mark.parametrize("rows", [np.array([[0, 1]]), np.array([0.0, 1.0]), np.array([True, False]),
+                                  np.array([2, 1]), np.array([1, 1]), np.array([0, 8]), np.array([-1, 2])],
+                         ids=["2-D", "float", "bool", "unsorted", "repeated", "past-the-end", "negative"])
+def test_linear_rows_refuses_bad_rows(rng, rows):
+    x, w = dev(rng.standard_normal((2, 4, 5))), dev(rng.standard_normal((3, 5)))
+    with pytest.raises(ValueError, match="^rows must be"):
+        linear_rows_forward(x, w, None, rows)
 
 
 def test_embedding_gradcheck_with_repeated_ids(rng):
