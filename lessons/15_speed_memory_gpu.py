@@ -61,6 +61,7 @@ bn.set_backend("numpy")                       # the lessons run on the CPU (sect
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)                # every random number below comes from this seed
 from bertnp import kernels
+from bertnp.ops import layernorm as layernorm_module
 from bertnp.ops.layernorm import layernorm_forward
 from bertnp.ops.linear import linear_forward
 from bertnp.ops.losses import cross_entropy_forward
@@ -861,6 +862,100 @@ assert speedup > 2.0, f"computing the logits at ~15% of the positions should be 
 # array — 4 bytes × 30,522 per position, more than all of a BERT-mini layer's caches per token. The backward
 # saves the same again.
 #
+# **The last layer, too.** The same reasoning goes one layer further down. The heads read the last encoder
+# layer's output at two kinds of rows only: the labelled positions (the MLM head gathers them) and each
+# sequence's `[CLS]` (the pooler reads `x[:, 0]`). Which parts of the last layer may skip the other rows? Not
+# its attention: a scored row's query attends to the keys and values of *every* position, so K and V are
+# needed everywhere. But after the attention each row is computed on its own — the output projection, the
+# LayerNorms, the FFN — and a row nobody reads needs none of them. First: which rows are they, as flat
+# indices into the $B \cdot T$ rows of the last hidden state?
+
+# %% tags=["exercise"]
+# EXERCISE: the rows of the last layer that the pretraining heads read
+def my_scored_rows(labels, ignore_index=-100):
+    '''labels: (B, T) ints, ignore_index where a position is not scored. Returns the sorted flat indices
+    (into the B*T rows of the last hidden state, row-major) that the MLM head or the pooler reads, each once.'''
+    ### BEGIN SOLUTION
+    batch, seq_len = labels.shape
+    labelled = np.flatnonzero(labels.reshape(-1) != ignore_index)     # the MLM head's rows
+    cls_rows = np.arange(batch) * seq_len                             # position 0 of every sequence: the pooler's
+    return np.union1d(labelled, cls_rows)                             # sorted, each row once
+    ### END SOLUTION
+
+
+# %% tags=["check"]
+check_labels = np.full((3, 6), -100)
+check_labels[0, 2], check_labels[0, 5], check_labels[2, 1] = 7, 9, 4     # sequence 1 has no label at all
+rows_needed = {0: "[CLS] of sequence 0", 2: "label (0, 2)", 5: "label (0, 5)", 6: "[CLS] of sequence 1",
+               12: "[CLS] of sequence 2", 13: "label (2, 1)"}
+mine = np.asarray(my_scored_rows(check_labels))
+print(f"labels (3, 6) with 3 labelled positions; your rows: {mine.tolist()}")
+missing = [f"{r} ({why})" for r, why in rows_needed.items() if r not in mine.tolist()]
+extra = [int(r) for r in mine if int(r) not in rows_needed]
+teach.check(not missing, "every row the heads read is among yours"
+            + (f" -- missing: {', '.join(missing)}" if missing else ""))
+teach.check(not extra, "no row the heads never read is among yours"
+            + (f" -- extra: {extra} (computing those is the waste we are removing)" if extra else ""))
+teach.check_equal("the rows, sorted, each once", mine, sorted(rows_needed))
+
+# %% [markdown]
+# bertnp does exactly this when `model.skip_unscored_rows` is True (the pretraining `Trainer` sets it): the last
+# layer's attention output and FFN run at those rows only (`bertnp.ops.linear.linear_rows_forward`: the Linear
+# at some rows, zero at the others), while its LayerNorms, dropouts and GELU still run on every row — they are
+# cheap, and so the dropout masks and the backward stay exactly the code of lesson 9. Below, one training step
+# both ways on the same weights, with dropout on: the same losses and gradients, fewer products, less time.
+
+# %%
+def model_with(skip, model_config, dtype, seed=0):
+    model = bn.BertForPreTraining(model_config, seed=seed, dtype=dtype).train()     # dropout on
+    model.skip_unscored_rows = skip
+    return model
+
+
+def forward_backward(model, batch):
+    out = model(**batch)
+    return out, {name: np.array(g) for name, g in model.backward().items()}
+
+
+small_train = dataclasses.replace(small, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+(whole_out, whole_grads), (skip_out, skip_grads) = (forward_backward(model_with(skip, small_train, "float64"),
+                                                                     small_batch) for skip in (False, True))
+teach.check_close("loss, skipping the unscored rows vs the whole last layer (float64)",
+                  float(skip_out.loss), float(whole_out.loss), rtol=1e-12)
+# each gradient's largest difference, relative to its largest entry (at least 1e-3: the attention key
+# biases' true gradient is exactly 0, so theirs is rounding noise)
+worst = max(np.abs(skip_grads[n] - whole_grads[n]).max() / max(np.abs(whole_grads[n]).max(), 1e-3)
+            for n in whole_grads)
+print(f"  largest difference over every gradient, relative to the gradient's size: {worst:.1e}")
+assert worst < 1e-12, f"skipping rows nobody reads must not change a gradient ({worst:.1e})"
+
+with counting_matmuls() as counted_skip:
+    forward_backward(model_with(True, small_train, "float64"), small_batch)      # built inside: counted
+shape = shape_of(small, small_batch)
+scored = int((small_batch["labels"] != -100).sum()) + shape["B"]
+saved = pretraining_step_flops(**shape) - sum(f for *_, f in counted_skip)
+formula = 3 * 2 * (shape["B"] * shape["T"] - scored) * (shape["C"] ** 2 + 2 * shape["C"] * shape["I"])
+print(f"{scored} scored rows of {shape['B'] * shape['T']}: {saved:,} matmul FLOPs fewer a step "
+      f"= 3 x 2 (BT - S)(C^2 + 2CI) = {formula:,}")
+assert saved == formula, f"counted {saved:,} fewer FLOPs, the formula says {formula:,}"
+
+timed_models = {skip: model_with(skip, speed_config, "float32") for skip in (False, True)}
+timed = {True: math.inf, False: math.inf}
+for _ in range(teach.pick(4, 2)):                                             # alternate, keep each one's best
+    for skip, model in timed_models.items():
+        timed[skip] = min(timed[skip], best_seconds(lambda: forward_backward(model, speed_batch), 1))
+print(f"forward + backward of section 2's model ({speed_config.num_hidden_layers} layers, "
+      f"{speed_batch['input_ids'].shape[0]} x {speed_batch['input_ids'].shape[1]}): whole last layer "
+      f"{1e3 * timed[False]:.0f} ms, scored rows only {1e3 * timed[True]:.0f} ms")
+
+# %% [markdown]
+# The time saved is the last layer's share of the work at the unscored rows: with 4 layers and ~16% of the rows
+# scored, about 70% of a layer's products, so up to ~15% of the encoder's — less where the decoder dominates.
+# (`benchmarks/README.md` has careful figures: BERT-mini's training step, 16 × 128 with 20 labels a row, 7%
+# faster.) Skipping is a choice about what the step returns, not a shortcut in
+# the mathematics: with it on, the model no longer returns `last_hidden_state` (most of its rows are not
+# computed), so it is off by default, as in Hugging Face.
+#
 # ## 6. The same code on a GPU
 #
 # Every operation in `bertnp.ops` starts with `xp = backend.xp()` and then writes `xp.exp`, `xp.empty`,
@@ -869,12 +964,15 @@ assert speedup > 2.0, f"computing the logits at ~15% of the positions should be 
 # (`cupy.exp`, `cupy.matmul`, ... with the same names and semantics), so the same line runs on either; the
 # operators (`a @ b`, `a * b`) dispatch on the array's type by themselves. Only `backend.py` imports CuPy; it
 # also provides what has no common name (the exact `erf`, a scatter-add, seeded generators), and
-# `to_device` / `to_host` for the one copy in each direction. Here are the lines of LayerNorm's forward that name
-# the array module (the others use the arrays' own methods, `x.mean(...)`, which CuPy arrays have too):
+# `to_device` / `to_host` for the one copy in each direction. Here are the lines of LayerNorm's forward (the
+# body that `bertnp.parallel` runs on blocks of rows) that name the array module; the others are operators on
+# the arrays (`x - mean`, `xhat *= rstd`), which CuPy arrays have too:
 
 # %%
-source_lines = inspect.getsource(layernorm_forward).splitlines()
-print("\n".join(line for line in source_lines if "xp" in line or line.lstrip().startswith("def ")))
+source_lines = inspect.getsource(layernorm_module._layernorm_forward_rows).splitlines()
+xp_lines = [line for line in source_lines if "xp" in line or line.lstrip().startswith("def ")]
+print("\n".join(xp_lines))
+assert len(xp_lines) > 3, "LayerNorm's forward should name the array module (xp) on several lines"
 print("\nactive backend:", bn.get_backend(), "->", bn.backend.xp().__name__)
 
 # %%

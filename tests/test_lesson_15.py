@@ -1,4 +1,4 @@
-"""Lesson 15's exercise checks (the FLOPs of an encoder layer; the warp's butterfly sum) pass the
+"""Lesson 15's exercise checks (the FLOPs of an encoder layer; the scored rows; the warp's butterfly sum) pass the
 solutions and fail, saying what is wrong, for the plausible wrong answers (see tests/lesson_exercises.py;
 the solutions and blanks of every lesson: tests/test_lesson_exercises.py)."""
 from __future__ import annotations
@@ -34,6 +34,27 @@ FLOP_MUTANTS = {
     "output_projection_forgotten": (LAYER.replace("C * 3 * C + C * C", "C * 3 * C"),
                                     r"forward FLOPs differ.*the layer's forward products.*\(48, 16\) @ \(16, 16\).*compare your list"),
     "one_ffn_product_only": (LAYER.replace(" + I * C)", ")"), r"forward FLOPs differ.*compare your list"),
+}
+
+ROWS_MUTANTS = {
+    # the MLM head's rows only: the pooler reads each [CLS] too
+    "cls_forgotten": ("""
+        return np.flatnonzero(labels.reshape(-1) != ignore_index)
+    """, r"missing: 0 \(\[CLS\] of sequence 0\), 6 \(\[CLS\] of sequence 1\), 12"),
+    # every row: nothing saved
+    "every_row": ("""
+        return np.arange(labels.size)
+    """, r"extra: \[1, 3, 4, 7,"),
+    # positions within each sequence instead of flat rows of (B*T, C)
+    "positions_not_flat_rows": ("""
+        return np.union1d(np.nonzero(labels != ignore_index)[1], [0])
+    """, r"missing: 6 \(\[CLS\] of sequence 1\), 12 \(\[CLS\] of sequence 2\), 13 \(label \(2, 1\)\).*"
+         r"|extra: \[1\]"),
+    # the right rows, but [CLS] appended after the labels: not sorted
+    "not_sorted": ("""
+        batch, seq_len = labels.shape
+        return np.concatenate([np.flatnonzero(labels.reshape(-1) != ignore_index), np.arange(batch) * seq_len])
+    """, r"the rows, sorted, each once: 6 of 6 entries differ"),
 }
 
 WARP_MUTANTS = {
@@ -89,6 +110,12 @@ def test_the_tests_copy_of_the_solution_passes():
 def test_flop_check_fails_for_mutant(name):
     body, message = FLOP_MUTANTS[name]
     LESSON.assert_fails("my_encoder_layer_flops", message, body=body)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS_MUTANTS))
+def test_scored_rows_check_fails_for_mutant(name):
+    body, message = ROWS_MUTANTS[name]
+    LESSON.assert_fails("my_scored_rows", message, body=body)
 
 
 @pytest.mark.parametrize("name", sorted(WARP_MUTANTS))
