@@ -693,7 +693,7 @@ class BertForPreTraining(_BertBase):
         # True: a forward with labels computes the last layer's dense sublayers only at the rows the
         # heads read -- the labelled positions and each [CLS] -- and returns no last_hidden_state
         # (its other rows are not computed). The losses and every gradient are the same; a BERT-mini
-        # step is ~8% faster. bertnp's pretraining Trainer sets it; off by default, as in HF.
+        # training step is ~7% faster (benchmarks/README.md). bertnp's pretraining Trainer sets it; off by default, as in HF.
         self.skip_unscored_rows = False
 
     @property
