@@ -136,9 +136,18 @@ def _diagnose(a: np.ndarray, n: np.ndarray) -> str:
         if rows.all() and cols.all():
             return ("every row and column is off: compare each term of your formula "
                     "(a missing term, e.g. a mean over the row, changes every entry)")
-        return (f"only {int(rows.sum())} of {rows.size} rows and {int(cols.sum())} of {cols.size} "
-                "columns are off: look at what is special about those entries (repeats, padding, masks)")
+        return (f"only rows {_some(np.flatnonzero(rows))} of {rows.size} and columns "
+                f"{_some(np.flatnonzero(cols))} of {cols.size} are off (the rest agree): what do those "
+                "entries have that the others do not (a repeated index? a padded or masked position?) -- "
+                "work one of them out by hand")
     return ""
+
+
+def _some(indices: np.ndarray, shown: int = 8) -> str:
+    """[0, 3, 4] -- or the first ``shown`` of them and how many more."""
+    if indices.size <= shown:
+        return str(indices.tolist())
+    return "[" + ", ".join(str(i) for i in indices[:shown - 1].tolist()) + f", ...] ({indices.size} in all)"
 
 
 def check_gradient(name: str, analytic, numeric, threshold: float = 1e-7, floor: float = 0.0) -> float:

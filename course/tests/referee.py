@@ -127,10 +127,22 @@ def check_inverted_dropout(where: str, x, p: float, out, dout, dx) -> None:
                           f"1/(1-p) = {scale:.6g} times dout: {why}")
 
 
+def _shown(value) -> str:
+    """A value as a student reads it: 0.705239, not np.float64(0.7052390134); arrays short."""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    if isinstance(value, (np.integer, np.bool_)):
+        return str(value.item())
+    if isinstance(value, np.ndarray):
+        return np.array2string(value, precision=6, threshold=20)
+    return repr(value)                     # strings quoted, so that '' and ' ' show
+
+
 def check(condition, what: str, actual=None, expected=None) -> None:
     """A condition that, when false, says what was expected and what came (silent when true)."""
     if not bool(condition):
-        shown = what if actual is None and expected is None else f"{what}: got {actual!r}, expected {expected!r}"
+        shown = what if actual is None and expected is None else \
+            f"{what}: got {_shown(actual)}, expected {_shown(expected)}"
         raise CheckFailed(shown)
 
 
