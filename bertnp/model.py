@@ -845,6 +845,10 @@ class BertForSequenceClassification(_BertBase):
         self.num_labels = num_labels
         self._add_linear("classifier", num_labels, config.hidden_size)
         self._loss_parts = None
+        # True: the last layer's dense sublayers only at each [CLS] row, the one row the classifier
+        # reads (through the pooler); no last_hidden_state is returned. The same logits, loss and
+        # gradients (tested). bertnp's fine-tuning sets it; off by default, as in HF.
+        self.skip_unscored_rows = False
 
     def _extra_config(self) -> dict:
         """num_labels, id2label and label2id for config.json: the config's own label names when
@@ -878,14 +882,17 @@ class BertForSequenceClassification(_BertBase):
             labels = np.asarray(backend.to_host(labels) if hasattr(labels, "dtype") else labels, dtype=np.float64)
             if labels.shape != (ids.shape[0],):
                 raise ValueError(f"labels has shape {labels.shape}, expected ({ids.shape[0]},)")
-        hidden, pooled, attentions = self._encoder_forward(ids, mask, types, output_attentions)
+        batch, seq_len = ids.shape
+        cls_rows = np.arange(batch) * seq_len if self.skip_unscored_rows else None   # (B,) rows of (B*T, C)
+        hidden, pooled, attentions = self._encoder_forward(ids, mask, types, output_attentions,
+                                                           last_layer_rows=cls_rows)
         p_drop = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
         site = 1 + 3 * c.num_hidden_layers
         dropped, drop_cache = dropout_forward(pooled, p_drop, self._dropout_rng(site)
                                               if self.training and p_drop else None, self.training)
         logits, lin_cache = linear_forward(dropped, P["classifier.weight"], P["classifier.bias"])   # (B, num_labels)
-        out = SequenceClassifierOutput(logits=logits, last_hidden_state=hidden, pooler_output=pooled,
-                                       attentions=attentions)
+        out = SequenceClassifierOutput(logits=logits, last_hidden_state=hidden if cls_rows is None else None,
+                                       pooler_output=pooled, attentions=attentions)
         self._head_cache = {"drop": drop_cache, "lin": lin_cache}
         self._loss_parts = None
         if labels is not None:

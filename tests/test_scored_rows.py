@@ -152,3 +152,40 @@ def test_the_pretraining_trainer_skips_and_a_new_model_does_not(tmp_path):
     world = make_world(tmp_path / "world")
     trainer = Trainer(run_config(world, tmp_path / "run", steps=1), log=quiet)
     assert trainer.model.skip_unscored_rows is True
+
+
+# ----------------------------------------------------------------------------- the classifier: [CLS] only
+
+@pytest.mark.parametrize("num_labels", [3, 1], ids=["classes", "regression"])
+def test_the_classifier_skipping_all_but_cls_changes_no_logit_loss_or_gradient(num_labels):
+    """Fine-tuning reads the pooled [CLS] vector only: the last layer's dense sublayers at B rows of B*T."""
+    batch = make_batch(seed=2)
+    labels = np.array([0, 2, 1, 2]) if num_labels > 1 else np.array([0.5, -1.0, 2.0, 0.0])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    results = []
+    for skip in (False, True):
+        model = bn.BertForSequenceClassification(tiny_config(), num_labels=num_labels, seed=6, dtype="float64").train()
+        model.skip_unscored_rows = skip
+        out = model(**inputs, labels=labels)
+        results.append((out, {name: host(g).copy() for name, g in model.backward().items()}))
+    (whole, whole_grads), (skipped, skipped_grads) = results
+    np.testing.assert_allclose(host(skipped.logits), host(whole.logits), rtol=1e-12, atol=0)
+    assert float(host(skipped.loss)) == pytest.approx(float(host(whole.loss)), rel=1e-12)
+    worst = worst_gradient(skipped_grads, whole_grads)
+    assert worst[0] <= 1e-12, worst
+    assert whole.last_hidden_state is not None and skipped.last_hidden_state is None
+
+
+def test_finetuning_skips_and_a_new_classifier_does_not(tmp_path):
+    from bertnp.finetune import FinetuneConfig, Finetuner
+    assert bn.BertForSequenceClassification(tiny_config()).skip_unscored_rows is False
+    data = tmp_path / "train.tsv"
+    data.write_text("".join(f"{'good fine nice' if i % 2 else 'bad poor awful'} words {i}\t{i % 2}\n"
+                            for i in range(12)), encoding="utf-8")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "fine", "nice", "bad",
+                                "poor", "awful", "words"] + [str(i) for i in range(12)]) + "\n", encoding="utf-8")
+    config = FinetuneConfig(train=str(data), dev=None, dev_fraction=0.25, init="scratch", vocab=str(vocab),
+                            preset="tiny", steps=1, out_dir=str(tmp_path / "run"), progress=False)
+    tuner = Finetuner(config, log=lambda *_: None)
+    assert tuner.model.skip_unscored_rows is True
