@@ -184,3 +184,27 @@ def test_linear_rows_names_a_weight_that_does_not_fit_x_by_x_own_shape():
     x, weight = np.ones((2, 4, 5)), np.ones((3, 4))
     with pytest.raises(ValueError, match=r"x has shape \(2, 4, 5\).*weight.*\(3, 4\)"):
         linear_rows_forward(x, weight, None, np.array([0, 3]))
+
+
+def test_trainer_with_gradient_accumulation_trains_the_same_weights_skipping_or_not(tmp_path):
+    """Four float64 updates of three micro-batches each, every micro-batch in two core shares,
+    with dropout and evaluation: skipping the unscored rows ends at the same weights."""
+    from tiny_world import make_world, quiet, tiny_config as run_config
+    from bertnp import parallel
+    from bertnp.train import Trainer
+    world = make_world(tmp_path / "world")
+    weights, before = {}, parallel.num_threads()
+    parallel.set_num_threads(2)                                   # two core shares, a replica for the second
+    try:
+        for skip in (False, True):
+            config = run_config(world, tmp_path / f"run_{skip}", steps=4, grad_accum=3, dtype="float64",
+                                eval_every=2, checkpoint_every=100, plot=False)
+            trainer = Trainer(config, log=quiet)
+            trainer.model.skip_unscored_rows = skip
+            trainer.train()
+            weights[skip] = {name: host(p).copy() for name, p in trainer.model.parameters().items()}
+    finally:
+        parallel.set_num_threads(before)
+    worst = max((float(np.abs(weights[True][n] - weights[False][n]).max() / np.abs(weights[False][n]).max()), n)
+                for n in weights[False])
+    assert worst[0] <= 1e-12, worst
