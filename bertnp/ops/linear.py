@@ -67,7 +67,8 @@ def linear_rows_forward(x, weight, bias, rows):
     if x.ndim < 1:
         raise ValueError(f"x must have at least one axis, got shape {tuple(x.shape)}")
     require_float("weight", weight)
-    if weight.ndim != 2 or weight.shape[1] != x.shape[-1]:          # checked here: past the gather, x's shape would be (N, in)
+    # weight against x here: past the gather, linear_forward would name the gathered shape (N, in), not x's
+    if weight.ndim != 2 or weight.shape[1] != x.shape[-1]:
         raise ValueError(f"x has shape {tuple(x.shape)} and weight {tuple(weight.shape)}: weight must be 2-D "
                          f"(out_features, in_features) with in_features = x's last axis {x.shape[-1]}")
     count = math.prod(x.shape[:-1])                                # x's rows
