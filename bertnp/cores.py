@@ -82,6 +82,8 @@ class CoreReplicas:
             if member is not model:
                 member.training, member.dropout_seed = model.training, model.dropout_seed
                 member.forward_count = model.forward_count
+                if hasattr(model, "skip_unscored_rows"):   # BertForPreTraining's switch, set after the copy or not
+                    member.skip_unscored_rows = model.skip_unscored_rows
             member.dropout_row = part.start
         shares = [{key: value[part] if getattr(value, "ndim", 0) >= 1 else value for key, value in batch.items()}
                   for part in parts]

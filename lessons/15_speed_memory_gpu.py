@@ -886,17 +886,24 @@ def my_scored_rows(labels, ignore_index=-100):
 # %% tags=["check"]
 check_labels = np.full((3, 6), -100)
 check_labels[0, 2], check_labels[0, 5], check_labels[2, 1] = 7, 9, 4     # sequence 1 has no label at all
+check_labels[2, 0] = 3           # a label on a [CLS] (BERT's data never masks one, but labels may be anything)
 rows_needed = {0: "[CLS] of sequence 0", 2: "label (0, 2)", 5: "label (0, 5)", 6: "[CLS] of sequence 1",
-               12: "[CLS] of sequence 2", 13: "label (2, 1)"}
+               12: "[CLS] and label (2, 0)", 13: "label (2, 1)"}
 mine = np.asarray(my_scored_rows(check_labels))
-print(f"labels (3, 6) with 3 labelled positions; your rows: {mine.tolist()}")
+print(f"labels (3, 6) with 4 labelled positions, one on a [CLS]; your answer: {mine.tolist()}")
+teach.check(mine.ndim == 1 and mine.dtype.kind in "iu",
+            f"your answer is a 1-D array of integer row indices -- it is {mine.dtype} of shape {mine.shape}"
+            + ("; a mask? np.flatnonzero gives the indices of its True entries" if mine.dtype == bool else "")
+            + ("; a flat index is one number a row: b * T + t" if mine.ndim > 1 else ""))
 missing = [f"{r} ({why})" for r, why in rows_needed.items() if r not in mine.tolist()]
-extra = [int(r) for r in mine if int(r) not in rows_needed]
-teach.check(not missing, "every row the heads read is among yours"
-            + (f" -- missing: {', '.join(missing)}" if missing else ""))
-teach.check(not extra, "no row the heads never read is among yours"
+extra = sorted({int(r) for r in mine if int(r) not in rows_needed})
+repeated = sorted({int(r) for r in mine if mine.tolist().count(r) > 1})
+teach.check(not missing and not extra, "your rows are the rows the heads read, no more"
+            + (f" -- missing: {', '.join(missing)}" if missing else "")
             + (f" -- extra: {extra} (computing those is the waste we are removing)" if extra else ""))
-teach.check_equal("the rows, sorted, each once", mine, sorted(rows_needed))
+teach.check(not repeated, "each row once" + (f" -- repeated: {repeated} (a labelled [CLS] is still one row)"
+                                             if repeated else ""))
+teach.check_equal("the rows, sorted", mine, sorted(rows_needed))
 
 # %% [markdown]
 # bertnp does exactly this when `model.skip_unscored_rows` is True (the pretraining `Trainer` sets it): the last

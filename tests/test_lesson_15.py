@@ -37,10 +37,10 @@ FLOP_MUTANTS = {
 }
 
 ROWS_MUTANTS = {
-    # the MLM head's rows only: the pooler reads each [CLS] too
+    # the MLM head's rows only: the pooler reads each [CLS] too (sequence 2's is labelled: not missed)
     "cls_forgotten": ("""
         return np.flatnonzero(labels.reshape(-1) != ignore_index)
-    """, r"missing: 0 \(\[CLS\] of sequence 0\), 6 \(\[CLS\] of sequence 1\), 12"),
+    """, r"missing: 0 \(\[CLS\] of sequence 0\), 6 \(\[CLS\] of sequence 1\)$"),
     # every row: nothing saved
     "every_row": ("""
         return np.arange(labels.size)
@@ -48,13 +48,48 @@ ROWS_MUTANTS = {
     # positions within each sequence instead of flat rows of (B*T, C)
     "positions_not_flat_rows": ("""
         return np.union1d(np.nonzero(labels != ignore_index)[1], [0])
-    """, r"missing: 6 \(\[CLS\] of sequence 1\), 12 \(\[CLS\] of sequence 2\), 13 \(label \(2, 1\)\).*"
-         r"|extra: \[1\]"),
-    # the right rows, but [CLS] appended after the labels: not sorted
+    """, r"missing: 6 \(\[CLS\] of sequence 1\), 12 \(\[CLS\] and label \(2, 0\)\), 13 \(label \(2, 1\)\)"
+         r" -- extra: \[1\]"),
+    # the [CLS] rows spaced T - 1 apart
+    "cls_off_by_one": ("""
+        batch, seq_len = labels.shape
+        return np.union1d(np.flatnonzero(labels.reshape(-1) != ignore_index), np.arange(batch) * (seq_len - 1))
+    """, r"missing: 6 \(\[CLS\] of sequence 1\) -- extra: \[10\]"),
+    # labelled rows and [CLS] rows put together and sorted: a labelled [CLS] comes twice
+    "repeated_row": ("""
+        batch, seq_len = labels.shape
+        return np.sort(np.concatenate([np.flatnonzero(labels.reshape(-1) != ignore_index),
+                                       np.arange(batch) * seq_len]))
+    """, r"each row once -- repeated: \[12\]"),
+    # the right rows, but the [CLS] rows first: not sorted
     "not_sorted": ("""
         batch, seq_len = labels.shape
-        return np.concatenate([np.flatnonzero(labels.reshape(-1) != ignore_index), np.arange(batch) * seq_len])
-    """, r"the rows, sorted, each once: 6 of 6 entries differ"),
+        cls_rows = np.arange(batch) * seq_len
+        return np.concatenate([cls_rows, np.setdiff1d(np.flatnonzero(labels.reshape(-1) != ignore_index), cls_rows)])
+    """, r"the rows, sorted: 4 of 6 entries differ"),
+    # a mask of the rows instead of their indices
+    "boolean_mask": ("""
+        read = labels.reshape(-1) != ignore_index
+        read[::labels.shape[1]] = True
+        return read
+    """, r"1-D array of integer row indices -- it is bool of shape \(18,\); a mask\? np.flatnonzero"),
+    # (sequence, position) pairs instead of flat rows
+    "pairs": ("""
+        batch, seq_len = labels.shape
+        pairs = {(int(b), int(t)) for b, t in zip(*np.nonzero(labels != ignore_index))}
+        return sorted(pairs | {(b, 0) for b in range(batch)})
+    """, r"it is int64 of shape \(6, 2\); a flat index is one number a row: b \* T \+ t"),
+    # np.nonzero's tuple of index arrays, returned as is
+    "nonzero_tuple": ("""
+        read = labels != ignore_index
+        read[:, 0] = True
+        return np.nonzero(read.reshape(-1))
+    """, r"it is int64 of shape \(1, 6\)"),
+    # float row numbers (cannot index an array)
+    "float_rows": ("""
+        batch, seq_len = labels.shape
+        return np.union1d(np.flatnonzero(labels.reshape(-1) != ignore_index), np.arange(batch) * seq_len * 1.0)
+    """, r"it is float64 of shape \(6,\)"),
 }
 
 WARP_MUTANTS = {

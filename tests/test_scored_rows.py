@@ -154,6 +154,61 @@ def test_the_pretraining_trainer_skips_and_a_new_model_does_not(tmp_path):
     assert trainer.model.skip_unscored_rows is True
 
 
+@pytest.mark.parametrize("turned", ["on", "off"])
+def test_core_shares_follow_the_switch_turned_after_their_first_run(turned):
+    """The core replicas are made at the first run: turning skip_unscored_rows on or off afterwards
+    must reach every share, not only the model's own (the rows skipped, last_hidden_state there or not)."""
+    batch = make_batch(rows=4)
+    with on_numpy():
+        model = bn.BertForPreTraining(tiny_config(), seed=4, dtype="float64").train()
+        model.skip_unscored_rows = turned == "off"
+        cores = CoreReplicas(model, count=2)
+
+        def forward_backward(member, share):
+            out = member(**share, mlm_denominator=int((batch["labels"] != IGNORE).sum()), nsp_denominator=4)
+            member.backward()
+            return out
+
+        cores.run(batch, forward_backward)                     # the replica is made here
+        model.skip_unscored_rows = turned == "on"
+        outs = cores.run(batch, forward_backward)
+    assert len(outs) == 2
+    hidden = ["computed" if out.last_hidden_state is not None else "skipped" for out in outs]
+    assert hidden == ["skipped" if turned == "on" else "computed"] * 2, hidden
+
+
+def test_linear_rows_names_a_weight_that_does_not_fit_x_by_x_own_shape():
+    """A weight of the wrong in_features: the message gives x's shape as the caller passed it,
+    not the shape of the gathered rows."""
+    from bertnp.ops.linear import linear_rows_forward
+    x, weight = np.ones((2, 4, 5)), np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"x has shape \(2, 4, 5\).*weight.*\(3, 4\)"):
+        linear_rows_forward(x, weight, None, np.array([0, 3]))
+
+
+def test_trainer_with_gradient_accumulation_trains_the_same_weights_skipping_or_not(tmp_path):
+    """Four float64 updates of three micro-batches each, every micro-batch in two core shares,
+    with dropout and evaluation: skipping the unscored rows ends at the same weights."""
+    from tiny_world import make_world, quiet, tiny_config as run_config
+    from bertnp import parallel
+    from bertnp.train import Trainer
+    world = make_world(tmp_path / "world")
+    weights, before = {}, parallel.num_threads()
+    parallel.set_num_threads(2)                                   # two core shares, a replica for the second
+    try:
+        for skip in (False, True):
+            config = run_config(world, tmp_path / f"run_{skip}", steps=4, grad_accum=3, dtype="float64",
+                                eval_every=2, checkpoint_every=100, plot=False)
+            trainer = Trainer(config, log=quiet)
+            trainer.model.skip_unscored_rows = skip
+            trainer.train()
+            weights[skip] = {name: host(p).copy() for name, p in trainer.model.parameters().items()}
+    finally:
+        parallel.set_num_threads(before)
+    worst = max((float(np.abs(weights[True][n] - weights[False][n]).max() / np.abs(weights[False][n]).max()), n)
+                for n in weights[False])
+    assert worst[0] <= 1e-12, worst
+
 # ----------------------------------------------------------------------------- the classifier: [CLS] only
 
 @pytest.mark.parametrize("num_labels", [3, 1], ids=["classes", "regression"])

@@ -66,6 +66,11 @@ def linear_rows_forward(x, weight, bias, rows):
     rows_host = backend.to_host(rows)                              # (N,) a NumPy array, checked on the host
     if x.ndim < 1:
         raise ValueError(f"x must have at least one axis, got shape {tuple(x.shape)}")
+    require_float("weight", weight)
+    # weight against x here: past the gather, linear_forward would name the gathered shape (N, in), not x's
+    if weight.ndim != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"x has shape {tuple(x.shape)} and weight {tuple(weight.shape)}: weight must be 2-D "
+                         f"(out_features, in_features) with in_features = x's last axis {x.shape[-1]}")
     count = math.prod(x.shape[:-1])                                # x's rows
     if rows_host.ndim != 1 or rows_host.dtype.kind not in "iu":
         raise ValueError(f"rows must be a 1-D array of integer row indices, got {rows_host.dtype} "
