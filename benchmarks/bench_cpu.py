@@ -22,7 +22,7 @@ What is timed (same config, same batch, same initial weights, same thread count 
     P  a NumPy float32 matmul (2048^3), the peak that MFU is measured against
 
 Each round runs one training step and one inference (eval mode, no dropout, no gradient: the
-pretraining loss of the batch) of every variant and one peak matmul, in an order rotated every
+pretraining loss of the batch; bertnp's as its evaluation runs, a share of the rows per core) of every variant and one peak matmul, in an order rotated every
 round (so slow drift or a busy neighbour hits all of them alike), after warm-up calls. Reported:
 median and min-max over the rounds, tokens/s, and GFLOP/s counted analytically for the masked-only
 step with the last layer at the scored rows only, what A executes (:func:`step_flops`; every other
@@ -187,8 +187,11 @@ class BertnpVariant:
         return float(sum(losses))
 
     def infer(self) -> float:
+        """The eval-mode loss, a share of the rows per core, as the Trainer's evaluation runs it."""
         self.model.eval()
-        return float(self.model(**self.batch).loss)
+        losses = self.cores.run(self.batch, lambda model, share: model(**share, **self.counts).loss,
+                                gradients=False)
+        return float(sum(losses))
 
 
 class TorchVariant:

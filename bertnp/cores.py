@@ -59,10 +59,11 @@ class CoreReplicas:
         bounds = [rows * i // count for i in range(count + 1)]
         return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
-    def run(self, batch: dict, forward_backward) -> list:
+    def run(self, batch: dict, forward_backward, *, gradients: bool = True) -> list:
         """``forward_backward(model, share)`` for every share of ``batch`` (a dict of arrays whose
         axis 0 is the batch's rows), each on its own replica and core; the replicas' gradients are
-        added into the model's. Returns the calls' results, in the order of the shares' rows."""
+        added into the model's. Returns the calls' results, in the order of the shares' rows.
+        ``gradients=False``: forward-only calls (an evaluation): no gradient is read or added."""
         rows = _rows(batch)
         parts = self.shares(rows)
         if len(parts) == 1:
@@ -74,10 +75,11 @@ class CoreReplicas:
                                  "every array of a batch has its rows on axis 0")
         model = self.model
         members = [model] + self._replicas_for(len(parts) - 1)
-        if self._replicas_dirty:       # a run that failed left gradients behind (a finished run zeroes them)
-            for replica in members[1:]:
-                replica.zero_grad()
-        self._replicas_dirty = True
+        if gradients:
+            if self._replicas_dirty:   # a run that failed left gradients behind (a finished run zeroes them)
+                for replica in members[1:]:
+                    replica.zero_grad()
+            self._replicas_dirty = True
         for member, part in zip(members, parts):
             if member is not model:
                 member.training, member.dropout_seed = model.training, model.dropout_seed
@@ -100,8 +102,9 @@ class CoreReplicas:
                 parallel.run(one_share, len(parts))
         finally:
             model.dropout_row = 0
-        self._add_gradients(members[1:])
-        self._replicas_dirty = False
+        if gradients:
+            self._add_gradients(members[1:])
+            self._replicas_dirty = False
         return results
 
     def _replicas_for(self, extra: int) -> list:

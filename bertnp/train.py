@@ -397,18 +397,27 @@ def _device_counts(out, batch) -> dict:
             "nsp_correct": nsp_correct, "nsp_total": int(batch["next_sentence_label"].size)}
 
 
-def evaluate_model(model, batches) -> dict:
-    """Mean loss, MLM and NSP loss, MLM and NSP accuracy of ``model`` (eval mode) on ``batches``."""
+def evaluate_model(model, batches, cores=None) -> dict:
+    """Mean loss, MLM and NSP loss, MLM and NSP accuracy of ``model`` (eval mode) on ``batches``.
+    ``cores``: a :class:`bertnp.cores.CoreReplicas` of ``model``, to run each batch as a share of its
+    rows per core (the sums below add the shares up exactly as they add the batches up)."""
+
+    def one(member, batch) -> tuple:
+        out = member(**batch)
+        c = _batch_counts(out, batch)
+        # the batch's (or share's) mean losses back to sums: the means are over all predicted tokens
+        return c, float(out.mlm_loss) * c["mlm_total"], float(out.nsp_loss) * c["nsp_total"]
+
     was_training = model.training
     model.eval()
     sums = Counter()
     try:
         for b in batches:
-            out = model(**b)
-            c = _batch_counts(out, b)
-            sums.update(c)
-            sums["mlm_loss"] += float(out.mlm_loss) * c["mlm_total"]   # mean over all predicted tokens
-            sums["nsp_loss"] += float(out.nsp_loss) * c["nsp_total"]
+            parts = cores.run(b, one, gradients=False) if cores is not None else [one(model, b)]
+            for counts, mlm_sum, nsp_sum in parts:
+                sums.update(counts)
+                sums["mlm_loss"] += mlm_sum
+                sums["nsp_loss"] += nsp_sum
     finally:
         model.train(was_training)
     mlm_n, nsp_n = max(sums["mlm_total"], 1), max(sums["nsp_total"], 1)
@@ -1120,7 +1129,7 @@ class Trainer(TrainingLoop):
             per_step = full_step * (c.phase1_fraction * self.phase1_cost + 1 - c.phase1_fraction)  # the run's mean
         t0 = time.perf_counter()
         if self.eval_batches:
-            evaluate_model(self.model, self.eval_batches[:2])
+            evaluate_model(self.model, self.eval_batches[:2], self.cores)
         per_eval = (time.perf_counter() - t0) / min(2, len(self.eval_batches) or 1) * len(self.eval_batches)
         self.model.zero_grad()
         self.model.forward_count = count
@@ -1239,7 +1248,7 @@ class Trainer(TrainingLoop):
         count = self.model.forward_count
         batches = [b for b in map(self.parallel.share, self.eval_batches) if _rows(b)]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            result = evaluate_model(self.model, batches)
+            result = evaluate_model(self.model, batches, self.cores)
         result = self.parallel.combine_evaluation(result, self.step)
         self.model.forward_count = count
         result["baseline_mlm_acc"] = self.baseline_acc

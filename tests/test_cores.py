@@ -211,3 +211,25 @@ def test_every_share_follows_the_callers_numpy_error_handling():
             results = CoreReplicas(model, count=2).run(make_batch(4), overflows)
     assert all(np.isinf(values).all() for values, _ in results)
     assert len({thread for _, thread in results}) == 2
+
+
+def test_an_evaluation_in_shares_equals_the_whole_batches_and_touches_no_gradient():
+    """evaluate_model with the cores: the same losses and accuracies as the batches whole (float64),
+    and a forward-only run neither adds to the model's gradients nor leaves any in a replica."""
+    from bertnp.train import evaluate_model
+    batches = [make_batch(5, seed=1), make_batch(4, seed=2), make_batch(2, seed=3)]
+    model = bn.BertForPreTraining(tiny_config(), seed=7, dtype="float64")
+    model.skip_unscored_rows = True
+    whole_step(model, batches[0])                     # gradients the evaluation must leave alone
+    before = {name: g.copy() for name, g in model.grads.items()}
+    replicas = CoreReplicas(model, count=3)
+    expected = evaluate_model(model, batches)
+    shared = evaluate_model(model, batches, replicas)
+    for key, value in expected.items():
+        assert shared[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    assert len(replicas._replicas) == 2                # the batches did run as three shares
+    assert model.training                              # back in training mode, as it was
+    for name, grad in model.grads.items():
+        np.testing.assert_array_equal(grad, before[name], err_msg=name)
+    for replica in replicas._replicas:
+        assert all(not np.any(g) for g in replica.grads.values())
