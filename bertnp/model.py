@@ -883,15 +883,15 @@ class BertForSequenceClassification(_BertBase):
             if labels.shape != (ids.shape[0],):
                 raise ValueError(f"labels has shape {labels.shape}, expected ({ids.shape[0]},)")
         batch, seq_len = ids.shape
-        cls_rows = np.arange(batch) * seq_len if self.skip_unscored_rows else None   # (B,) rows of (B*T, C)
+        pooled_rows = np.arange(batch) * seq_len if self.skip_unscored_rows else None   # (B,) [CLS] rows of (B*T, C)
         hidden, pooled, attentions = self._encoder_forward(ids, mask, types, output_attentions,
-                                                           last_layer_rows=cls_rows)
+                                                           last_layer_rows=pooled_rows)
         p_drop = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
         site = 1 + 3 * c.num_hidden_layers
         dropped, drop_cache = dropout_forward(pooled, p_drop, self._dropout_rng(site)
                                               if self.training and p_drop else None, self.training)
         logits, lin_cache = linear_forward(dropped, P["classifier.weight"], P["classifier.bias"])   # (B, num_labels)
-        out = SequenceClassifierOutput(logits=logits, last_hidden_state=hidden if cls_rows is None else None,
+        out = SequenceClassifierOutput(logits=logits, last_hidden_state=hidden if pooled_rows is None else None,
                                        pooler_output=pooled, attentions=attentions)
         self._head_cache = {"drop": drop_cache, "lin": lin_cache}
         self._loss_parts = None
