@@ -38,6 +38,9 @@ from bertnp import backend, parallel
 
 __all__ = ["CoreReplicas"]
 
+# a model's settings that every replica follows at each run (skip_unscored_rows: the models with heads)
+_SETTINGS = ("training", "dropout_seed", "forward_count", "skip_unscored_rows")
+
 
 class CoreReplicas:
     """Run ``forward_backward(model, share)`` on a share of a batch's rows per CPU thread."""
@@ -81,11 +84,10 @@ class CoreReplicas:
                     replica.zero_grad()
             self._replicas_dirty = True
         for member, part in zip(members, parts):
-            if member is not model:
-                member.training, member.dropout_seed = model.training, model.dropout_seed
-                member.forward_count = model.forward_count
-                if hasattr(model, "skip_unscored_rows"):   # BertForPreTraining's switch, set after the copy or not
-                    member.skip_unscored_rows = model.skip_unscored_rows
+            if member is not model:          # the settings a user may change after the replicas were copied
+                for name in _SETTINGS:
+                    if hasattr(model, name):
+                        setattr(member, name, getattr(model, name))
             member.dropout_row = part.start
         shares = [{key: value[part] if getattr(value, "ndim", 0) >= 1 else value for key, value in batch.items()}
                   for part in parts]
